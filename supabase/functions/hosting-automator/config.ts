@@ -1,0 +1,226 @@
+/**
+ * Configuration, validated once at start (design §6). A bad value stops with the variable's name and the
+ * rule it broke; values are never echoed, because most of them are secrets.
+ */
+import { z } from "zod";
+import { HostingError } from "./errors.ts";
+import type { LogLevel } from "./log.ts";
+
+export interface SshConfig {
+  host: string;
+  port: number;
+  user: string;
+  /** PEM or OpenSSH private key text (ECDSA or RSA). */
+  privateKey: string;
+  /** OpenSSH fingerprint of the server's host key, `SHA256:` and 43 base64 characters. */
+  hostKey: string;
+  connectTimeoutMs: number;
+}
+
+export interface MatomoConfig {
+  url: string;
+  token: string;
+  timeoutMs: number;
+}
+
+export type StoreConfig =
+  | { kind: "rpc"; url: string; key: string }
+  | { kind: "postgres"; dbUrl: string };
+
+export interface Config {
+  store: StoreConfig;
+  /** Keys a caller may present (`apikey` or `Authorization: Bearer`). */
+  authKeys: string[];
+  ssh: SshConfig;
+  /** Null when Matomo is not configured: the analytics step is skipped with a warning. */
+  matomo: MatomoConfig | null;
+  timeouts: { siteMs: number; certificateMs: number };
+  /** Wall-clock time one invocation may spend on jobs before it stops claiming. */
+  budgetMs: number;
+  logLevel: LogLevel;
+}
+
+/** Every value that must never be printed. */
+export function secretsOf(config: Config): string[] {
+  const out = [...config.authKeys, config.ssh.privateKey];
+  if (config.store.kind === "rpc") out.push(config.store.key);
+  else out.push(config.store.dbUrl, dbPassword(config.store.dbUrl));
+  if (config.matomo) out.push(config.matomo.token);
+  return out.filter((s) => s.length > 0);
+}
+
+function dbPassword(url: string): string {
+  try {
+    return decodeURIComponent(new URL(url).password);
+  } catch {
+    return "";
+  }
+}
+
+const seconds = (name: string, fallback: number, min: number, max: number) =>
+  z.string().optional().transform((v, ctx) => {
+    if (v === undefined || v === "") return fallback * 1000;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min || n > max) {
+      ctx.addIssue({ code: "custom", message: `must be a whole number of seconds from ${min} to ${max}` });
+      return z.NEVER;
+    }
+    return n * 1000;
+  }).describe(name);
+
+const HOST_RE = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$/;
+const SSH_USER_RE = /^[a-z_][a-z0-9_-]{0,31}$/;
+const FINGERPRINT_RE = /^SHA256:[A-Za-z0-9+/]{43}=?$/;
+const KEY_HEADER_RE = /^-----BEGIN (EC |RSA |OPENSSH )?PRIVATE KEY-----/;
+const TOKEN_RE = /^[A-Za-z0-9]{16,128}$/;
+
+const env = z.object({
+  HOSTING_STORE: z.enum(["rpc", "postgres"], { message: 'must be "rpc" or "postgres"' }).default("rpc"),
+  SUPABASE_URL: z.string().optional(),
+  SUPABASE_SECRET_KEYS: z.string().optional(),
+  SUPABASE_SERVICE_ROLE_KEY: z.string().optional(),
+  SUPABASE_DB_URL: z.string().optional(),
+  CLOUDPANEL_SSH_HOST: z.string({ message: "is required" }).regex(HOST_RE, {
+    message: "must be a host name or an IP address",
+  }),
+  CLOUDPANEL_SSH_PORT: z.string().optional().transform((v, ctx) => {
+    if (v === undefined || v === "") return 22;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 1 || n > 65535) {
+      ctx.addIssue({ code: "custom", message: "must be a port number from 1 to 65535" });
+      return z.NEVER;
+    }
+    return n;
+  }),
+  CLOUDPANEL_SSH_USER: z.string().regex(SSH_USER_RE, { message: "must be a Linux user name" }).default(
+    "root",
+  ),
+  CLOUDPANEL_SSH_PRIVATE_KEY: z.string({ message: "is required" })
+    .transform((v) => (v.includes("\\n") && !v.includes("\n") ? v.replaceAll("\\n", "\n") : v).trim() + "\n")
+    .refine((v) => KEY_HEADER_RE.test(v), {
+      message: "must be the text of a PEM or OpenSSH private key (ECDSA or RSA), starting with -----BEGIN",
+    }),
+  CLOUDPANEL_SSH_HOST_KEY: z.string({ message: "is required" }).trim().regex(FINGERPRINT_RE, {
+    message:
+      "must be the host key fingerprint as ssh-keygen -lf prints it: SHA256: followed by 43 characters",
+  }),
+  MATOMO_API_URL: z.string().optional(),
+  MATOMO_API_TOKEN: z.string().optional(),
+  HOSTING_TIME_BUDGET_SECONDS: seconds("HOSTING_TIME_BUDGET_SECONDS", 130, 10, 3600),
+  HOSTING_SSH_CONNECT_TIMEOUT_SECONDS: seconds("HOSTING_SSH_CONNECT_TIMEOUT_SECONDS", 10, 1, 120),
+  HOSTING_SITE_TIMEOUT_SECONDS: seconds("HOSTING_SITE_TIMEOUT_SECONDS", 90, 5, 900),
+  HOSTING_CERTIFICATE_TIMEOUT_SECONDS: seconds("HOSTING_CERTIFICATE_TIMEOUT_SECONDS", 120, 5, 900),
+  HOSTING_MATOMO_TIMEOUT_SECONDS: seconds("HOSTING_MATOMO_TIMEOUT_SECONDS", 15, 1, 120),
+  HOSTING_LOG_LEVEL: z.enum(["debug", "info", "warn", "error"], {
+    message: "must be debug, info, warn or error",
+  }).default("info"),
+});
+
+/** The names this module reads, for documentation and for `--dry-run`. */
+export const CONFIG_NAMES = Object.keys(env.shape);
+
+function fail(name: string, rule: string): never {
+  throw new HostingError("config_invalid", `${name}: ${rule}`, { publicMessage: `${name}: ${rule}` });
+}
+
+function httpUrl(name: string, value: string, allowPlainHttpOnLoopback: boolean): string {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    fail(name, "must be an absolute http(s) URL");
+  }
+  const loopback = ["localhost", "127.0.0.1", "[::1]"].includes(url.hostname) ||
+    url.hostname.endsWith(".localhost") || url.hostname === "kong" || url.hostname === "host.docker.internal";
+  if (url.protocol === "https:" || (url.protocol === "http:" && (loopback || !allowPlainHttpOnLoopback))) {
+    if (url.username || url.password) fail(name, "must not contain credentials");
+    return value.replace(/\/+$/, "");
+  }
+  fail(
+    name,
+    allowPlainHttpOnLoopback ? "must use https (plain http only on localhost)" : "must be http or https",
+  );
+}
+
+/** Parses the secret keys Supabase injects: a JSON object of name → key. */
+function secretKeys(raw: string | undefined): Record<string, string> {
+  if (raw === undefined || raw === "") return {};
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(raw);
+  } catch {
+    fail("SUPABASE_SECRET_KEYS", 'must be a JSON object such as {"default": "sb_secret_..."}');
+  }
+  const keys = z.record(z.string(), z.string().min(1)).safeParse(parsed);
+  if (!keys.success) fail("SUPABASE_SECRET_KEYS", "must be a JSON object of key names to non-empty strings");
+  return keys.data;
+}
+
+export function loadConfig(source: Record<string, string | undefined>): Config {
+  const parsed = env.safeParse(source);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const name = String(issue.path[0] ?? "configuration");
+    const rule = issue.code === "invalid_type" && issue.input === undefined ? "is required" : issue.message;
+    fail(name, rule);
+  }
+  const e = parsed.data;
+
+  const named = secretKeys(e.SUPABASE_SECRET_KEYS);
+  const authKeys = [...new Set([...Object.values(named), e.SUPABASE_SERVICE_ROLE_KEY ?? ""])].filter(Boolean);
+  if (authKeys.length === 0) {
+    fail("SUPABASE_SECRET_KEYS", "or SUPABASE_SERVICE_ROLE_KEY is required: callers authenticate with it");
+  }
+
+  let store: StoreConfig;
+  if (e.HOSTING_STORE === "rpc") {
+    if (!e.SUPABASE_URL) fail("SUPABASE_URL", "is required when HOSTING_STORE is rpc");
+    store = {
+      kind: "rpc",
+      url: httpUrl("SUPABASE_URL", e.SUPABASE_URL, false),
+      key: named.default ?? authKeys[0],
+    };
+  } else {
+    if (!e.SUPABASE_DB_URL) fail("SUPABASE_DB_URL", "is required when HOSTING_STORE is postgres");
+    if (!/^postgres(ql)?:\/\//.test(e.SUPABASE_DB_URL)) {
+      fail("SUPABASE_DB_URL", "must be a postgres:// connection URL");
+    }
+    store = { kind: "postgres", dbUrl: e.SUPABASE_DB_URL };
+  }
+
+  let matomo: MatomoConfig | null = null;
+  const hasUrl = Boolean(e.MATOMO_API_URL), hasToken = Boolean(e.MATOMO_API_TOKEN);
+  if (hasUrl !== hasToken) {
+    fail(hasUrl ? "MATOMO_API_TOKEN" : "MATOMO_API_URL", "is required when the other Matomo setting is set");
+  }
+  if (hasUrl && hasToken) {
+    if (!TOKEN_RE.test(e.MATOMO_API_TOKEN!)) {
+      fail("MATOMO_API_TOKEN", "must be a Matomo token_auth: 16 to 128 letters and digits");
+    }
+    matomo = {
+      url: httpUrl("MATOMO_API_URL", e.MATOMO_API_URL!, true),
+      token: e.MATOMO_API_TOKEN!,
+      timeoutMs: e.HOSTING_MATOMO_TIMEOUT_SECONDS,
+    };
+  }
+
+  return {
+    store,
+    authKeys,
+    ssh: {
+      host: e.CLOUDPANEL_SSH_HOST.replace(/^\[|\]$/g, ""),
+      port: e.CLOUDPANEL_SSH_PORT,
+      user: e.CLOUDPANEL_SSH_USER,
+      privateKey: e.CLOUDPANEL_SSH_PRIVATE_KEY,
+      hostKey: e.CLOUDPANEL_SSH_HOST_KEY.replace(/=$/, ""),
+      connectTimeoutMs: e.HOSTING_SSH_CONNECT_TIMEOUT_SECONDS,
+    },
+    matomo,
+    timeouts: {
+      siteMs: e.HOSTING_SITE_TIMEOUT_SECONDS,
+      certificateMs: e.HOSTING_CERTIFICATE_TIMEOUT_SECONDS,
+    },
+    budgetMs: e.HOSTING_TIME_BUDGET_SECONDS,
+    logLevel: e.HOSTING_LOG_LEVEL,
+  };
+}

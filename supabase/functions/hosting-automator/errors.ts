@@ -1,0 +1,94 @@
+/**
+ * The one error type of hosting-automator.
+ *
+ * Every failure carries a stable `code` (what operators and clients match on), whether a retry can help
+ * (`transient`), and a `publicMessage` that is safe to show anyone: it goes to `sites.error_message` and to
+ * HTTP clients. The `message` is the internal detail (redacted before it is logged or stored) and `cause`
+ * keeps the original error.
+ */
+
+/** Stable codes with their default public text and whether a retry can help. */
+export const ERROR_CODES = {
+  // input and configuration
+  bad_request: { transient: false, text: "The request is invalid." },
+  unauthorized: { transient: false, text: "Missing or wrong credentials." },
+  not_found: { transient: false, text: "Not found." },
+  method_not_allowed: { transient: false, text: "Method not allowed." },
+  payload_too_large: { transient: false, text: "The request body is too large." },
+  config_invalid: { transient: false, text: "The function is not configured correctly." },
+  invalid_domain: { transient: false, text: "The domain is invalid." },
+
+  // CloudPanel over SSH
+  ssh_unreachable: { transient: true, text: "The CloudPanel server could not be reached; will retry." },
+  ssh_timeout: { transient: true, text: "The CloudPanel server did not answer in time; will retry." },
+  ssh_host_key_mismatch: {
+    transient: false,
+    text:
+      "The CloudPanel server's host key does not match CLOUDPANEL_SSH_HOST_KEY; nothing was executed on the server.",
+  },
+  ssh_auth_failed: {
+    transient: false,
+    text: "The CloudPanel server refused the SSH key; nothing was executed on the server.",
+  },
+  cloudpanel_site_user_exists: {
+    transient: false,
+    text:
+      "CloudPanel already has the site user for this domain but no site for it (an orphan user); an operator must remove that user, then retry.",
+  },
+  cloudpanel_rejected: { transient: false, text: "CloudPanel rejected the site." },
+  cloudpanel_failed: { transient: false, text: "CloudPanel could not create the site." },
+  cloudpanel_busy: { transient: true, text: "CloudPanel timed out; will retry." },
+  certificate_not_validated: {
+    transient: true,
+    text: "Let's Encrypt could not validate the domain yet (DNS may not have propagated); will retry.",
+  },
+  certificate_failed: { transient: false, text: "The Let's Encrypt certificate could not be issued." },
+
+  // Matomo over HTTP (never fails a job: the site goes active without analytics)
+  matomo_unreachable: { transient: true, text: "Matomo could not be reached." },
+  matomo_error: { transient: false, text: "Matomo refused the request." },
+  matomo_bad_response: { transient: true, text: "Matomo answered something that is not its API." },
+  matomo_not_configured: { transient: false, text: "Matomo is not configured." },
+
+  // our own machinery
+  lease_lost: { transient: true, text: "Another worker took over this job." },
+  interrupted: { transient: true, text: "Provisioning was interrupted; will resume." },
+  store_failed: { transient: true, text: "The database could not be reached." },
+  internal: { transient: false, text: "Internal error." },
+} as const satisfies Record<string, { transient: boolean; text: string }>;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+export interface HostingErrorOptions {
+  /** Safe text for clients and `sites.error_message`; defaults to the code's text. */
+  publicMessage?: string;
+  /** Overrides the code's default retry classification. */
+  transient?: boolean;
+  cause?: unknown;
+}
+
+export class HostingError extends Error {
+  override name = "HostingError" as const;
+  readonly code: ErrorCode;
+  readonly transient: boolean;
+  readonly publicMessage: string;
+
+  constructor(code: ErrorCode, message: string, options: HostingErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.code = code;
+    this.transient = options.transient ?? ERROR_CODES[code].transient;
+    this.publicMessage = options.publicMessage ?? ERROR_CODES[code].text;
+  }
+}
+
+/** Cross-realm guard (compares by name, as ky does). */
+export function isHostingError(value: unknown): value is HostingError {
+  return value instanceof Error && value.name === "HostingError" && "code" in value;
+}
+
+/** Any thrown value as a HostingError; unknown failures become `internal` and keep the original as cause. */
+export function toHostingError(value: unknown): HostingError {
+  if (isHostingError(value)) return value;
+  const message = value instanceof Error ? `${value.name}: ${value.message}` : String(value);
+  return new HostingError("internal", message, { cause: value });
+}
