@@ -1,0 +1,279 @@
+/**
+ * The Matomo client (design §8): find the site registered for a domain, or add it.
+ *
+ * Every call is `POST {url}/index.php?module=API&method=…&format=json` with `token_auth` and the method's
+ * parameters in a form-encoded body: Matomo 5 tokens are secure-only by default and refuse the query string, and
+ * keeping module/method in the query makes Matomo render even authentication failures as JSON
+ * (reference/matomo.md §3, §4). Matomo allows duplicate sites (§1.5), so `ensureSite` looks up before it adds.
+ */
+import ky, { isHTTPError, isTimeoutError, type KyInstance, type RetryOptions } from "ky";
+import { z } from "zod";
+import type { MatomoConfig } from "./config.ts";
+import type { Domain } from "./domain.ts";
+import { HostingError } from "./errors.ts";
+import type { Logger } from "./log.ts";
+
+export interface MatomoSite {
+  idSite: number;
+  /** True when the site existed before this call. */
+  reused: boolean;
+}
+
+/** Lookups are idempotent: retry a lost connection or a 5xx twice, quickly. Timeouts are not retried: a Matomo
+ * that did not answer in `timeoutMs` rarely answers in the next, and the job's own backoff retries later. */
+const LOOKUP_RETRY: RetryOptions = {
+  limit: 2,
+  methods: ["post"],
+  statusCodes: [408, 429, 500, 502, 503, 504],
+  delay: (attempt) => 200 * 2 ** (attempt - 1),
+  backoffLimit: 1000,
+};
+/** addSite is never repeated: a lost answer may still have created the site, which the next lookup finds. */
+const NO_RETRY: RetryOptions = { limit: 0 };
+
+/** Matomo's API answers are tiny; a bigger body is not its API (and must not fill the function's memory). */
+const MAX_BODY_BYTES = 1024 * 1024;
+const EXCERPT_CHARS = 160;
+
+/** idsite is a JSON number or a numeric string depending on PHP/PDO (§2.1, §4 "Parse leniently"). */
+const idSite = z.union([
+  z.number().int().positive(),
+  z.string().regex(/^[1-9][0-9]{0,9}$/).transform(Number),
+]);
+const errorAnswer = z.object({ result: z.literal("error"), message: z.string().optional() });
+const lookupAnswer = z.array(z.object({ idsite: idSite }));
+const addAnswer = z.object({ value: idSite });
+
+export class MatomoClient {
+  readonly #config: MatomoConfig;
+  readonly #logger: Logger;
+  readonly #endpoint: string;
+  readonly #http: KyInstance;
+
+  constructor(config: MatomoConfig, logger: Logger, options: { fetch?: typeof fetch } = {}) {
+    this.#config = config;
+    this.#logger = logger;
+    // Operators often paste the endpoint itself; both forms address the same script.
+    this.#endpoint = config.url.endsWith("/index.php") ? config.url : `${config.url}/index.php`;
+    this.#http = ky.create({
+      fetch: options.fetch,
+      timeout: config.timeoutMs,
+      headers: { accept: "application/json" },
+      hooks: {
+        beforeRetry: [async ({ request, error, retryCount }) => {
+          // The failed answer is dropped unread; cancel it so its connection is released.
+          if (isHTTPError(error)) await error.response.body?.cancel();
+          this.#logger.debug("matomo: retrying", {
+            matomo_method: new URL(request.url).searchParams.get("method"),
+            attempt: retryCount + 1,
+            reason: isHTTPError(error) ? `HTTP ${error.response.status}` : error.name,
+          });
+        }],
+      },
+    });
+  }
+
+  /**
+   * The lowest idsite registered for the domain, or null. Looks up `https://{domain}`: Matomo also tries the
+   * http:// and www. variants of it (§2.1), and the literal string is exactly the URL `addSite` stores, which a
+   * bare host would not match when Matomo's `www.` stripping mangles it (e.g. `awww.example.com`).
+   */
+  async findSite(domain: Domain): Promise<number | null> {
+    const rows = await this.#call(
+      "SitesManager.getSitesIdFromSiteUrl",
+      { url: `https://${domain}`, filter_limit: "-1" },
+      lookupAnswer,
+      LOOKUP_RETRY,
+    );
+    if (rows.length === 0) return null;
+    const ids = rows.map((row) => row.idsite);
+    if (ids.length > 1) {
+      this.#logger.warn("matomo: several sites share this URL", { domain, matomo_site_ids: ids });
+    }
+    return Math.min(...ids);
+  }
+
+  /** Registers the domain as a new site and returns its idsite. Adds a duplicate if one exists (§1.5). */
+  async addSite(domain: Domain): Promise<number> {
+    const answer = await this.#call(
+      "SitesManager.addSite",
+      { siteName: domain, "urls[0]": `https://${domain}` },
+      addAnswer,
+      NO_RETRY,
+    );
+    return answer.value;
+  }
+
+  /** The domain's site: an existing one is reused, a new one is added only when none exists. */
+  async ensureSite(domain: Domain): Promise<MatomoSite> {
+    const existing = await this.findSite(domain);
+    if (existing !== null) {
+      this.#logger.info("matomo: site exists, reusing it", { domain, matomo_site_id: existing });
+      return { idSite: existing, reused: true };
+    }
+    const created = await this.addSite(domain);
+    this.#logger.info("matomo: site added", { domain, matomo_site_id: created });
+    return { idSite: created, reused: false };
+  }
+
+  async #call<T>(
+    method: string,
+    params: Record<string, string>,
+    schema: z.ZodType<T>,
+    retry: RetryOptions,
+  ): Promise<T> {
+    const started = performance.now();
+    try {
+      const { status, text } = await this.#post(method, params, retry);
+      const result = this.#interpret(method, status, text, schema);
+      this.#logger.debug("matomo: call done", { matomo_method: method, status, duration_ms: since(started) });
+      return result;
+    } catch (error) {
+      const code = error instanceof HostingError ? error.code : undefined;
+      this.#logger.debug("matomo: call failed", { matomo_method: method, code, duration_ms: since(started) });
+      throw error;
+    }
+  }
+
+  /** One API call over HTTP; any status is returned with its body, transport failures are `matomo_unreachable`. */
+  async #post(
+    method: string,
+    params: Record<string, string>,
+    retry: RetryOptions,
+  ): Promise<{ status: number; text: string }> {
+    const { timeoutMs } = this.#config;
+    let response: Response;
+    try {
+      // A ready Request rather than ky's `body` option: under Deno 2.1's checker, ky's Options lose their
+      // RequestInit fields as soon as the program imports `node:` modules (domain.ts does).
+      const request = new Request(
+        `${this.#endpoint}?module=API&method=${encodeURIComponent(method)}&format=json`,
+        {
+          method: "POST",
+          body: new URLSearchParams({ token_auth: this.#config.token, ...params }),
+        },
+      );
+      response = await this.#http(request, { retry });
+    } catch (error) {
+      // Non-2xx answers still carry Matomo's JSON error (401 token, 400 unknown method): read them below.
+      if (isHTTPError(error)) response = error.response;
+      else if (isTimeoutError(error)) {
+        // No cause kept: ky's error holds the Request, whose body holds the token.
+        throw new HostingError(
+          "matomo_unreachable",
+          `Matomo did not answer ${method} within ${timeoutMs} ms`,
+          {
+            publicMessage: "Matomo did not answer in time.",
+          },
+        );
+      } else {
+        const detail = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+        throw new HostingError("matomo_unreachable", `Matomo could not be reached for ${method}: ${detail}`, {
+          cause: error,
+        });
+      }
+    }
+    return { status: response.status, text: await this.#readBody(method, response) };
+  }
+
+  /** Reads the body within `timeoutMs` (ky's timeout ends when the headers arrive) and up to MAX_BODY_BYTES. */
+  async #readBody(method: string, response: Response): Promise<string> {
+    const reader = response.body?.getReader();
+    if (!reader) return "";
+    let timer: number | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error("body timeout")), this.#config.timeoutMs);
+    });
+    const chunks: Uint8Array[] = [];
+    let size = 0;
+    try {
+      for (;;) {
+        const { done, value } = await Promise.race([reader.read(), deadline]);
+        if (done) break;
+        size += value.byteLength;
+        if (size > MAX_BODY_BYTES) {
+          throw new HostingError(
+            "matomo_bad_response",
+            `Matomo answered ${method} with more than ${MAX_BODY_BYTES} bytes (HTTP ${response.status})`,
+            { publicMessage: "Matomo answered something that is not its API (an oversized answer)." },
+          );
+        }
+        chunks.push(value);
+      }
+    } catch (error) {
+      reader.cancel().catch(() => {});
+      if (error instanceof HostingError) throw error;
+      throw new HostingError(
+        "matomo_unreachable",
+        `Matomo's answer to ${method} did not complete within ${this.#config.timeoutMs} ms`,
+        { publicMessage: "Matomo did not answer in time.", cause: error },
+      );
+    } finally {
+      clearTimeout(timer);
+    }
+    const bytes = new Uint8Array(size);
+    let offset = 0;
+    for (const chunk of chunks) {
+      bytes.set(chunk, offset);
+      offset += chunk.byteLength;
+    }
+    return new TextDecoder().decode(bytes);
+  }
+
+  /** `{"result":"error"}` is an error whatever the status (§1.4); anything but the expected JSON is not the API. */
+  #interpret<T>(method: string, status: number, text: string, schema: z.ZodType<T>): T {
+    let data: unknown;
+    try {
+      data = JSON.parse(text);
+    } catch {
+      const what = /^\s*</.test(text) ? "an HTML page" : "text that is not JSON";
+      throw this.#badResponse(method, status, what, text);
+    }
+    const refused = errorAnswer.safeParse(data);
+    if (refused.success) throw this.#refused(method, status, refused.data.message ?? "(no message)");
+    if (status < 200 || status > 299) {
+      throw this.#badResponse(method, status, "JSON that is not an API answer", text);
+    }
+    const parsed = schema.safeParse(data);
+    if (!parsed.success) throw this.#badResponse(method, status, "JSON of an unexpected shape", text);
+    return parsed.data;
+  }
+
+  #refused(method: string, status: number, message: string): HostingError {
+    const internal = `Matomo refused ${method} (HTTP ${status}): ${this.#excerpt(message)}`;
+    if (status === 401) {
+      // Bad token, a token that is not a super user's, or brute-force blocking: all need the operator (§3).
+      return new HostingError("matomo_error", internal, {
+        publicMessage:
+          "Matomo refused the API token (HTTP 401). MATOMO_API_TOKEN must be a valid token of a " +
+          "Matomo super user; it is sent by POST, as Matomo 5's secure-only tokens require.",
+      });
+    }
+    // Matomo's own text stays internal: it can hold server paths or database details.
+    return new HostingError("matomo_error", internal, {
+      publicMessage: `Matomo refused ${method}.`,
+      transient: status >= 500,
+    });
+  }
+
+  #badResponse(method: string, status: number, what: string, body: string): HostingError {
+    return new HostingError(
+      "matomo_bad_response",
+      `Matomo answered ${method} with ${what} (HTTP ${status}): ${this.#excerpt(body)}`,
+      {
+        publicMessage:
+          `Matomo answered something that is not its API (${what}, HTTP ${status}); check MATOMO_API_URL.`,
+      },
+    );
+  }
+
+  /** A short, single-line excerpt for internal messages; the token is cut out should an answer echo it. */
+  #excerpt(text: string): string {
+    const line = text.replaceAll(this.#config.token, "[REDACTED]").replace(/\s+/g, " ").trim();
+    return line.length > EXCERPT_CHARS ? `${line.slice(0, EXCERPT_CHARS)}…` : line;
+  }
+}
+
+function since(started: number): number {
+  return Math.round(performance.now() - started);
+}
