@@ -1,0 +1,114 @@
+/**
+ * The composition root: configuration → logger → store → clients → workflow → HTTP handler.
+ * `index.ts` serves it on Supabase; the local server, the CLI, the demo and the tests build it with their own
+ * overrides.
+ */
+import { type Config, loadConfig, secretsOf } from "./config.ts";
+import { toHostingError } from "./errors.ts";
+import { configErrorHandler, createHandler, type Handler } from "./http.ts";
+import { Logger, type LogSink, Redactor } from "./log.ts";
+import { MatomoClient } from "./matomo.ts";
+import type { RemoteShell } from "./remote.ts";
+import { connectSsh } from "./ssh.ts";
+import type { Store } from "./store.ts";
+import { postgresStore } from "./store_pg.ts";
+import { rpcStore } from "./store_rpc.ts";
+import { Invocation, type WorkflowDeps } from "./workflow.ts";
+
+export interface AppOverrides {
+  store?: Store;
+  logSink?: LogSink;
+  /** Defaults to `EdgeRuntime.waitUntil` where that global exists. */
+  waitUntil?: (work: Promise<unknown>) => void;
+  /** Replaces the SSH connection (the demo runs the clpctl simulator in-process). */
+  connect?: () => Promise<RemoteShell>;
+  /** For supabase-js and Matomo (tests). */
+  fetch?: typeof fetch;
+  clock?: () => number;
+}
+
+export interface App {
+  fetch: Handler;
+  /** Null when the configuration is invalid; `fetch` then answers every request with that error. */
+  config: Config | null;
+  logger: Logger;
+  store: Store | null;
+  newInvocation: (() => Invocation) | null;
+  close(): Promise<void>;
+}
+
+function edgeRuntimeWaitUntil(): ((work: Promise<unknown>) => void) | undefined {
+  const runtime = (globalThis as { EdgeRuntime?: { waitUntil?: (p: Promise<unknown>) => void } }).EdgeRuntime;
+  return runtime?.waitUntil ? (work) => runtime.waitUntil!(work) : undefined;
+}
+
+export function storeFor(config: Config, options: { fetch?: typeof fetch } = {}): Store {
+  return config.store.kind === "rpc"
+    ? rpcStore(config.store.url, config.store.key, { fetch: options.fetch })
+    : postgresStore(config.store.dbUrl);
+}
+
+export function workflowDeps(
+  config: Config,
+  logger: Logger,
+  store: Store,
+  overrides: AppOverrides = {},
+): WorkflowDeps {
+  return {
+    store,
+    logger,
+    connect: overrides.connect ?? (() => connectSsh(config.ssh, { logger })),
+    matomo: config.matomo ? new MatomoClient(config.matomo, logger, { fetch: overrides.fetch }) : null,
+    server: `${config.ssh.host}:${config.ssh.port}`,
+    timeouts: {
+      siteMs: config.timeouts.siteMs,
+      certificateMs: config.timeouts.certificateMs,
+      matomoMs: config.matomo?.timeoutMs ?? 15_000,
+    },
+    budgetMs: config.budgetMs,
+    clock: overrides.clock,
+  };
+}
+
+/** Configuration read once; a bad value is logged (name and rule only) and answered to every request. */
+export function createApp(env: Record<string, string | undefined>, overrides: AppOverrides = {}): App {
+  const redactor = new Redactor();
+  let config: Config;
+  try {
+    config = loadConfig(env);
+  } catch (error) {
+    const failure = toHostingError(error);
+    const logger = new Logger(redactor, { sink: overrides.logSink });
+    logger.error("configuration invalid: every request is refused until it is fixed", {
+      code: failure.code,
+      detail: failure.publicMessage,
+    });
+    return {
+      fetch: configErrorHandler(failure),
+      config: null,
+      logger,
+      store: null,
+      newInvocation: null,
+      close: () => Promise.resolve(),
+    };
+  }
+  for (const secret of secretsOf(config)) redactor.add(secret);
+  const logger = new Logger(redactor, { sink: overrides.logSink, level: config.logLevel });
+  const store = overrides.store ?? storeFor(config, { fetch: overrides.fetch });
+  const deps = workflowDeps(config, logger, store, overrides);
+  const newInvocation = () => new Invocation(deps);
+  return {
+    fetch: createHandler({
+      authKeys: config.authKeys,
+      logger,
+      store,
+      newInvocation,
+      waitUntil: overrides.waitUntil ?? edgeRuntimeWaitUntil(),
+    }),
+    config,
+    logger,
+    store,
+    newInvocation,
+    close: () => store.close(),
+  };
+}

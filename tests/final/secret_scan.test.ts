@@ -1,0 +1,78 @@
+/**
+ * Runs after the whole suite (tests/run.ts): no password, private key, Matomo token or secret key may appear
+ * in any captured log line, test output, event message, stored error, journal result or error_message that
+ * the suite produced, in any test database.
+ */
+import postgres from "postgres";
+import { artifactPath, harness } from "../support/env.ts";
+
+async function readLines(path: string): Promise<string[]> {
+  return (await Deno.readTextFile(path).catch(() => "")).split("\n").filter((l) => l.length > 0);
+}
+
+/** Every secret the tests created, plus every site-user password the clpctl simulators received. */
+async function secrets(): Promise<string[]> {
+  const out = new Set<string>();
+  for (const line of await readLines(artifactPath("secrets.jsonl"))) {
+    const secret = JSON.parse(line) as string;
+    out.add(secret.trim());
+    // Each line of a PEM key on its own: a leak of part of the key is a leak.
+    for (const part of secret.split("\n")) if (part.trim().length >= 24) out.add(part.trim());
+  }
+  const dirs = await Array.fromAsync(Deno.readDir(artifactPath("clpctl"))).catch(() => []);
+  for (const dir of dirs) {
+    const state = await Deno.readTextFile(artifactPath("clpctl", dir.name, "state.json")).catch(() => null);
+    if (!state) continue;
+    for (const site of Object.values(JSON.parse(state).sites ?? {}) as Array<{ siteUserPassword?: string }>) {
+      if (site.siteUserPassword) out.add(site.siteUserPassword);
+    }
+  }
+  return [...out].filter((s) => s.length >= 8);
+}
+
+function leaks(haystack: string, needles: string[]): string[] {
+  return needles.filter((n) => haystack.includes(n)).map((n) => `${n.slice(0, 4)}… (${n.length} chars)`);
+}
+
+Deno.test("no secret appears in the logs, the event log, stored errors or error_message after the whole suite", async () => {
+  const needles = await secrets();
+  const passwords = needles.filter((n) => /^[A-Za-z0-9]{24,}$/.test(n));
+  // The scan is only meaningful if the suite produced secrets and output to scan.
+  if (needles.length < 5 || passwords.length < 3) {
+    throw new Error(`too little to scan: ${needles.length} secrets, ${passwords.length} site passwords`);
+  }
+
+  const logs = await Deno.readTextFile(artifactPath("logs.jsonl")).catch(() => "");
+  const output = await Deno.readTextFile(artifactPath("test-output.txt")).catch(() => "");
+  if (logs.length < 10_000) throw new Error(`too little log output to scan: ${logs.length} bytes`);
+  const found: string[] = [];
+  for (const leak of leaks(logs, needles)) found.push(`log line: ${leak}`);
+  for (const leak of leaks(output, needles)) found.push(`test output: ${leak}`);
+
+  const admin = postgres(`${harness.pgBase}/postgres`, { max: 1, onnotice: () => {} });
+  let scanned = 0;
+  try {
+    const databases = await admin<{ datname: string }[]>`
+      select datname from pg_database where datname like 't\\_%' or datname in ('postgres', ${harness.template})`;
+    for (const { datname } of databases) {
+      const sql = postgres(`${harness.pgBase}/${datname}`, { max: 1, onnotice: () => {} });
+      try {
+        const [row] = await sql<{ text: string | null }[]>`
+          select concat_ws(E'\\n',
+            (select string_agg(concat_ws(' ', code, message), E'\\n') from hosting_automator.events),
+            (select string_agg(concat_ws(' ', last_error, public_error), E'\\n') from hosting_automator.jobs),
+            (select string_agg(result::text, E'\\n') from hosting_automator.steps),
+            (select string_agg(concat_ws(' ', error_message, hosting_doc_root), E'\\n') from public.sites)
+          ) as text`;
+        scanned += row.text?.length ?? 0;
+        for (const leak of leaks(row.text ?? "", needles)) found.push(`database ${datname}: ${leak}`);
+      } finally {
+        await sql.end({ timeout: 5 });
+      }
+    }
+  } finally {
+    await admin.end({ timeout: 5 });
+  }
+  if (scanned < 1000) throw new Error(`too little database text to scan: ${scanned} characters`);
+  if (found.length > 0) throw new Error(`secrets leaked:\n${found.join("\n")}`);
+});
