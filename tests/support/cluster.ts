@@ -17,7 +17,7 @@ export interface Cluster {
   stop(): Promise<void>;
 }
 
-async function freePort(): Promise<number> {
+function freePort(): number {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const port = (listener.addr as Deno.NetAddr).port;
   listener.close();
@@ -48,7 +48,7 @@ export async function startCluster(): Promise<Cluster> {
   await run(`${PG_BIN}/initdb`, ["-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"], {
     asPostgres: true,
   });
-  const port = await freePort();
+  const port = freePort();
   const options = [
     `-p ${port}`,
     `-k ${dir}`,

@@ -31,10 +31,10 @@ function statusOf(code: string): number {
   return 500;
 }
 
-export async function startPostgrest(
+export function startPostgrest(
   databaseUrl: string,
   keys: Record<string, "service_role" | "anon" | "authenticated">,
-): Promise<PostgrestStandIn> {
+): PostgrestStandIn {
   const sql = postgres(databaseUrl, { max: 8, onnotice: () => {} });
   const calls: PostgrestStandIn["calls"] = [];
   const returnsSet = new Map<string, boolean | null>();
@@ -98,10 +98,7 @@ export async function startPostgrest(
       const query = setReturning
         ? `select coalesce(jsonb_agg(t), '[]'::jsonb) as body from public.${fn}(${list}) t`
         : `select to_jsonb(public.${fn}(${list})) as body`;
-      const values = names.map((n) => {
-        const v = args[n];
-        return v !== null && typeof v === "object" ? JSON.stringify(v) : v;
-      }) as postgres.ParameterOrJSON<never>[];
+      const values = names.map((n) => args[n]) as postgres.ParameterOrJSON<never>[];
       try {
         const rows = await sql.begin(async (tx) => {
           await tx.unsafe(`set local role ${role}`);

@@ -22,6 +22,27 @@ import { generateClientKey, type Sshd, startSshd } from "./sshd.ts";
 
 export const FUNCTION_URL = "http://functions.test/functions/v1/hosting-automator";
 
+export interface SiteRow {
+  id: string;
+  domain: string;
+  status_dns: string | null;
+  status_hosting: string | null;
+  hosting_doc_root: string | null;
+  matomo_site_id: number | null;
+  error_message: string | null;
+}
+
+export interface EventRow {
+  id: string;
+  site_id: string | null;
+  job_id: string | null;
+  step: string | null;
+  level: string;
+  code: string | null;
+  message: string;
+  created_at: Date;
+}
+
 export interface StackOptions {
   label?: string;
   /** "rpc" (supabase-js through the PostgREST stand-in, the default) or "postgres". */
@@ -57,8 +78,8 @@ export interface Stack {
   /** Waits for all background work (waitUntil) to finish. */
   settle(): Promise<void>;
   insertSite(domain: string, fields?: { status_dns?: string; status_hosting?: string }): Promise<string>;
-  site(id: string): Promise<Record<string, unknown>>;
-  events(siteId: string): Promise<Array<Record<string, unknown>>>;
+  site(id: string): Promise<SiteRow>;
+  events(siteId: string): Promise<EventRow[]>;
   simState(): Promise<SimState>;
   /** Builds another app on the same stack (a second function instance), with env changes. */
   newApp(env?: Record<string, string | undefined>): App;
@@ -86,9 +107,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     }
     const serviceKey = registerSecret(`sb_secret_${crypto.randomUUID().replaceAll("-", "")}`);
     const storeKind = options.store ?? "rpc";
-    const postgrest = storeKind === "rpc"
-      ? await startPostgrest(db.url, { [serviceKey]: "service_role" })
-      : null;
+    const postgrest = storeKind === "rpc" ? startPostgrest(db.url, { [serviceKey]: "service_role" }) : null;
     if (postgrest) cleanups.push(() => postgrest.close());
     if (options.vault !== false) {
       await db.sql`select vault.create_secret(${FUNCTION_URL}, 'hosting_automator_url')`;
@@ -180,11 +199,13 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
         return row.id as string;
       },
       async site(id) {
-        const [row] = await db.sql`select * from public.sites where id = ${id}`;
+        const [row] = await db.sql<SiteRow[]>`select * from public.sites where id = ${id}`;
         return row;
       },
       events(siteId) {
-        return db.sql`select * from hosting_automator.events where site_id = ${siteId} order by id`;
+        return db.sql<
+          EventRow[]
+        >`select * from hosting_automator.events where site_id = ${siteId} order by id`;
       },
       simState: () => readSimState(clpctlState),
       newApp,

@@ -24,11 +24,9 @@ export function postgresStore(url: string, options: { max?: number } = {}): Stor
     const query = returns === "rows"
       ? `select * from public.${fn}(${list})`
       : `select public.${fn}(${list}) as value`;
-    // Objects travel as JSON text; the server types each parameter from the function's signature.
-    const values = names.map((name) => {
-      const v = args[name];
-      return v !== null && typeof v === "object" ? JSON.stringify(v) : v;
-    }) as postgres.ParameterOrJSON<never>[];
+    // postgres.js learns each parameter's type from the server (the function's signature) and serialises
+    // objects for jsonb parameters itself.
+    const values = names.map((name) => args[name]) as postgres.ParameterOrJSON<never>[];
     try {
       const rows = await sql.unsafe(query, values);
       return returns === "rows" ? [...rows] : rows[0]?.value;

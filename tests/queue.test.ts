@@ -1,0 +1,232 @@
+/**
+ * The queue under concurrency and crashes, on real Postgres with several connections: claims racing, leases
+ * expiring and being taken over, the per-server cap, kicks that only exist after commit, the sweep.
+ */
+import postgres from "postgres";
+import assert from "node:assert/strict";
+import { testDb } from "./support/db.ts";
+
+type Sql = postgres.Sql;
+
+function connect(url: string): Sql {
+  return postgres(url, { max: 1, onnotice: () => {} });
+}
+
+async function withDb(label: string, body: (db: { url: string; sql: Sql }) => Promise<void>) {
+  const db = await testDb(label);
+  try {
+    await body(db);
+  } finally {
+    await db.close();
+  }
+}
+
+async function activeSite(sql: Sql, domain: string): Promise<string> {
+  const [row] =
+    await sql`insert into public.sites (domain, status_dns) values (${domain}, 'active') returning id`;
+  return row.id;
+}
+
+const claim = (sql: Sql, worker: string, limit = 1, server = "srv", lease = 60) =>
+  sql`select * from public.hosting_claim_jobs(${worker}, ${server}, ${lease}, ${limit})`;
+
+Deno.test("two workers claiming at the same moment: one gets the job, the other gets nothing", async () => {
+  await withDb("claim_race", async ({ url, sql }) => {
+    const a = connect(url), b = connect(url);
+    try {
+      for (let round = 0; round < 20; round++) {
+        await activeSite(sql, `race-${round}.example`);
+        const [got1, got2] = await Promise.all([claim(a, "worker-a"), claim(b, "worker-b")]);
+        assert.deepEqual(got1.length + got2.length, 1, `round ${round}: exactly one worker gets the job`);
+        const [won] = [...got1, ...got2];
+        await sql`select public.hosting_complete_job(${won.job_id}, ${won.lease_token}, '/home/u-1/htdocs/x.example')`;
+      }
+    } finally {
+      await Promise.all([a.end(), b.end()]);
+    }
+  });
+});
+
+Deno.test("an expired lease is taken over, and the old owner's later record, complete and fail are refused", async () => {
+  await withDb("lease_takeover", async ({ url, sql }) => {
+    const a = connect(url), b = connect(url);
+    try {
+      const site = await activeSite(sql, "takeover.example");
+      const [first] = await claim(a, "worker-a");
+      // The old worker stalls past its lease (fake time: move the expiry instead of sleeping).
+      await sql`update hosting_automator.jobs set lease_expires_at = now() - interval '1 second' where id = ${first.job_id}`;
+      const [second] = await claim(b, "worker-b");
+      assert.deepEqual(second?.job_id, first.job_id, "the same job is claimed by the new worker");
+      assert.deepEqual(second.attempt, 2);
+
+      const [{ recorded }] = await a`select public.hosting_record_step(${first.job_id}, ${first.lease_token},
+        'cloudpanel_site', 'done', '{"doc_root": "/home/old/htdocs/takeover.example"}') as recorded`;
+      const [{ completed }] =
+        await a`select public.hosting_complete_job(${first.job_id}, ${first.lease_token},
+        '/home/old/htdocs/takeover.example', 1) as completed`;
+      const [{ failed }] = await a`select public.hosting_fail_job(${first.job_id}, ${first.lease_token},
+        'internal', 'old worker failure', null, true) as failed`;
+      assert.deepEqual([recorded, completed, failed], [false, false, null], "the old owner changes nothing");
+
+      const [{ done }] = await b`select public.hosting_complete_job(${second.job_id}, ${second.lease_token},
+        '/home/new-user/htdocs/takeover.example', 5) as done`;
+      assert.ok(done, "the new owner completes");
+      const [row] =
+        await sql`select status_hosting, hosting_doc_root, matomo_site_id from public.sites where id = ${site}`;
+      assert.deepEqual(row, {
+        status_hosting: "active",
+        hosting_doc_root: "/home/new-user/htdocs/takeover.example",
+        matomo_site_id: 5,
+      });
+      const steps = await sql`select * from hosting_automator.steps where site_id = ${site}`;
+      assert.deepEqual(steps.length, 0, "the old owner's step record was not written");
+    } finally {
+      await Promise.all([a.end(), b.end()]);
+    }
+  });
+});
+
+Deno.test("the per-server cap holds: with cap 3 and 12 due jobs, eight racing claimers never run more than 3", async () => {
+  await withDb("cap", async ({ url, sql }) => {
+    await sql`update hosting_automator.settings set server_concurrency = 3`;
+    for (let i = 0; i < 12; i++) await activeSite(sql, `cap-${i}.example`);
+    const workers = Array.from({ length: 8 }, () => connect(url));
+    try {
+      let finished = 0;
+      while (finished < 12) {
+        const claims = await Promise.all(workers.map((w, i) => claim(w, `w${i}`, 5)));
+        const [{ running }] =
+          await sql`select count(*)::int as running from hosting_automator.jobs where state = 'running'`;
+        assert.ok(running <= 3, `at most 3 running, saw ${running}`);
+        assert.deepEqual(claims.flat().length, 3 - 0, "free slots are filled exactly");
+        for (const job of claims.flat()) {
+          await sql`select public.hosting_complete_job(${job.job_id}, ${job.lease_token}, '/home/u-1/htdocs/x.example')`;
+          finished++;
+        }
+        if (finished >= 12) break;
+      }
+      // Another server's claims are not limited by this one's.
+      await activeSite(sql, "elsewhere.example");
+      assert.deepEqual((await claim(workers[0], "w0", 5, "other-server")).length, 1);
+    } finally {
+      await Promise.all(workers.map((w) => w.end()));
+    }
+  });
+});
+
+Deno.test("the kick is requested only when the update commits, with the key in the headers", async () => {
+  await withDb("kick_commit", async ({ url, sql }) => {
+    await sql`select vault.create_secret('https://project.example/functions/v1/hosting-automator', 'hosting_automator_url')`;
+    await sql`select vault.create_secret('sb_secret_kick_test_0123456789', 'hosting_automator_key')`;
+    const [site] = await sql`insert into public.sites (domain) values ('kick.example') returning id`;
+    const writer = connect(url);
+    try {
+      const kicksSeen: number[] = [];
+      await writer.begin(async (tx) => {
+        await tx`update public.sites set status_dns = 'active' where id = ${site.id}`;
+        const [{ n }] = await sql`select count(*)::int as n from net.http_request_queue`;
+        kicksSeen.push(n);
+      });
+      const kicks = await sql`select headers, body, timeout_milliseconds from net.http_request_queue`;
+      assert.deepEqual(kicksSeen, [0], "nothing is visible to pg_net's worker before commit");
+      assert.deepEqual(kicks.length, 1, "one kick after commit");
+      assert.deepEqual(kicks[0].headers.apikey, "sb_secret_kick_test_0123456789");
+      assert.deepEqual(kicks[0].body, { site_id: site.id });
+      assert.deepEqual(kicks[0].timeout_milliseconds, 5000);
+
+      const [other] =
+        await sql`insert into public.sites (domain) values ('rolled-back.example') returning id`;
+      await writer.begin(async (tx) => {
+        await tx`update public.sites set status_dns = 'active' where id = ${other.id}`;
+        throw new Error("rollback");
+      }).catch((e) => assert.deepEqual(e.message, "rollback"));
+      const [{ n }] = await sql`select count(*)::int as n from net.http_request_queue`;
+      assert.deepEqual(n, 1, "a rolled-back update requests nothing");
+      const [{ jobs }] =
+        await sql`select count(*)::int as jobs from hosting_automator.jobs where site_id = ${other.id}`;
+      assert.deepEqual(jobs, 0, "and queues no job");
+    } finally {
+      await writer.end();
+    }
+  });
+});
+
+Deno.test("two transactions queueing the same site at once leave one open job", async () => {
+  await withDb("queue_race", async ({ url, sql }) => {
+    const [site] = await sql`insert into public.sites (domain) values ('twice.example') returning id`;
+    const a = connect(url), b = connect(url);
+    try {
+      for (let round = 0; round < 5; round++) {
+        await Promise.all([a, b].map((c) => c`select * from hosting_automator.queue_job(${site.id})`));
+        const [{ open }] = await sql`select count(*)::int as open from hosting_automator.jobs
+          where site_id = ${site.id} and state in ('queued', 'running')`;
+        assert.deepEqual(open, 1);
+      }
+    } finally {
+      await Promise.all([a.end(), b.end()]);
+    }
+  });
+});
+
+Deno.test("the sweep re-queues expired leases and rings once per free slot while jobs are due", async () => {
+  await withDb("sweep", async ({ sql }) => {
+    await sql`select vault.create_secret('https://project.example/functions/v1/hosting-automator', 'hosting_automator_url')`;
+    await sql`select vault.create_secret('sb_secret_sweep_0123456789', 'hosting_automator_key')`;
+    await sql`update hosting_automator.settings set server_concurrency = 2`;
+    for (let i = 0; i < 5; i++) await activeSite(sql, `sweep-${i}.example`);
+    await sql`delete from net.http_request_queue`;
+    const [stuck] = await claim(sql, "crashed-worker");
+    await sql`update hosting_automator.jobs set lease_expires_at = now() - interval '1 second' where id = ${stuck.job_id}`;
+
+    const [{ sweep }] = await sql`select hosting_automator.sweep() as sweep`;
+    assert.deepEqual(sweep, { reaped: 1, due: 5, running: 0, kicks: 2 });
+    const kicks = await sql`select body from net.http_request_queue`;
+    assert.deepEqual(kicks.map((k) => k.body), [{}, {}], "drain kicks, one per free slot");
+    const [job] =
+      await sql`select state, attempts, last_error_code from hosting_automator.jobs where id = ${stuck.job_id}`;
+    assert.deepEqual(job, { state: "queued", attempts: 1, last_error_code: "interrupted" });
+  });
+});
+
+Deno.test("a job whose worker dies on every attempt fails after the last one, with a public message", async () => {
+  await withDb("poison", async ({ sql }) => {
+    await sql`update hosting_automator.settings set max_attempts = 2`;
+    const site = await activeSite(sql, "poison.example");
+    for (let attempt = 1; attempt <= 2; attempt++) {
+      const [job] = await claim(sql, `w${attempt}`);
+      assert.deepEqual(job.attempt, attempt);
+      await sql`update hosting_automator.jobs set lease_expires_at = now() - interval '1 second' where id = ${job.job_id}`;
+      await sql`select hosting_automator.sweep()`;
+    }
+    const [row] = await sql`select status_hosting, error_message from public.sites where id = ${site}`;
+    assert.deepEqual(row.status_hosting, "failed");
+    assert.deepEqual(
+      row.error_message,
+      "Provisioning was interrupted too many times; an operator can retry it.",
+    );
+    assert.deepEqual((await claim(sql, "w3")).length, 0, "a failed job is not claimed again");
+  });
+});
+
+Deno.test("retrying an active site that lacks analytics queues a job and keeps the site active", async () => {
+  await withDb("retry_analytics", async ({ sql }) => {
+    const site = await activeSite(sql, "noanalytics.example");
+    const [job] = await claim(sql, "w1");
+    await sql`select public.hosting_complete_job(${job.job_id}, ${job.lease_token}, '/home/u-1/htdocs/noanalytics.example', null)`;
+    const [{ retry }] = await sql`select public.hosting_retry(null, true) as retry`;
+    assert.deepEqual(retry.requeued.map((r: { reason: string }) => r.reason), ["missing_analytics"]);
+    const [again] = await claim(sql, "w2");
+    assert.deepEqual(again.site_id, site);
+    const [row] = await sql`select status_hosting from public.sites where id = ${site}`;
+    assert.deepEqual(row.status_hosting, "active", "claiming it does not take the site out of active");
+    const [{ failed }] =
+      await sql`select public.hosting_fail_job(${again.job_id}, ${again.lease_token}, 'internal', 'boom', null, true) as failed`;
+    assert.deepEqual(failed.state, "failed");
+    const [after] = await sql`select status_hosting, error_message from public.sites where id = ${site}`;
+    assert.deepEqual(
+      after,
+      { status_hosting: "active", error_message: null },
+      "a failed analytics retry leaves a live site alone",
+    );
+  });
+});
