@@ -51,12 +51,18 @@ Deno.test("no secret appears in the logs, the event log, stored errors or error_
 
   const admin = postgres(`${harness.pgBase}/postgres`, { max: 1, onnotice: () => {} });
   let scanned = 0;
+  let withModule = 0;
   try {
     const databases = await admin<{ datname: string }[]>`
       select datname from pg_database where datname like 't\\_%' or datname in ('postgres', ${harness.template})`;
     for (const { datname } of databases) {
       const sql = postgres(`${harness.pgBase}/${datname}`, { max: 1, onnotice: () => {} });
       try {
+        // Databases where a migration test stopped on purpose have nothing of this module.
+        const [{ present }] =
+          await sql`select to_regclass('hosting_automator.events') is not null as present`;
+        if (!present) continue;
+        withModule++;
         const [row] = await sql<{ text: string | null }[]>`
           select concat_ws(E'\\n',
             (select string_agg(concat_ws(' ', code, message), E'\\n') from hosting_automator.events),
@@ -73,6 +79,8 @@ Deno.test("no secret appears in the logs, the event log, stored errors or error_
   } finally {
     await admin.end({ timeout: 5 });
   }
-  if (scanned < 1000) throw new Error(`too little database text to scan: ${scanned} characters`);
+  if (scanned < 1000 || withModule < 10) {
+    throw new Error(`too little to scan: ${scanned} characters in ${withModule} databases`);
+  }
   if (found.length > 0) throw new Error(`secrets leaked:\n${found.join("\n")}`);
 });

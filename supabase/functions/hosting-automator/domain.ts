@@ -39,8 +39,14 @@ export function parseDomain(input: unknown): Domain {
       "it may only contain letters, digits, dots and hyphens (no spaces, quotes or other symbols)",
     );
   }
-  // The WHATWG host parser also maps full-width dots and other look-alikes; it returns '' for invalid IDN.
-  const ascii = domainToASCII(input.toLowerCase());
+  // The WHATWG host parser also maps full-width dots and other look-alikes. For an invalid IDN Node returns
+  // '' and Deno 2.1 throws a plain Error: both mean invalid.
+  let ascii = "";
+  try {
+    ascii = domainToASCII(input.toLowerCase());
+  } catch {
+    // falls through to the check below
+  }
   if (!ascii) throw invalid("it is not a valid internationalised domain name");
   if (ascii.length > MAX_DOMAIN_LENGTH) throw invalid(`it is longer than ${MAX_DOMAIN_LENGTH} characters`);
   const labels = ascii.split(".");

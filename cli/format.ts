@@ -1,0 +1,95 @@
+/**
+ * Terminal output shared by the CLI and the demo: live progress lines for jobs and steps, and plain tables.
+ * Pure formatting; callers decide where lines go.
+ */
+import type { Progress } from "../supabase/functions/hosting-automator/workflow.ts";
+
+export interface Style {
+  ok(text: string): string;
+  bad(text: string): string;
+  warn(text: string): string;
+  dim(text: string): string;
+}
+
+const plain: Style = { ok: (t) => t, bad: (t) => t, warn: (t) => t, dim: (t) => t };
+const ansi: Style = {
+  ok: (t) => `\x1b[32m${t}\x1b[0m`,
+  bad: (t) => `\x1b[31m${t}\x1b[0m`,
+  warn: (t) => `\x1b[33m${t}\x1b[0m`,
+  dim: (t) => `\x1b[2m${t}\x1b[0m`,
+};
+
+/** Colours only on a terminal, and never when NO_COLOR is set. */
+export function styleFor(stream: { isTerminal(): boolean }): Style {
+  return stream.isTerminal() && !Deno.env.get("NO_COLOR") ? ansi : plain;
+}
+
+const STEP_LABEL: Record<string, string> = {
+  cloudpanel_site: "CloudPanel site",
+  ssl_certificate: "Let's Encrypt certificate",
+  matomo_site: "Matomo site",
+};
+
+function pad(text: string, width: number): string {
+  return text.length >= width ? text : text + " ".repeat(width - text.length);
+}
+
+/** One line per event, as it happens. */
+export function progressLines(
+  write: (line: string) => void,
+  style: Style = plain,
+): (event: Progress) => void {
+  return (event) => {
+    const domain = pad(event.job.domain ?? "(no domain)", 28);
+    switch (event.kind) {
+      case "job_started":
+        write(`${style.dim("▶")} ${domain} attempt ${event.job.attempt} of ${event.job.maxAttempts}`);
+        break;
+      case "step_started":
+        write(`  ${style.dim("…")} ${domain} ${STEP_LABEL[event.step]}`);
+        break;
+      case "step_finished": {
+        const o = event.outcome;
+        const label = pad(STEP_LABEL[o.step], 26);
+        if (o.status === "failed") {
+          write(`  ${style.bad("✗")} ${domain} ${label} ${o.code}: ${o.message ?? ""}`);
+        } else write(`  ${style.ok("✓")} ${domain} ${label} ${o.duration_ms} ms`);
+        break;
+      }
+      case "job_finished": {
+        const o = event.outcome;
+        const detail = o.status === "active"
+          ? `${o.doc_root}${o.matomo_site_id ? `, Matomo ${o.matomo_site_id}` : ""}`
+          : o.status === "retrying"
+          ? `retry at ${o.next_run_at}: ${o.error?.message ?? ""}`
+          : o.error?.message ?? "";
+        const mark = o.status === "active"
+          ? style.ok("■")
+          : o.status === "failed"
+          ? style.bad("■")
+          : style.warn("■");
+        write(
+          `${mark} ${domain} ${pad(o.status, 10)} ${detail}${
+            o.warning ? style.warn(` (${o.warning.message})`) : ""
+          }`,
+        );
+        break;
+      }
+    }
+  };
+}
+
+/** A plain table with a header row and a rule; cells are cut to `maxWidth`. */
+export function table(
+  headers: string[],
+  rows: Array<Array<string | number | null | undefined>>,
+  maxWidth = 60,
+): string {
+  const cells = rows.map((row) =>
+    row.map((c) => (c === null || c === undefined || c === "" ? "–" : String(c)))
+  );
+  const cut = (text: string) => (text.length > maxWidth ? `${text.slice(0, maxWidth - 1)}…` : text);
+  const widths = headers.map((h, i) => Math.max(h.length, ...cells.map((row) => cut(row[i] ?? "").length)));
+  const line = (row: string[]) => row.map((c, i) => pad(cut(c), widths[i])).join("  ").trimEnd();
+  return [line(headers), widths.map((w) => "─".repeat(w)).join("  "), ...cells.map(line)].join("\n");
+}

@@ -1,0 +1,107 @@
+/**
+ * Configuration is validated once: a bad value stops with the variable's name and the rule, never the value.
+ */
+import assert from "node:assert/strict";
+import { loadConfig, secretsOf } from "../supabase/functions/hosting-automator/config.ts";
+import { createApp } from "../supabase/functions/hosting-automator/app.ts";
+import { isHostingError } from "../supabase/functions/hosting-automator/errors.ts";
+
+const KEY =
+  "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIBt0ps3cr3tK3yMaterialAAAAAAAAAAAAAAAAAAAAAAAAAoAoGCCqGSM49\n-----END EC PRIVATE KEY-----\n";
+const VALID = {
+  SUPABASE_URL: "https://project.supabase.co",
+  SUPABASE_SECRET_KEYS: JSON.stringify({ default: "sb_secret_config_test_value" }),
+  CLOUDPANEL_SSH_HOST: "cp.example.com",
+  CLOUDPANEL_SSH_PRIVATE_KEY: KEY,
+  CLOUDPANEL_SSH_HOST_KEY: "SHA256:" + "a".repeat(43),
+  MATOMO_API_URL: "https://matomo.example.com",
+  MATOMO_API_TOKEN: "0123456789abcdef0123456789abcdef",
+};
+
+function refusal(env: Record<string, string | undefined>): string {
+  try {
+    loadConfig(env);
+  } catch (error) {
+    assert.ok(isHostingError(error));
+    assert.equal(error.code, "config_invalid");
+    return error.publicMessage;
+  }
+  throw new Error("the configuration was accepted");
+}
+
+Deno.test("a valid configuration gets the documented defaults", () => {
+  const config = loadConfig(VALID);
+  assert.equal(config.ssh.port, 22);
+  assert.equal(config.ssh.user, "root");
+  assert.equal(config.store.kind, "rpc");
+  assert.equal(config.budgetMs, 130_000);
+  assert.equal(config.timeouts.certificateMs, 120_000);
+  assert.equal(config.matomo?.timeoutMs, 15_000);
+  assert.deepEqual(config.authKeys, ["sb_secret_config_test_value"]);
+});
+
+Deno.test("each bad value is refused with its variable's name and the rule, without echoing the value", () => {
+  const cases: Array<[Record<string, string | undefined>, RegExp]> = [
+    [{ CLOUDPANEL_SSH_HOST: undefined }, /^CLOUDPANEL_SSH_HOST: is required$/],
+    [{ CLOUDPANEL_SSH_HOST: "bad host;rm" }, /^CLOUDPANEL_SSH_HOST: must be a host name or an IP address$/],
+    [{ CLOUDPANEL_SSH_PORT: "70000" }, /^CLOUDPANEL_SSH_PORT: must be a port number from 1 to 65535$/],
+    [{ CLOUDPANEL_SSH_USER: "Root User" }, /^CLOUDPANEL_SSH_USER: must be a Linux user name$/],
+    [
+      { CLOUDPANEL_SSH_PRIVATE_KEY: "secret-but-not-a-key" },
+      /^CLOUDPANEL_SSH_PRIVATE_KEY: must be the text of a PEM or OpenSSH private key/,
+    ],
+    [{ CLOUDPANEL_SSH_HOST_KEY: "MD5:aa:bb" }, /^CLOUDPANEL_SSH_HOST_KEY: must be the host key fingerprint/],
+    [{ MATOMO_API_TOKEN: undefined }, /^MATOMO_API_TOKEN: is required when the other Matomo setting is set$/],
+    [{ MATOMO_API_TOKEN: "short" }, /^MATOMO_API_TOKEN: must be a Matomo token_auth/],
+    [
+      { MATOMO_API_URL: "http://matomo.example.com" },
+      /^MATOMO_API_URL: must use https \(plain http only on localhost\)$/,
+    ],
+    [{ SUPABASE_SECRET_KEYS: "{not json" }, /^SUPABASE_SECRET_KEYS: must be a JSON object/],
+    [{ SUPABASE_SECRET_KEYS: undefined }, /^SUPABASE_SECRET_KEYS: or SUPABASE_SERVICE_ROLE_KEY is required/],
+    [{ SUPABASE_URL: undefined }, /^SUPABASE_URL: is required when HOSTING_STORE is rpc$/],
+    [{ HOSTING_STORE: "postgres" }, /^SUPABASE_DB_URL: is required when HOSTING_STORE is postgres$/],
+    [{ HOSTING_STORE: "redis" }, /^HOSTING_STORE: must be "rpc" or "postgres"$/],
+    [
+      { HOSTING_TIME_BUDGET_SECONDS: "5" },
+      /^HOSTING_TIME_BUDGET_SECONDS: must be a whole number of seconds from 10 to 3600$/,
+    ],
+    [{ HOSTING_LOG_LEVEL: "loud" }, /^HOSTING_LOG_LEVEL: must be debug, info, warn or error$/],
+  ];
+  for (const [change, expected] of cases) {
+    const message = refusal({ ...VALID, ...change });
+    assert.match(message, expected);
+    for (const value of Object.values(change)) {
+      // Longer than any rule word ("postgres" is part of a rule): these values are what must not be echoed.
+      if (value && value.length > 8) assert.ok(!message.includes(value), `${message} echoes the value`);
+    }
+  }
+});
+
+Deno.test("a private key given on one line with \\n escapes is accepted", () => {
+  const config = loadConfig({ ...VALID, CLOUDPANEL_SSH_PRIVATE_KEY: KEY.trim().replaceAll("\n", "\\n") });
+  assert.equal(config.ssh.privateKey, KEY);
+});
+
+Deno.test("every secret of the configuration is known to the redactor", () => {
+  const secrets = secretsOf(loadConfig(VALID));
+  for (const value of ["sb_secret_config_test_value", KEY, VALID.MATOMO_API_TOKEN]) {
+    assert.ok(secrets.includes(value));
+  }
+});
+
+Deno.test("with an invalid configuration every request answers 500 naming the variable, and the log says so", async () => {
+  const lines: string[] = [];
+  const app = createApp({ ...VALID, CLOUDPANEL_SSH_HOST_KEY: "nonsense-value-123" }, {
+    logSink: (l) => void lines.push(l),
+  });
+  const response = await app.fetch(new Request("http://x/hosting-automator", { method: "POST", body: "{}" }));
+  assert.equal(response.status, 500);
+  const body = await response.json();
+  assert.equal(body.error.code, "config_invalid");
+  assert.match(body.error.message, /^CLOUDPANEL_SSH_HOST_KEY: /);
+  assert.ok(!JSON.stringify(body).includes("nonsense-value-123"));
+  assert.equal(lines.length, 1);
+  assert.match(lines[0], /configuration invalid/);
+  assert.ok(!lines[0].includes(KEY.split("\n")[1]), "the log line holds no secret");
+});
