@@ -42,7 +42,7 @@ Deno.test("the migrations apply to a plain Postgres without pg_net, Vault or pg_
   try {
     const up = await supabase("migration", "up", `--remote=${db.url}`, "--yes");
     assert.equal(up.code, 0, up.output);
-    assert.equal(up.output.match(/Applying migration/g)?.length, 5);
+    assert.equal(up.output.match(/Applying migration/g)?.length, 6);
     const [site] = await db
       .sql`insert into public.sites (domain, status_dns) values ('plain.example', 'active') returning id`;
     const jobs = await db.sql`select state from hosting_automator.jobs where site_id = ${site.id}`;

@@ -43,7 +43,8 @@ Deno.test("no secret appears in the logs, the event log, stored errors or error_
   }
 
   const logs = await Deno.readTextFile(artifactPath("logs.jsonl")).catch(() => "");
-  const output = await Deno.readTextFile(artifactPath("test-output.txt")).catch(() => "");
+  const output = await Deno.readTextFile(artifactPath("test-output.txt")).catch(() => "") +
+    await Deno.readTextFile(artifactPath("cli-output.txt")).catch(() => "");
   if (logs.length < 10_000) throw new Error(`too little log output to scan: ${logs.length} bytes`);
   const found: string[] = [];
   for (const leak of leaks(logs, needles)) found.push(`log line: ${leak}`);

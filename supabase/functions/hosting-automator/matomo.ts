@@ -43,6 +43,24 @@ const idSite = z.union([
 const errorAnswer = z.object({ result: z.literal("error"), message: z.string().optional() });
 const lookupAnswer = z.array(z.object({ idsite: idSite }));
 const addAnswer = z.object({ value: idSite });
+const versionAnswer = z.object({ value: z.string() });
+const flagAnswer = z.object({ value: z.boolean() });
+
+/** The parameters of the two calls a site needs; shared with the CLI's --dry-run, which prints them. */
+export function lookupParams(domain: Domain): Record<string, string> {
+  return { url: `https://${domain}`, filter_limit: "-1" };
+}
+export function addSiteParams(domain: Domain): Record<string, string> {
+  return { siteName: domain, "urls[0]": `https://${domain}` };
+}
+/** The API script: operators often paste the endpoint itself; both forms address it. */
+export function endpointOf(url: string): string {
+  return url.endsWith("/index.php") ? url : `${url}/index.php`;
+}
+/** Module, method and format in the query string (so errors come back as JSON, §4); all else in the body. */
+export function requestUrl(endpoint: string, method: string): string {
+  return `${endpoint}?module=API&method=${encodeURIComponent(method)}&format=json`;
+}
 
 export class MatomoClient {
   readonly #config: MatomoConfig;
@@ -53,8 +71,7 @@ export class MatomoClient {
   constructor(config: MatomoConfig, logger: Logger, options: { fetch?: typeof fetch } = {}) {
     this.#config = config;
     this.#logger = logger;
-    // Operators often paste the endpoint itself; both forms address the same script.
-    this.#endpoint = config.url.endsWith("/index.php") ? config.url : `${config.url}/index.php`;
+    this.#endpoint = endpointOf(config.url);
     this.#http = ky.create({
       fetch: options.fetch,
       timeout: config.timeoutMs,
@@ -81,7 +98,7 @@ export class MatomoClient {
   async findSite(domain: Domain): Promise<number | null> {
     const rows = await this.#call(
       "SitesManager.getSitesIdFromSiteUrl",
-      { url: `https://${domain}`, filter_limit: "-1" },
+      lookupParams(domain),
       lookupAnswer,
       LOOKUP_RETRY,
     );
@@ -97,11 +114,21 @@ export class MatomoClient {
   async addSite(domain: Domain): Promise<number> {
     const answer = await this.#call(
       "SitesManager.addSite",
-      { siteName: domain, "urls[0]": `https://${domain}` },
+      addSiteParams(domain),
       addAnswer,
       NO_RETRY,
     );
     return answer.value;
+  }
+
+  /**
+   * Read-only preflight (CLI --dry-run): the Matomo version, and whether the token may add sites (super user,
+   * reference §3). Both are reads, so they are retried like the lookup.
+   */
+  async preflight(): Promise<{ version: string; superUser: boolean }> {
+    const version = await this.#call("API.getMatomoVersion", {}, versionAnswer, LOOKUP_RETRY);
+    const superUser = await this.#call("UsersManager.hasSuperUserAccess", {}, flagAnswer, LOOKUP_RETRY);
+    return { version: version.value, superUser: superUser.value };
   }
 
   /** The domain's site: an existing one is reused, a new one is added only when none exists. */
@@ -147,7 +174,7 @@ export class MatomoClient {
       // A ready Request rather than ky's `body` option: under Deno 2.1's checker, ky's Options lose their
       // RequestInit fields as soon as the program imports `node:` modules (domain.ts does).
       const request = new Request(
-        `${this.#endpoint}?module=API&method=${encodeURIComponent(method)}&format=json`,
+        requestUrl(this.#endpoint, method),
         {
           method: "POST",
           body: new URLSearchParams({ token_auth: this.#config.token, ...params }),

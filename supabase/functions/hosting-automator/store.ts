@@ -91,6 +91,44 @@ const statusReport = z.object({
 });
 export type StatusReport = z.output<typeof statusReport>;
 
+const siteDetail = z.union([
+  z.object({ found: z.literal(false) }),
+  z.object({
+    found: z.literal(true),
+    site: z.object({
+      id: z.string(),
+      domain: z.string().nullable(),
+      status_dns: z.string().nullable(),
+      status_hosting: z.string().nullable(),
+      hosting_doc_root: z.string().nullable(),
+      matomo_site_id: z.number().nullable(),
+      error_message: z.string().nullable(),
+    }),
+    job: z.record(z.string(), z.unknown()).nullable(),
+    steps: z.record(z.string(), z.record(z.string(), z.unknown())),
+    events: z.array(
+      z.object({
+        at: z.string(),
+        level: z.string(),
+        step: z.string().nullable(),
+        code: z.string().nullable(),
+        message: z.string(),
+      }),
+    ),
+  }),
+]);
+export type SiteDetail = z.output<typeof siteDetail>;
+
+const dueRow = z.object({
+  job_id: id,
+  site_id: z.string(),
+  domain: z.string().nullable(),
+  attempts: z.number(),
+  run_at: z.union([z.string(), z.date()]).transform((v) => new Date(v)),
+  steps: z.partialRecord(z.enum(STEP_NAMES), stepEntry).default({}),
+});
+export type DueJob = z.output<typeof dueRow>;
+
 export interface ClaimArgs {
   worker: string;
   server: string;
@@ -234,6 +272,16 @@ export class Store {
       ? { p_site_id: target.siteId, p_all_failed: false }
       : { p_site_id: null, p_all_failed: true };
     return retryResult.parse(await this.#call("hosting_retry", args, "value"));
+  }
+
+  /** One site by id or domain, with its job, journal and latest events. */
+  async site(key: string, events = 20): Promise<SiteDetail> {
+    return siteDetail.parse(await this.#call("hosting_site", { p_key: key, p_events: events }, "value"));
+  }
+
+  /** Jobs due now (read-only: nothing is claimed). */
+  async due(limit = 100): Promise<DueJob[]> {
+    return z.array(dueRow).parse(await this.#call("hosting_due", { p_limit: limit }, "rows"));
   }
 
   async status(limit = 20): Promise<StatusReport> {

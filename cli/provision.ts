@@ -1,0 +1,385 @@
+// deno-lint-ignore-file no-console
+/**
+ * `deno task provision`: the command-line mode, for operators and for the Hub as a fallback. Same
+ * configuration, SQL functions and workflow as the Edge Function; see `--help`.
+ */
+import { parseArgs } from "node:util";
+import { type Config, loadConfig } from "../supabase/functions/hosting-automator/config.ts";
+import { storeFor, workflowDeps } from "../supabase/functions/hosting-automator/app.ts";
+import {
+  addStaticSiteCommand,
+  installCertificateCommand,
+} from "../supabase/functions/hosting-automator/cloudpanel.ts";
+import { parseDomain, siteUserFor } from "../supabase/functions/hosting-automator/domain.ts";
+import { isHostingError, toHostingError } from "../supabase/functions/hosting-automator/errors.ts";
+import { Logger, type LogLevel, REDACTED, Redactor } from "../supabase/functions/hosting-automator/log.ts";
+import { secretsOf } from "../supabase/functions/hosting-automator/config.ts";
+import {
+  addSiteParams,
+  endpointOf,
+  lookupParams,
+  MatomoClient,
+  requestUrl,
+} from "../supabase/functions/hosting-automator/matomo.ts";
+import { connectSsh } from "../supabase/functions/hosting-automator/ssh.ts";
+import type { StatusReport, Store } from "../supabase/functions/hosting-automator/store.ts";
+import {
+  Invocation,
+  type JobOutcome,
+  type RunResult,
+} from "../supabase/functions/hosting-automator/workflow.ts";
+import { loadEnv } from "./dotenv.ts";
+import { progressLines, styleFor, table } from "./format.ts";
+
+export const USAGE = `Usage: deno task provision [options]
+
+Provisions websites on CloudPanel and Matomo the way the Edge Function does, from a terminal.
+
+  --site <id|domain>   provision this site now (it is queued first when its DNS is active and hosting pending)
+  --pending            run every job that is due
+  --retry-failed       re-queue failed sites and active sites missing analytics, then run them
+  --status             the status report: counts, queue, running jobs, retries, failures, missing analytics
+  --dry-run            check the configuration, the database, the SSH connection (host key and login) and
+                       Matomo (version, super user), then print the exact commands and requests a run would
+                       send, secrets masked; changes nothing. Applies to --site, or to the due jobs (default)
+  --concurrency <n>    jobs at once, 1 to 16 (default 2; the per-server cap in the database still applies)
+  --env-file <path>    read settings from this file (default: .env when it exists; the environment wins)
+  --verbose            also print the JSON log lines (redacted) on stderr
+  -h, --help           this text
+
+Settings are the Edge Function's (see README, "Configuration"); HOSTING_STORE=postgres with SUPABASE_DB_URL
+talks to the database directly, the default uses SUPABASE_URL and the secret key.
+
+Exit status: 0 done; 1 a site failed, or a --dry-run check failed; 2 usage or configuration error;
+3 a site failed for now and will be retried later.`;
+
+const EXIT = { ok: 0, failed: 1, usage: 2, retrying: 3 } as const;
+
+class UsageError extends Error {}
+
+interface Options {
+  site?: string;
+  pending: boolean;
+  retryFailed: boolean;
+  status: boolean;
+  dryRun: boolean;
+  concurrency: number;
+  envFile?: string;
+  verbose: boolean;
+  help: boolean;
+}
+
+export function parseOptions(args: string[]): Options {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        site: { type: "string" },
+        pending: { type: "boolean", default: false },
+        "retry-failed": { type: "boolean", default: false },
+        status: { type: "boolean", default: false },
+        "dry-run": { type: "boolean", default: false },
+        concurrency: { type: "string", default: "2" },
+        "env-file": { type: "string" },
+        verbose: { type: "boolean", default: false },
+        help: { type: "boolean", short: "h", default: false },
+      },
+    }).values;
+  } catch (error) {
+    throw new UsageError(error instanceof Error ? error.message : String(error));
+  }
+  const concurrency = Number(parsed.concurrency);
+  if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 16) {
+    throw new UsageError("--concurrency must be a whole number from 1 to 16");
+  }
+  const options: Options = {
+    site: parsed.site,
+    pending: parsed.pending!,
+    retryFailed: parsed["retry-failed"]!,
+    status: parsed.status!,
+    dryRun: parsed["dry-run"]!,
+    concurrency,
+    envFile: parsed["env-file"],
+    verbose: parsed.verbose!,
+    help: parsed.help!,
+  };
+  if (options.site !== undefined && options.site.trim() === "") {
+    throw new UsageError("--site needs an id or a domain");
+  }
+  const modes = [options.site !== undefined, options.pending, options.retryFailed, options.status]
+    .filter(Boolean).length;
+  if (!options.help && modes === 0 && !options.dryRun) {
+    throw new UsageError("choose what to do: --site, --pending, --retry-failed, --status or --dry-run");
+  }
+  if (modes > 1) throw new UsageError("choose one of --site, --pending, --retry-failed and --status");
+  if (options.dryRun && (options.retryFailed || options.status)) {
+    throw new UsageError("--dry-run goes with --site or --pending");
+  }
+  return options;
+}
+
+const out = (line = "") => console.log(line);
+const style = styleFor(Deno.stdout);
+
+function exitFor(outcomes: JobOutcome[]): number {
+  if (outcomes.some((o) => o.status === "failed")) return EXIT.failed;
+  if (outcomes.some((o) => o.status === "retrying" || o.status === "interrupted")) return EXIT.retrying;
+  return EXIT.ok;
+}
+
+function outcomeTable(outcomes: JobOutcome[]): string {
+  return table(
+    ["domain", "status", "doc root", "Matomo id", "error or warning"],
+    outcomes.map((o) => [
+      o.domain,
+      o.status,
+      o.doc_root,
+      o.matomo_site_id,
+      o.error?.message ?? o.warning?.message ?? (o.status === "retrying" ? `retry at ${o.next_run_at}` : ""),
+    ]),
+  );
+}
+
+function report(result: RunResult): number {
+  out();
+  if (result.outcomes.length === 0) out("No job was due.");
+  else out(outcomeTable(result.outcomes));
+  if (result.stopped) out(style.bad(`Stopped early: ${result.stopped.message} (${result.stopped.code})`));
+  const code = result.stopped && result.outcomes.length === 0 ? EXIT.failed : exitFor(result.outcomes);
+  return code;
+}
+
+function printStatus(status: StatusReport): void {
+  const counts = Object.entries(status.sites).map(([state, n]) => `${state} ${n}`).join(", ") || "none";
+  const jobs = Object.entries(status.jobs).map(([state, n]) => `${state} ${n}`).join(", ") || "none";
+  out(`Sites by status_hosting: ${counts}`);
+  out(`Jobs by state:           ${jobs}`);
+  out(
+    `Queue: ${status.queue.depth} queued, ${status.queue.due} due, oldest ${status.queue.oldest_age_seconds} s`,
+  );
+  const section = (title: string, rows: Array<Record<string, unknown>>, columns: string[]) => {
+    out();
+    out(`${title} (${rows.length})`);
+    if (rows.length) out(table(columns, rows.map((r) => columns.map((c) => r[c] as string))));
+  };
+  section("Running", status.running, ["domain", "step", "attempt", "worker", "lease_expires_at"]);
+  section("Retrying", status.retrying, ["domain", "attempts", "next_run_at", "code", "error"]);
+  section("Recent failures", status.recent_failures, ["domain", "failed_at", "code", "error_message"]);
+  section(
+    "Active without analytics",
+    status.missing_analytics.map((m) => ({
+      ...m,
+      warning: (m.warning as { message?: string } | null)?.message ?? "",
+    })),
+    ["domain", "site_id", "warning"],
+  );
+}
+
+async function dryRun(config: Config, store: Store, redactor: Redactor, options: Options): Promise<number> {
+  let ok = true;
+  const check = (label: string, good: boolean, detail: string) => {
+    ok &&= good;
+    out(`${good ? style.ok("✓") : style.bad("✗")} ${label.padEnd(10)} ${detail}`);
+  };
+  const mask = (text: string) => redactor.redact(text);
+
+  check(
+    "config",
+    true,
+    `store ${config.store.kind}, CloudPanel ${config.ssh.user}@${config.ssh.host}:${config.ssh.port}, ` +
+      `Matomo ${
+        config.matomo ? mask(config.matomo.url) : "not configured (the analytics step will be skipped)"
+      }`,
+  );
+
+  let due: Awaited<ReturnType<Store["due"]>> = [];
+  let targets: Array<{ domain: string | null; steps: Record<string, { state: string }> }> = [];
+  try {
+    const status = await store.status();
+    check("database", true, `reachable; ${status.queue.due} job(s) due, ${status.running.length} running`);
+    if (options.site !== undefined) {
+      const detail = await store.site(options.site);
+      if (!detail.found) throw new UsageError(`no site has the id or domain ${JSON.stringify(options.site)}`);
+      targets = [{ domain: detail.site.domain, steps: detail.steps as Record<string, { state: string }> }];
+    } else {
+      due = await store.due();
+      targets = due.map((d) => ({ domain: d.domain, steps: d.steps }));
+    }
+  } catch (error) {
+    if (error instanceof UsageError) throw error;
+    check("database", false, mask(toHostingError(error).message));
+  }
+
+  try {
+    const shell = await connectSsh(config.ssh);
+    await shell.close();
+    check("ssh", true, `logged in; host key matches ${config.ssh.hostKey}; no command was run`);
+  } catch (error) {
+    const failure = toHostingError(error);
+    check("ssh", false, `${failure.code}: ${mask(failure.message)}`);
+  }
+
+  if (config.matomo) {
+    const silent = new Logger(redactor, { sink: () => {}, level: "error" });
+    try {
+      const { version, superUser } = await new MatomoClient(config.matomo, silent).preflight();
+      check(
+        "matomo",
+        superUser,
+        `version ${version}; ${
+          superUser
+            ? "the token is a super user's"
+            : "the token is NOT a super user's: addSite will be refused"
+        }`,
+      );
+    } catch (error) {
+      const failure = toHostingError(error);
+      check("matomo", false, `${failure.code}: ${mask(failure.publicMessage)}`);
+    }
+  }
+
+  out();
+  out(targets.length ? `A run would send, per site (secrets masked):` : "No site to run.");
+  for (const target of targets) {
+    out();
+    let domain;
+    try {
+      domain = parseDomain(target.domain);
+    } catch (error) {
+      out(
+        `${target.domain}: ${style.bad("would fail")}: ${
+          isHostingError(error) ? error.publicMessage : error
+        }`,
+      );
+      continue;
+    }
+    const done = (step: string) => target.steps[step]?.state === "done";
+    out(`${domain}:`);
+    out(
+      done("cloudpanel_site")
+        ? "  skip CloudPanel site (done)"
+        : `  ssh  ${addStaticSiteCommand(domain, siteUserFor(domain), REDACTED)}`,
+    );
+    out(
+      done("ssl_certificate") ? "  skip certificate (done)" : `  ssh  ${installCertificateCommand(domain)}`,
+    );
+    if (done("matomo_site")) out("  skip Matomo (done)");
+    else if (!config.matomo) out("  skip Matomo (not configured)");
+    else {
+      const endpoint = endpointOf(config.matomo.url);
+      const body = (params: Record<string, string>) =>
+        new URLSearchParams({ token_auth: REDACTED, ...params }).toString().replaceAll(
+          "%5BREDACTED%5D",
+          REDACTED,
+        );
+      out(
+        `  POST ${mask(requestUrl(endpoint, "SitesManager.getSitesIdFromSiteUrl"))}  ${
+          body(lookupParams(domain))
+        }`,
+      );
+      out(`  then, only when no site matches:`);
+      out(`  POST ${mask(requestUrl(endpoint, "SitesManager.addSite"))}  ${body(addSiteParams(domain))}`);
+    }
+  }
+  out();
+  out(
+    ok
+      ? "Dry run: every check passed; nothing was changed."
+      : style.bad("Dry run: a check failed; nothing was changed."),
+  );
+  return ok ? EXIT.ok : EXIT.failed;
+}
+
+export async function main(args: string[]): Promise<number> {
+  let options: Options;
+  try {
+    options = parseOptions(args);
+  } catch (error) {
+    console.error(`provision: ${(error as Error).message}\n\n${USAGE}`);
+    return EXIT.usage;
+  }
+  if (options.help) {
+    out(USAGE);
+    return EXIT.ok;
+  }
+
+  let config: Config;
+  const redactor = new Redactor();
+  try {
+    const env = await loadEnv(options.envFile);
+    // A terminal run is not bound by the Edge Function's wall clock.
+    env.HOSTING_TIME_BUDGET_SECONDS ??= "3600";
+    config = loadConfig(env);
+  } catch (error) {
+    console.error(
+      `provision: configuration: ${isHostingError(error) ? error.publicMessage : (error as Error).message}`,
+    );
+    return EXIT.usage;
+  }
+  for (const secret of secretsOf(config)) redactor.add(secret);
+  const level: LogLevel = options.verbose ? "debug" : "error";
+  const logger = new Logger(redactor, { level, sink: (line) => console.error(style.dim(line)) });
+  const store = storeFor(config);
+
+  try {
+    if (options.dryRun) return await dryRun(config, store, redactor, options);
+    if (options.status) {
+      printStatus(await store.status());
+      return EXIT.ok;
+    }
+    const invocation = new Invocation(workflowDeps(config, logger, store));
+    const onProgress = progressLines(out, style);
+
+    if (options.site !== undefined) {
+      const detail = await store.site(options.site);
+      if (!detail.found) {
+        console.error(`provision: no site has the id or domain ${JSON.stringify(options.site)}`);
+        return EXIT.usage;
+      }
+      const site = detail.site;
+      const queued = await store.enqueue(site.id);
+      if (queued.job_id === undefined) {
+        out(
+          `${site.domain}: nothing to do: status_dns ${site.status_dns}, status_hosting ${site.status_hosting}` +
+            (site.error_message ? ` (${site.error_message})` : ""),
+        );
+        if (site.status_hosting === "failed") out("Use --retry-failed to queue it again.");
+        return site.status_hosting === "failed" ? EXIT.failed : EXIT.ok;
+      }
+      if (queued.job_state === "running") out(`${site.domain}: a worker is running its job right now.`);
+      const result = await invocation.run({ siteId: site.id, drain: false, onProgress });
+      if (result.outcomes.length === 0 && !result.stopped) {
+        out(`${site.domain}: its job is not due yet (retry scheduled) or runs elsewhere; see --status.`);
+        return EXIT.retrying;
+      }
+      return report(result);
+    }
+
+    if (options.retryFailed) {
+      const retried = await store.retry({ allFailed: true });
+      out(
+        `Re-queued ${retried.requeued.length} site(s)` +
+          (retried.requeued.length
+            ? `: ${retried.requeued.map((r) => `${r.domain} (${r.reason})`).join(", ")}`
+            : "."),
+      );
+    }
+    out(`Running due jobs, ${options.concurrency} at a time…`);
+    return report(await invocation.run({ drain: true, concurrency: options.concurrency, onProgress }));
+  } catch (error) {
+    if (error instanceof UsageError) {
+      console.error(`provision: ${error.message}`);
+      return EXIT.usage;
+    }
+    const failure = toHostingError(error);
+    console.error(`provision: ${failure.code}: ${redactor.redact(failure.message)}`);
+    return EXIT.failed;
+  } finally {
+    await store.close();
+  }
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));

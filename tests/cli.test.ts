@@ -1,0 +1,260 @@
+/**
+ * The CLI (`deno task provision`) and the local server (`deno task serve`), as operators run them: real
+ * processes against the real stack (Postgres, the PostgREST stand-in, sshd, simulators).
+ */
+import assert from "node:assert/strict";
+import { addOrphanUser, readSimState } from "../dev/clpctl_sim.ts";
+import { type Domain, siteUserFor } from "../supabase/functions/hosting-automator/domain.ts";
+import { artifactPath, ROOT } from "./support/env.ts";
+import { type Stack, startStack } from "./support/stack.ts";
+
+async function withStack(label: string, body: (stack: Stack) => Promise<void>) {
+  const stack = await startStack({ label });
+  try {
+    await body(stack);
+  } finally {
+    await stack.close();
+  }
+}
+
+async function provision(
+  stack: Stack,
+  ...args: string[]
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "cli/provision.ts", ...args],
+    cwd: ROOT,
+    env: { ...stack.env, NO_COLOR: "1" } as Record<string, string>,
+    clearEnv: false,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const decode = (b: Uint8Array) => new TextDecoder().decode(b);
+  const result = { code: out.code, stdout: decode(out.stdout), stderr: decode(out.stderr) };
+  // Kept for the final secret scan.
+  await Deno.writeTextFile(artifactPath("cli-output.txt"), result.stdout + result.stderr, { append: true });
+  return result;
+}
+
+/** Every secret of a stack: none may appear in what the CLI prints. */
+function assertNoSecret(stack: Stack, text: string) {
+  const secrets = [
+    stack.serviceKey,
+    stack.matomo!.token,
+    ...String(stack.env.CLOUDPANEL_SSH_PRIVATE_KEY).split("\n").filter((l) => l.length > 20),
+  ];
+  for (const secret of secrets) {
+    assert.ok(!text.includes(secret), `printed a secret (${secret.slice(0, 4)}…)`);
+  }
+}
+
+Deno.test("provision --help explains every flag; an unknown flag is a usage error", async () => {
+  await withStack("cli_help", async (stack) => {
+    const help = await provision(stack, "--help");
+    assert.equal(help.code, 0);
+    for (
+      const flag of [
+        "--site",
+        "--pending",
+        "--retry-failed",
+        "--status",
+        "--dry-run",
+        "--concurrency",
+        "--env-file",
+        "Exit status",
+      ]
+    ) {
+      assert.ok(help.stdout.includes(flag), flag);
+    }
+    const wrong = await provision(stack, "--everything");
+    assert.equal(wrong.code, 2);
+    assert.match(wrong.stderr, /Unknown option '--everything'/);
+    const none = await provision(stack);
+    assert.equal(none.code, 2);
+    assert.match(none.stderr, /choose what to do/);
+  });
+});
+
+Deno.test("provision --site <domain> provisions that site and shows each step", async () => {
+  await withStack("cli_site", async (stack) => {
+    const id = await stack.insertSite("cli-one.example", { status_dns: "active" });
+    const run = await provision(stack, "--site", "cli-one.example");
+    assert.equal(run.code, 0, run.stdout + run.stderr);
+    assert.match(run.stdout, /▶ cli-one\.example\s+attempt 1/);
+    assert.match(run.stdout, /✓ cli-one\.example\s+CloudPanel site/);
+    assert.match(run.stdout, /✓ cli-one\.example\s+Let's Encrypt certificate/);
+    assert.match(run.stdout, /domain\s+status\s+doc root\s+Matomo id/);
+    assert.equal((await stack.site(id)).status_hosting, "active");
+    // By id, once active: nothing to do.
+    const again = await provision(stack, "--site", id);
+    assert.equal(again.code, 0);
+    assert.match(again.stdout, /nothing to do: status_dns active, status_hosting active/);
+    assertNoSecret(stack, run.stdout + run.stderr);
+  });
+});
+
+Deno.test("provision exits 1 when a site failed and 3 when it will be retried", async () => {
+  await withStack("cli_exit", async (stack) => {
+    await stack.insertSite("bad name.example", { status_dns: "active" });
+    const failed = await provision(stack, "--pending");
+    assert.equal(failed.code, 1);
+    assert.match(failed.stdout, /The domain is invalid/);
+
+    const { setFaults } = await import("../dev/clpctl_sim.ts");
+    await setFaults(stack.clpctlState, { certificateFailures: 1 });
+    await stack.insertSite("dns-later.example", { status_dns: "active" });
+    const retrying = await provision(stack, "--pending");
+    assert.equal(retrying.code, 3, retrying.stdout);
+    assert.match(retrying.stdout, /retrying/);
+  });
+});
+
+Deno.test("provision --pending runs every due job and --status reports them", async () => {
+  await withStack("cli_pending", async (stack) => {
+    const ids = [];
+    for (const d of ["p1.example", "p2.example", "p3.example"]) {
+      ids.push(await stack.insertSite(d, { status_dns: "active" }));
+    }
+    await stack.insertSite("waiting.example");
+    const run = await provision(stack, "--pending", "--concurrency", "2");
+    assert.equal(run.code, 0, run.stdout + run.stderr);
+    for (const id of ids) assert.equal((await stack.site(id)).status_hosting, "active");
+    const status = await provision(stack, "--status");
+    assert.equal(status.code, 0);
+    assert.match(status.stdout, /Sites by status_hosting: .*active 3/);
+    assert.match(status.stdout, /pending 1/);
+    assert.match(status.stdout, /Queue: 0 queued, 0 due/);
+    assert.match(status.stdout, /Active without analytics \(0\)/);
+    assertNoSecret(stack, run.stdout + status.stdout);
+  });
+});
+
+Deno.test("provision --retry-failed re-queues and runs failed sites", async () => {
+  await withStack("cli_retry", async (stack) => {
+    const user = siteUserFor("again.example" as Domain);
+    await addOrphanUser(stack.clpctlState, user);
+    const id = await stack.insertSite("again.example", { status_dns: "active" });
+    assert.equal((await provision(stack, "--pending")).code, 1);
+    assert.equal((await stack.site(id)).status_hosting, "failed");
+    // The operator removes the orphan user, then retries.
+    const path = `${stack.clpctlState}/state.json`;
+    const state = JSON.parse(await Deno.readTextFile(path));
+    delete state.users[user];
+    await Deno.writeTextFile(path, JSON.stringify(state));
+    const run = await provision(stack, "--retry-failed");
+    assert.equal(run.code, 0, run.stdout + run.stderr);
+    assert.match(run.stdout, /Re-queued 1 site\(s\): again\.example \(failed\)/);
+    assert.equal((await stack.site(id)).status_hosting, "active");
+  });
+});
+
+Deno.test("provision --dry-run checks everything, prints the commands with secrets masked, and changes nothing", async () => {
+  await withStack("cli_dry", async (stack) => {
+    const id = await stack.insertSite("dry.example", { status_dns: "active" });
+    await stack.insertSite("also bad.example", { status_dns: "active" });
+    const snapshot = async () => ({
+      rows: await stack
+        .sql`select id, status_hosting, hosting_doc_root, matomo_site_id, error_message from public.sites order by id`,
+      jobs: await stack
+        .sql`select id, state, attempts, run_at, lease_owner from hosting_automator.jobs order by id`,
+      steps: await stack.sql`select * from hosting_automator.steps`,
+      events: await stack.sql`select count(*)::int as n from hosting_automator.events`,
+      clpctl: (await readSimState(stack.clpctlState)).calls.length,
+      matomo: stack.matomo!.sites.length,
+    });
+    const before = await snapshot();
+    const run = await provision(stack, "--dry-run");
+    assert.equal(run.code, 0, run.stdout + run.stderr);
+    assert.deepEqual(await snapshot(), before, "nothing changed");
+    assert.match(run.stdout, /✓ database\s+reachable; 2 job\(s\) due/);
+    assert.match(run.stdout, /✓ ssh\s+logged in; host key matches SHA256:/);
+    assert.match(run.stdout, /✓ matomo\s+version 5\.2\.0; the token is a super user's/);
+    assert.ok(run.stdout.includes(
+      `ssh  clpctl site:add:static --domainName='dry.example' --siteUser='${
+        siteUserFor("dry.example" as Domain)
+      }' --siteUserPassword='[REDACTED]'`,
+    ));
+    assert.ok(run.stdout.includes("ssh  clpctl lets-encrypt:install:certificate --domainName='dry.example'"));
+    assert.match(
+      run.stdout,
+      /POST http:\/\/127\.0\.0\.1:\d+\/index\.php\?module=API&method=SitesManager\.getSitesIdFromSiteUrl&format=json  token_auth=\[REDACTED\]&url=https%3A%2F%2Fdry\.example/,
+    );
+    assert.match(run.stdout, /also bad\.example: would fail: The domain is invalid/);
+    assertNoSecret(stack, run.stdout + run.stderr);
+    assert.equal((await stack.site(id)).status_hosting, "pending");
+
+    // A failing check is reported, and exits 1, still changing nothing.
+    const wrongKey = await provision(stack, "--dry-run", "--site", "dry.example");
+    assert.equal(wrongKey.code, 0, wrongKey.stdout + wrongKey.stderr);
+    const broken = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "cli/provision.ts", "--dry-run"],
+      cwd: ROOT,
+      env: { ...stack.env, CLOUDPANEL_SSH_HOST_KEY: "SHA256:" + "B".repeat(43), NO_COLOR: "1" } as Record<
+        string,
+        string
+      >,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const text = new TextDecoder().decode(broken.stdout);
+    assert.equal(broken.code, 1);
+    assert.match(text, /✗ ssh\s+ssh_host_key_mismatch/);
+    assert.deepEqual(await snapshot(), before);
+  });
+});
+
+Deno.test("provision refuses a bad configuration naming the variable, without printing its value", async () => {
+  await withStack("cli_config", async (stack) => {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "cli/provision.ts", "--status"],
+      cwd: ROOT,
+      env: { ...stack.env, MATOMO_API_TOKEN: "not a token!" } as Record<string, string>,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.equal(out.code, 2);
+    const stderr = new TextDecoder().decode(out.stderr);
+    assert.match(stderr, /provision: configuration: MATOMO_API_TOKEN: must be a Matomo token_auth/);
+    assert.ok(!stderr.includes("not a token!"));
+  });
+});
+
+Deno.test("deno task serve answers over HTTP with the deployed handler", async () => {
+  await withStack("serve", async (stack) => {
+    const port = 20000 + Math.floor(Math.random() * 20000);
+    const server = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "dev/serve.ts"],
+      cwd: ROOT,
+      env: { ...stack.env, PORT: String(port) } as Record<string, string>,
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+    let stderr: ReadableStreamDefaultReader<Uint8Array> | undefined;
+    try {
+      const reader = server.stderr.getReader();
+      let banner = "";
+      while (!banner.includes("listening")) {
+        const { value, done } = await reader.read();
+        if (done) throw new Error(`serve exited: ${banner}`);
+        banner += new TextDecoder().decode(value);
+      }
+      stderr = reader;
+      const unauthorized = await fetch(`http://127.0.0.1:${port}/status`);
+      assert.equal(unauthorized.status, 401);
+      await unauthorized.body?.cancel();
+      const id = await stack.insertSite("served.example", { status_dns: "active" });
+      const response = await fetch(`http://127.0.0.1:${port}/functions/v1/hosting-automator?wait=true`, {
+        method: "POST",
+        headers: { apikey: stack.serviceKey, "content-type": "application/json" },
+        body: JSON.stringify({ site_id: id }),
+      });
+      assert.equal(response.status, 200);
+      const body = await response.json();
+      assert.equal(body.outcomes[0].status, "active");
+    } finally {
+      server.kill("SIGTERM");
+      await server.status;
+      await (stderr ?? server.stderr).cancel().catch(() => {});
+    }
+  });
+});
