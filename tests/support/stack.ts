@@ -54,6 +54,8 @@ export interface StackOptions {
   vault?: boolean;
   /** A forced command for the SSH key (the CloudPanel gate). */
   forcedCommand?: string;
+  /** More variables for the commands sshd runs (e.g. the gate's CLPCTL_GATE_BIN); they override the defaults. */
+  sshdEnv?: Record<string, string>;
 }
 
 export interface Stack {
@@ -97,7 +99,11 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     const sshd = await startSshd({
       authorizedKey: client.publicKeyLine,
       forcedCommand: options.forcedCommand,
-      env: { PATH: `${DEV_BIN}:/usr/local/bin:/usr/bin:/bin`, CLPCTL_SIM_STATE: clpctlState },
+      env: {
+        PATH: `${DEV_BIN}:/usr/local/bin:/usr/bin:/bin`,
+        CLPCTL_SIM_STATE: clpctlState,
+        ...options.sshdEnv,
+      },
     });
     cleanups.push(() => sshd.stop());
     const matomo = options.matomo === false ? null : await startMatomoSim(options.matomo ?? {});
