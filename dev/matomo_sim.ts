@@ -98,6 +98,18 @@ export interface SimRequest {
   fault?: SimFault["kind"];
 }
 
+/**
+ * What a `failWhen` rule sees of a request: enough to pick requests about one site, nothing secret.
+ * `params` merges query and body as Matomo reads them (the query wins); arrays are flattened as `urls[0]`;
+ * `token_auth` is left out.
+ */
+export interface SimRequestInfo {
+  method: string;
+  path: string;
+  apiMethod: string | null;
+  params: Record<string, string>;
+}
+
 export interface MatomoSim {
   /** `http://127.0.0.1:{port}`, no trailing slash (the shape of MatomoConfig.url). */
   readonly url: string;
@@ -114,6 +126,12 @@ export interface MatomoSim {
   setLatency(ms: number): void;
   /** Injects `fault` into the next `times` requests, or every request until `clearFaults()`. */
   fail(fault: SimFault, times?: number): void;
+  /**
+   * Injects `fault` into every request `match` accepts, until `clearFaults()` (e.g. every call about one
+   * domain). Rules are checked in the order added, before the `fail` fault, which such a request leaves unused.
+   */
+  failWhen(match: (request: SimRequestInfo) => boolean, fault: SimFault): void;
+  /** Removes the `fail` fault and every `failWhen` rule. */
   clearFaults(): void;
   /** Stops listening (connections are refused) and releases pending requests; the state is kept. */
   down(): Promise<void>;
@@ -298,6 +316,7 @@ class Sim implements MatomoSim {
   readonly #options: MatomoSimOptions;
   #latencyMs: number;
   #fault: { fault: SimFault; left: number } | null = null;
+  #rules: { match: (request: SimRequestInfo) => boolean; fault: SimFault }[] = [];
   #failedLogins = 0;
   #server: Deno.HttpServer<Deno.NetAddr> | null = null;
   /** Aborted when the simulator goes down or closes: releases hanging and sleeping handlers. */
@@ -355,8 +374,13 @@ class Sim implements MatomoSim {
     this.#fault = { fault, left: times ?? Infinity };
   }
 
+  failWhen(match: (request: SimRequestInfo) => boolean, fault: SimFault): void {
+    this.#rules.push({ match, fault });
+  }
+
   clearFaults(): void {
     this.#fault = null;
+    this.#rules = [];
   }
 
   listen(port: number): void {
@@ -431,12 +455,29 @@ class Sim implements MatomoSim {
     if (this.#latencyMs > 0 && !(await wait(this.#latencyMs, signals))) {
       response = gone();
     } else {
-      const fault = this.#takeFault();
+      const fault = this.#ruleFault(request.method, req) ?? this.#takeFault();
       if (fault) entry.fault = fault.kind;
       response = fault ? await this.#faultResponse(fault, req.params, signals) : this.#route(req);
     }
     entry.status = response.status;
     return response;
+  }
+
+  #ruleFault(method: string, req: Incoming): SimFault | null {
+    if (this.#rules.length === 0) return null;
+    const params: Record<string, string> = {};
+    for (const [name, value] of req.params) {
+      if (name === "token_auth") continue;
+      if (typeof value === "string") params[name] = value;
+      else for (const [key, item] of value) params[`${name}[${key}]`] = item;
+    }
+    const info: SimRequestInfo = {
+      method,
+      path: req.url.pathname,
+      apiMethod: str(req.params, "method") ?? null,
+      params,
+    };
+    return this.#rules.find((rule) => rule.match(info))?.fault ?? null;
   }
 
   #takeFault(): SimFault | null {

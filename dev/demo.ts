@@ -1,0 +1,328 @@
+// deno-lint-ignore-file no-console
+/**
+ * `deno task demo`: the product working, on a machine with nothing but Deno, in a few seconds.
+ *
+ * Real: every migration of supabase/migrations (on PostgreSQL, embedded as PGlite), the row trigger that queues
+ * the jobs, the SQL functions of the store (called as service_role), the workflow, the CloudPanel client (its
+ * command lines and output classification) and the Matomo client (over HTTP).
+ * Simulated, in this process: CloudPanel's `clpctl` (dev/clpctl_sim.ts, reached through dev/inprocess_shell.ts
+ * instead of SSH) and Matomo's HTTP API (dev/matomo_sim.ts on loopback).
+ * Absent, as on plain Postgres: pg_net, Vault and pg_cron. No kick is sent; this script does what the sweep
+ * would, running the function's workflow until no job is due or waiting for a retry.
+ *
+ * Nothing to configure: the function's environment is built below. Exits 0 when every site ended as expected.
+ */
+import { PGlite } from "@electric-sql/pglite";
+import { fileURLToPath } from "node:url";
+import { progressLines, type Style, styleFor, table } from "../cli/format.ts";
+import { createApp } from "../supabase/functions/hosting-automator/app.ts";
+import { docRootFor, parseDomain, siteUserFor } from "../supabase/functions/hosting-automator/domain.ts";
+import type { LogLevel, LogSink } from "../supabase/functions/hosting-automator/log.ts";
+import type { JobOutcome } from "../supabase/functions/hosting-automator/workflow.ts";
+import { readSimState, setFaults } from "./clpctl_sim.ts";
+import { inProcessShell } from "./inprocess_shell.ts";
+import { type MatomoSim, type SimRequestInfo, startMatomoSim } from "./matomo_sim.ts";
+import { pgliteStore } from "./store_pglite.ts";
+import { SUPABASE_DATABASE_SQL, SUPABASE_ROLES_SQL } from "./supabase_base.ts";
+
+const started = performance.now();
+const MIGRATIONS = fileURLToPath(new URL("../supabase/migrations", import.meta.url));
+/** The demo gives up waiting for retries after this long (they are due within two seconds here). */
+const WAIT_LIMIT_MS = 45_000;
+
+type Expected = "active" | "active_without_analytics" | "invalid";
+
+/** The Matomo simulator refuses every call about this site, so it goes live without analytics. */
+const NO_ANALYTICS = "photo-studio.example";
+
+const SITES: { domain: string; expect: Expected; note: string }[] = [
+  { domain: "bakery-berlin.example", expect: "active", note: "" },
+  { domain: "bücher.example", expect: "active", note: "an IDN: CloudPanel gets its punycode form" },
+  { domain: "www.flower-shop.example", expect: "active", note: "" },
+  { domain: "yoga-retreat.example", expect: "active", note: "" },
+  { domain: NO_ANALYTICS, expect: "active_without_analytics", note: "Matomo refuses every call about it" },
+  { domain: "bad domain.example", expect: "invalid", note: "a space: refused before any command is built" },
+  { domain: "shop.example;reboot", expect: "invalid", note: "a shell metacharacter: refused likewise" },
+];
+
+/** Placeholders that only satisfy the configuration's syntax: `connect` is overridden, so no SSH happens. */
+const PLACEHOLDER_SSH_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\n" +
+  "demo placeholder, never used: the demo runs clpctl in-process instead of over SSH\n" +
+  "-----END OPENSSH PRIVATE KEY-----\n";
+const PLACEHOLDER_HOST_KEY = `SHA256:${"DemoPlaceholderNeverChecked".padEnd(43, "0")}`;
+
+/** The summary's error cell is cut to this; the progress lines above it show the whole text. */
+const ERROR_CELL_CHARS = 56;
+
+const out = (line = "") => console.log(line);
+const cut = (text: string | null, max: number) =>
+  text !== null && text.length > max ? `${text.slice(0, max - 1)}…` : text;
+const style: Style = styleFor(Deno.stdout);
+const seconds = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Every log line to a file; warnings and errors also on screen, dimmed and short. */
+function demoLogSink(file: Deno.FsFile): LogSink {
+  const encoder = new TextEncoder();
+  return (line: string, level: LogLevel) => {
+    file.writeSync(encoder.encode(`${line}\n`));
+    if (level !== "warn" && level !== "error") return;
+    let text = line;
+    try {
+      const record = JSON.parse(line) as { msg?: string; code?: string };
+      text = `${record.msg ?? ""}${record.code ? ` (${record.code})` : ""}`;
+    } catch {
+      // not JSON: shown as it is
+    }
+    out(style.dim(`    log ${level}: ${text}`));
+  };
+}
+
+async function applyMigrations(pg: PGlite): Promise<void> {
+  const files = [...Deno.readDirSync(MIGRATIONS)]
+    .filter((entry) => entry.isFile && entry.name.endsWith(".sql"))
+    .map((entry) => entry.name)
+    .sort();
+  for (const file of files) {
+    const notices: string[] = [];
+    const t = performance.now();
+    await pg.exec(await Deno.readTextFile(`${MIGRATIONS}/${file}`), {
+      onNotice: (notice) => notices.push(notice.message ?? ""),
+    });
+    out(`  ${style.ok("✓")} ${file.padEnd(48)} ${Math.round(performance.now() - t)} ms`);
+    for (const notice of notices) out(style.dim(`      notice: ${notice}`));
+  }
+}
+
+interface SiteRow {
+  domain: string;
+  status_hosting: string | null;
+  hosting_doc_root: string | null;
+  matomo_site_id: number | null;
+  error_message: string | null;
+}
+
+/** Why a site did not end as expected, or null when it did. */
+function problem(
+  site: (typeof SITES)[number],
+  row: SiteRow | undefined,
+  clpctl: Awaited<ReturnType<typeof readSimState>>,
+  matomo: MatomoSim,
+): string | null {
+  if (!row) return "row missing";
+  if (site.expect === "invalid") {
+    if (row.status_hosting !== "failed") return `expected failed, got ${row.status_hosting}`;
+    if (!row.error_message?.startsWith("The domain is invalid")) {
+      return `expected the invalid-domain message, got ${JSON.stringify(row.error_message)}`;
+    }
+    return null;
+  }
+  const ascii = parseDomain(site.domain);
+  if (row.status_hosting !== "active") {
+    return `expected active, got ${row.status_hosting} (${row.error_message})`;
+  }
+  if (row.hosting_doc_root !== docRootFor(siteUserFor(ascii), ascii)) {
+    return `unexpected doc root ${row.hosting_doc_root}`;
+  }
+  if (!clpctl.sites[ascii]) return "no CloudPanel site";
+  if (clpctl.certificates[ascii]?.type !== "lets-encrypt") return "no Let's Encrypt certificate";
+  const registered = matomo.sites.find((s) => s.main_url === `https://${ascii}`);
+  if (site.expect === "active_without_analytics") {
+    if (row.matomo_site_id !== null || registered) return "expected no Matomo site";
+    return null;
+  }
+  if (!registered || row.matomo_site_id !== registered.idsite) {
+    return `Matomo id ${row.matomo_site_id} does not match the Matomo site (${registered?.idsite ?? "none"})`;
+  }
+  return null;
+}
+
+async function main(): Promise<boolean> {
+  out(style.ok("hosting-automator demo"));
+  out(
+    style.dim("  real: migrations, trigger, store (SQL functions), workflow, CloudPanel and Matomo clients"),
+  );
+  out(
+    style.dim(
+      "  simulated in this process: CloudPanel's clpctl, Matomo's HTTP API; PostgreSQL embedded (PGlite)",
+    ),
+  );
+
+  const work = await Deno.makeTempDir({ prefix: "hosting-automator-demo-" });
+  const stateDir = `${work}/clpctl`;
+  await Deno.mkdir(stateDir);
+  const logFile = await Deno.open(`${work}/app.log`, { create: true, write: true, append: true });
+  let pg: PGlite | null = null;
+  let matomo: MatomoSim | null = null;
+  let http: Deno.HttpClient | null = null;
+  let ok = false;
+  try {
+    // 1. The database, as `supabase db push` would leave it.
+    pg = await PGlite.create();
+    const version = (await pg.query<{ v: string }>("select split_part(version(), ' ', 2) as v")).rows[0].v;
+    out();
+    out(`▸ PostgreSQL ${version} (PGlite, in memory): Supabase's roles, then every migration in order`);
+    await pg.exec(SUPABASE_ROLES_SQL + SUPABASE_DATABASE_SQL);
+    await applyMigrations(pg);
+    // Retries due in about a second instead of thirty (the queue policy is a row: design §4).
+    await pg.exec("update hosting_automator.settings set backoff_base_seconds = 1, backoff_max_seconds = 2");
+    out(style.dim("  settings: retry backoff 1 s (instead of 30 s) so the demo's retry comes quickly"));
+
+    // 2. The outside world.
+    matomo = await startMatomoSim();
+    const aboutNoAnalytics = (request: SimRequestInfo) =>
+      Object.values(request.params).some((value) => value.includes(NO_ANALYTICS));
+    matomo.failWhen(aboutNoAnalytics, { kind: "error", message: "Mysql server has gone away (simulated)" });
+    await setFaults(stateDir, { certificateFailures: 1, certificateFailureKind: "dns" });
+    out();
+    out(`▸ Simulators: clpctl in-process, Matomo on ${matomo.url}`);
+    out(
+      style.dim("  faults: Let's Encrypt fails the first certificate request once (DNS not propagated yet);"),
+    );
+    out(style.dim(`          Matomo refuses every call about ${NO_ANALYTICS}`));
+
+    // 3. The Hub adds sites; the DNS module marks them active. The trigger queues the jobs.
+    out();
+    out(`▸ The Hub inserts ${SITES.length} sites; the DNS module then sets status_dns = 'active' on all`);
+    for (const site of SITES) {
+      await pg.query("insert into public.sites (domain, status_dns) values ($1, 'pending')", [site.domain]);
+      out(site.note ? `  + ${site.domain.padEnd(28)} ${style.dim(site.note)}` : `  + ${site.domain}`);
+    }
+    await pg.exec("update public.sites set status_dns = 'active'");
+    const queued = (await pg.query<{ n: number }>(
+      "select count(*)::int as n from hosting_automator.jobs where state = 'queued'",
+    )).rows[0].n;
+    out(
+      `  the row trigger queued ${queued} jobs ${
+        style.dim("(no pg_net here: nothing kicks, the worker polls)")
+      }`,
+    );
+
+    // 4. The function: its real composition root, with the store on PGlite and clpctl in-process.
+    // No idle keep-alive connections to the Matomo simulator: Deno's client pool would keep one for 90 s, and
+    // the simulator's graceful close waits for it (seen in about one run in ten before this).
+    http = Deno.createHttpClient({ poolMaxIdlePerHost: 0 });
+    const client = http;
+    const app = createApp({
+      HOSTING_STORE: "postgres",
+      // Never connected to: the store is passed in below. The configuration only checks its form.
+      SUPABASE_DB_URL: "postgresql://unused@pglite.invalid/postgres",
+      SUPABASE_SECRET_KEYS: JSON.stringify({ default: `sb_secret_demo${crypto.randomUUID().slice(0, 8)}` }),
+      CLOUDPANEL_SSH_HOST: "cloudpanel.demo.invalid",
+      CLOUDPANEL_SSH_PRIVATE_KEY: PLACEHOLDER_SSH_KEY,
+      CLOUDPANEL_SSH_HOST_KEY: PLACEHOLDER_HOST_KEY,
+      MATOMO_API_URL: matomo.url,
+      MATOMO_API_TOKEN: matomo.token,
+      HOSTING_MATOMO_TIMEOUT_SECONDS: "5",
+    }, {
+      store: pgliteStore(pg, { role: "service_role" }),
+      connect: () => Promise.resolve(inProcessShell(stateDir)),
+      logSink: demoLogSink(logFile),
+      fetch: (input, init) => fetch(input, { ...init, client }),
+    });
+    if (!app.newInvocation) throw new Error("the demo's configuration was refused (see the log line above)");
+
+    out();
+    out("▸ The workflow runs the due jobs, two at a time");
+    const outcomes: JobOutcome[] = [];
+    const onProgress = progressLines(out, style);
+    const giveUp = performance.now() + WAIT_LIMIT_MS;
+    for (;;) {
+      const result = await app.newInvocation().run({ drain: true, concurrency: 2, onProgress });
+      outcomes.push(...result.outcomes);
+      if (result.stopped) {
+        out(style.bad(`  the invocation stopped: ${result.stopped.message}`));
+        break;
+      }
+      // What pg_cron's sweep would do: come back when the next retry is due.
+      const next = (await pg.query<{ at: number | null }>(
+        "select (extract(epoch from min(run_at)) * 1000)::float8 as at from hosting_automator.jobs " +
+          "where state in ('queued', 'running')",
+      )).rows[0].at;
+      if (next === null) break;
+      const wait = Math.max(0, next - Date.now());
+      if (performance.now() + wait > giveUp) {
+        out(style.bad(`  a retry is due only in ${seconds(wait)}: stopped waiting`));
+        break;
+      }
+      out(style.dim(`  … waiting ${seconds(wait)} for a retry to become due`));
+      await sleep(wait + 20);
+    }
+
+    // 5. The outcome, as the Hub sees it in public.sites.
+    const rows = (await pg.query<SiteRow>(
+      "select domain, status_hosting, hosting_doc_root, matomo_site_id, error_message from public.sites",
+    )).rows;
+    const byDomain = new Map(rows.map((row) => [row.domain, row]));
+    // Public text the workflow reported for a site that went live without analytics.
+    const warningOf = (domain: string) =>
+      outcomes.findLast((o) => o.domain === domain && o.status === "active")?.warning?.message;
+    const clpctl = await readSimState(stateDir);
+    const problems: [string, string][] = [];
+    for (const site of SITES) {
+      const found = problem(site, byDomain.get(site.domain), clpctl, matomo);
+      if (found) problems.push([site.domain, found]);
+    }
+    const valid = new Set<string>(
+      SITES.filter((s) => s.expect !== "invalid").map((s) => parseDomain(s.domain)),
+    );
+    const stray = clpctl.calls.filter((call) => !valid.has(call.domainName ?? ""));
+    if (stray.length > 0) {
+      problems.push(["clpctl", `${stray.length} commands for a domain that is not valid`]);
+    }
+    const retried = outcomes.filter((o) =>
+      o.status === "retrying" && o.error?.code === "certificate_not_validated"
+    );
+    if (retried.length !== 1) {
+      problems.push(["Let's Encrypt", `expected one retried certificate, saw ${retried.length}`]);
+    }
+
+    out();
+    out("▸ public.sites");
+    out(table(
+      ["domain", "status", "doc root", "Matomo id", "error"],
+      SITES.map(({ domain }) => {
+        const row = byDomain.get(domain);
+        const warning = warningOf(domain);
+        return [
+          domain,
+          row?.status_hosting,
+          row?.hosting_doc_root,
+          row?.matomo_site_id,
+          cut(row?.error_message ?? (warning ? `(warning) ${warning}` : null), ERROR_CELL_CHARS),
+        ];
+      }),
+      72, // whole doc roots; the error cell is cut shorter above (the full text is in the progress lines)
+    ));
+    out();
+    const count = (expect: Expected) => SITES.filter((s) => s.expect === expect).length;
+    const elapsed = seconds(performance.now() - started);
+    if (problems.length === 0) {
+      ok = true;
+      out(style.ok(
+        `✓ all ${SITES.length} sites ended as expected: ${count("active")} active, ` +
+          `${count("active_without_analytics")} active without analytics, ${count("invalid")} refused as ` +
+          `invalid; 1 certificate retried (${elapsed})`,
+      ));
+    } else {
+      const listed = problems.map(([what, why]) => `${what}: ${why}`).join("; ");
+      out(style.bad(`✗ ${problems.length} unexpected: ${listed} (${elapsed})`));
+      out(`  app log and simulator state kept in ${work}`);
+    }
+  } finally {
+    logFile.close();
+    await matomo?.close();
+    http?.close();
+    // PGlite keeps the process alive for seconds unless closed.
+    await pg?.close();
+    if (ok) await Deno.remove(work, { recursive: true });
+  }
+  return ok;
+}
+
+try {
+  Deno.exit(await main() ? 0 : 1);
+} catch (error) {
+  console.error(style.bad(`✗ the demo could not run: ${error instanceof Error ? error.stack : error}`));
+  Deno.exit(1);
+}

@@ -1,0 +1,221 @@
+/**
+ * The demo (`deno task demo`) as a newcomer runs it, and the two pieces written for it: the in-process
+ * clpctl shell (its command-line parsing above all) and the Matomo simulator's `failWhen` fault rules.
+ */
+import assert from "node:assert/strict";
+import { readSimState, setFaults } from "../dev/clpctl_sim.ts";
+import {
+  CommandRefused,
+  inProcessShell,
+  parseClpctlCommand,
+  REFUSED_EXIT_CODE,
+  splitWords,
+} from "../dev/inprocess_shell.ts";
+import { startMatomoSim } from "../dev/matomo_sim.ts";
+import {
+  addStaticSiteCommand,
+  installCertificateCommand,
+} from "../supabase/functions/hosting-automator/cloudpanel.ts";
+import {
+  type Domain,
+  generatePassword,
+  shellQuote,
+  siteUserFor,
+} from "../supabase/functions/hosting-automator/domain.ts";
+import { HostingError } from "../supabase/functions/hosting-automator/errors.ts";
+import { ROOT } from "./support/env.ts";
+
+const DEMO_TIME_LIMIT_MS = 90_000;
+
+/** The demo's sites and how each must end: status, and whether it has a Matomo id. */
+const EXPECTED: [domain: string, status: string, matomo: boolean][] = [
+  ["bakery-berlin.example", "active", true],
+  ["bücher.example", "active", true],
+  ["www.flower-shop.example", "active", true],
+  ["yoga-retreat.example", "active", true],
+  ["photo-studio.example", "active", false],
+  ["bad domain.example", "failed", false],
+  ["shop.example;reboot", "failed", false],
+];
+
+Deno.test("the demo provisions its sites and ends with the summary table", async () => {
+  const started = performance.now();
+  const output = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "dev/demo.ts"],
+    cwd: ROOT,
+    env: { NO_COLOR: "1" },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    signal: AbortSignal.timeout(DEMO_TIME_LIMIT_MS),
+  }).output();
+  const elapsed = performance.now() - started;
+  const stdout = new TextDecoder().decode(output.stdout);
+  const stderr = new TextDecoder().decode(output.stderr);
+  const context = `\n--- stdout ---\n${stdout}\n--- stderr ---\n${stderr}`;
+  assert.equal(output.signal, null, `killed after ${DEMO_TIME_LIMIT_MS} ms${context}`);
+  assert.equal(output.code, 0, `exit status${context}`);
+  assert.ok(elapsed < DEMO_TIME_LIMIT_MS, context);
+
+  const lines = stdout.trimEnd().split("\n");
+  const tail = lines.slice(-(EXPECTED.length + 4));
+  const header = tail.findIndex((line) => line.startsWith("domain "));
+  assert.ok(header >= 0, `no table header among the last lines${context}`);
+  assert.deepEqual(
+    tail[header].split(/\s{2,}/),
+    ["domain", "status", "doc root", "Matomo id", "error"],
+    context,
+  );
+  const rows = tail.slice(header + 2, header + 2 + EXPECTED.length);
+  for (const [domain, status, matomo] of EXPECTED) {
+    const row = rows.find((line) => line.startsWith(`${domain} `));
+    assert.ok(row, `no row for ${domain}${context}`);
+    // Cells are separated by two spaces or more; cells themselves hold single spaces at most.
+    const cells = row.slice(domain.length).trim().split(/\s{2,}/);
+    assert.equal(cells[0], status, `${domain}: status${context}`);
+    assert.match(cells[2], matomo ? /^\d+$/ : /^–$/, `${domain}: Matomo id${context}`);
+    if (status === "failed") assert.match(cells[3], /^The domain is invalid/, `${domain}: error${context}`);
+    if (status === "active") assert.match(cells[1], /^\/home\/[a-z0-9-]+\/htdocs\//, `${domain}: doc root`);
+  }
+  assert.match(lines.at(-1)!, /^✓ all 7 sites ended as expected.*\(\d+\.\d s\)$/, context);
+  // Live progress came before the table: every site's job finished on screen.
+  for (const [domain] of EXPECTED) {
+    assert.ok(lines.some((line) => line.startsWith(`■ ${domain} `)), `no progress line for ${domain}`);
+  }
+  assert.doesNotMatch(stdout + stderr, /siteUserPassword='?[A-Za-z0-9]{24}/, "a site password was printed");
+});
+
+Deno.test("in-process shell: the CloudPanel client's command lines parse into clpctl's arguments", () => {
+  const domain = "xn--bcher-kva.example" as Domain;
+  const user = siteUserFor(domain);
+  const password = generatePassword();
+  assert.deepEqual(parseClpctlCommand(addStaticSiteCommand(domain, user, password)), [
+    "site:add:static",
+    `--domainName=${domain}`,
+    `--siteUser=${user}`,
+    `--siteUserPassword=${password}`,
+  ]);
+  assert.deepEqual(parseClpctlCommand(installCertificateCommand(domain)), [
+    "lets-encrypt:install:certificate",
+    `--domainName=${domain}`,
+  ]);
+  // Whatever shellQuote quotes comes back unchanged, metacharacters included: inside quotes they are data.
+  for (const value of ["it's", "a;b", "$(reboot)", "`id`", 'say "hi"', "back\\slash", "", "''"]) {
+    assert.deepEqual(parseClpctlCommand(`clpctl list --x=${shellQuote(value)}`), ["list", `--x=${value}`]);
+  }
+  assert.deepEqual(splitWords("clpctl   list\t--raw"), ["clpctl", "list", "--raw"]);
+});
+
+Deno.test("in-process shell: refuses other programs, unbalanced quotes and shell syntax", () => {
+  const refused: [string, RegExp][] = [
+    ["ls -la", /only clpctl/],
+    ["/usr/bin/clpctl list", /only clpctl/],
+    ["bash -c 'clpctl list'", /only clpctl/],
+    ["", /only clpctl/],
+    ["clpctl", /without a command/],
+    ["clpctl site:add:static --domainName='example.com", /unbalanced/],
+    ["clpctl list --x='a'b'", /unbalanced/],
+    ["clpctl list; reboot", /';'/],
+    ["clpctl list;reboot", /';'/],
+    ["clpctl list | sh", /'\|'/],
+    ["clpctl list && reboot", /'&'/],
+    ["clpctl list --x=$(reboot)", /'\$'/],
+    ["clpctl list --x=`id`", /'`'/],
+    ['clpctl list --x="a"', /'"'/],
+    ["clpctl list > /etc/passwd", /'>'/],
+    ["clpctl list\nreboot", /U\+000a/],
+    ["clpctl list --x=a\\ b", /'\\'/],
+  ];
+  for (const [line, reason] of refused) {
+    assert.throws(() => parseClpctlCommand(line), (error: unknown) => {
+      assert.ok(error instanceof CommandRefused, `${JSON.stringify(line)}: ${error}`);
+      assert.match(error.message, reason, JSON.stringify(line));
+      return true;
+    });
+  }
+});
+
+Deno.test("in-process shell: runs clpctl in-process, answers refusals like the gate, honours its timeout", async () => {
+  const stateDir = await Deno.makeTempDir({ prefix: "ha-inprocess-shell-" });
+  const shell = inProcessShell(stateDir);
+  try {
+    const domain = "example.com" as Domain;
+    const added = await shell.exec(addStaticSiteCommand(domain, siteUserFor(domain), generatePassword()), {
+      timeoutMs: 5_000,
+    });
+    assert.deepEqual(added, { stdout: "Site example.com has been added.\n", stderr: "", exitCode: 0 });
+
+    const refused = await shell.exec("clpctl site:delete --domainName='example.com' --force; reboot", {
+      timeoutMs: 5_000,
+    });
+    assert.equal(refused.exitCode, REFUSED_EXIT_CODE);
+    assert.match(refused.stderr, /^in-process shell: refused: character ';' outside single quotes\n$/);
+    const state = await readSimState(stateDir);
+    assert.ok(state.sites["example.com"], "the refused command did not run");
+    assert.deepEqual(state.calls.map((c) => c.verb), ["site:add:static"]);
+
+    await setFaults(stateDir, { hang: 1, hangMs: 60_000 });
+    const t = performance.now();
+    await assert.rejects(
+      shell.exec(installCertificateCommand(domain), { timeoutMs: 200 }),
+      (error: unknown) => error instanceof HostingError && error.code === "ssh_timeout",
+    );
+    assert.ok(performance.now() - t < 5_000, "the timeout settled the call at once");
+
+    await shell.close();
+    await assert.rejects(
+      shell.exec("clpctl list", { timeoutMs: 1_000 }),
+      (error: unknown) => error instanceof HostingError && error.code === "ssh_unreachable",
+    );
+  } finally {
+    await Deno.remove(stateDir, { recursive: true });
+  }
+});
+
+Deno.test("matomo simulator: failWhen faults only the matching requests, never shows the token, and clears", async () => {
+  const sim = await startMatomoSim();
+  // No idle pooled connection for the simulator's graceful close to wait on (see dev/demo.ts).
+  const client = Deno.createHttpClient({ poolMaxIdlePerHost: 0 });
+  try {
+    const seen: Record<string, string>[] = [];
+    sim.failWhen((request) => {
+      seen.push(request.params);
+      return Object.values(request.params).some((value) => value.includes("down.example"));
+    }, { kind: "error", message: "Mysql server has gone away" });
+    const call = async (method: string, params: Record<string, string>) => {
+      const response = await fetch(`${sim.url}/index.php?module=API&method=${method}&format=json`, {
+        method: "POST",
+        body: new URLSearchParams({ token_auth: sim.token, ...params }),
+        client,
+      });
+      return await response.json();
+    };
+    assert.deepEqual(await call("SitesManager.getSitesIdFromSiteUrl", { url: "https://up.example" }), []);
+    assert.deepEqual(
+      await call("SitesManager.addSite", { siteName: "down.example", "urls[0]": "https://down.example" }),
+      { result: "error", message: "Mysql server has gone away" },
+    );
+    assert.deepEqual(
+      await call("SitesManager.addSite", { siteName: "up.example", "urls[0]": "https://up.example" }),
+      { value: 1 },
+    );
+    assert.deepEqual(seen[1], {
+      module: "API",
+      method: "SitesManager.addSite",
+      format: "json",
+      siteName: "down.example",
+      "urls[0]": "https://down.example",
+    });
+    assert.ok(seen.every((params) => !("token_auth" in params)), "the token is not shown to rules");
+
+    sim.clearFaults();
+    assert.deepEqual(
+      await call("SitesManager.addSite", { siteName: "down.example", "urls[0]": "https://down.example" }),
+      { value: 2 },
+    );
+    assert.deepEqual(sim.requests.map((r) => r.fault ?? null), [null, "error", null, null]);
+  } finally {
+    await sim.close();
+    client.close();
+  }
+});
