@@ -7,6 +7,8 @@
  * secrets in clear text, and exist so the migrations can be exercised as on Supabase.
  */
 
+import { SUPABASE_DATABASE_SQL, SUPABASE_ROLES_SQL } from "../../dev/supabase_base.ts";
+
 export const PG_BIN = Deno.env.get("HA_PG_BIN") ?? "/usr/lib/postgresql/15/bin";
 
 export interface Cluster {
@@ -93,12 +95,9 @@ export async function startCluster(): Promise<Cluster> {
   };
 }
 
-/** The roles and default privileges a Supabase database has, as far as this module cares. */
-export const SUPABASE_BASE_SQL = `
+/** The Supabase roles, plus PostgREST's login role `authenticator` (the cluster is shared by all tests). */
+export const SUPABASE_BASE_SQL = SUPABASE_ROLES_SQL + `
 do $$ begin
-  if not exists (select 1 from pg_roles where rolname = 'anon') then create role anon nologin noinherit; end if;
-  if not exists (select 1 from pg_roles where rolname = 'authenticated') then create role authenticated nologin noinherit; end if;
-  if not exists (select 1 from pg_roles where rolname = 'service_role') then create role service_role nologin noinherit bypassrls; end if;
   if not exists (select 1 from pg_roles where rolname = 'authenticator') then
     create role authenticator login noinherit password 'authenticator';
   end if;
@@ -106,15 +105,7 @@ end $$;
 grant anon, authenticated, service_role to authenticator;
 `;
 
-/** Per database: Supabase grants API roles everything in public by default; RLS and revokes do the rest. */
-export const SUPABASE_DATABASE_SQL = `
-create schema if not exists extensions;
-grant usage on schema extensions to anon, authenticated, service_role;
-grant usage on schema public to anon, authenticated, service_role;
-alter default privileges in schema public grant all on tables to anon, authenticated, service_role;
-alter default privileges in schema public grant all on functions to anon, authenticated, service_role;
-alter default privileges in schema public grant all on sequences to anon, authenticated, service_role;
-`;
+export { SUPABASE_DATABASE_SQL };
 
 /** TEST SUPPORT ONLY: pg_net and Vault stand-ins (see the file header). */
 export const PLATFORM_STANDINS_SQL = `

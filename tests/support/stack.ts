@@ -141,8 +141,13 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
 
     const logs: string[] = [];
     const pending = new Set<Promise<unknown>>();
+    // No idle pooled connections: a server's graceful shutdown (the simulators, the stand-in) would wait on them.
+    const http = Deno.createHttpClient({ poolMaxIdlePerHost: 0 });
+    cleanups.push(() => Promise.resolve(http.close()));
+    const unpooled: typeof fetch = (input, init) => fetch(input, { ...init, client: http });
     const newApp = (extra: Record<string, string | undefined> = {}) => {
       const app = createApp({ ...env, ...extra }, {
+        fetch: unpooled,
         logSink: captureSink(logs),
         waitUntil: (work) => {
           const tracked = work.finally(() => pending.delete(tracked));

@@ -4,6 +4,7 @@
  * CLI, the demo and tests). Answers are checked with zod, so both callers behave the same.
  */
 import { z } from "zod";
+import { HostingError } from "./errors.ts";
 
 export const STEP_NAMES = ["cloudpanel_site", "ssl_certificate", "matomo_site"] as const;
 export type StepName = (typeof STEP_NAMES)[number];
@@ -16,6 +17,33 @@ export type Returns = "rows" | "value";
 /** SQL errors that are the caller's fault (bad argument, constraint, undefined object, raised): no retry helps. */
 export function isPermanentSqlState(code: unknown): boolean {
   return typeof code === "string" && /^(22|23|42|P0)/.test(code);
+}
+
+/** A failed call as a HostingError: `internal` when the SQL refused it, else `store_failed` (retry later). */
+export function storeError(fn: string, code: unknown, message: string, cause?: unknown): HostingError {
+  return new HostingError(
+    isPermanentSqlState(code) ? "internal" : "store_failed",
+    `${fn} failed: ${code ?? ""} ${message}`,
+    { cause },
+  );
+}
+
+const FUNCTION_RE = /^hosting_[a-z_]+$/;
+
+/**
+ * The statement the SQL-speaking stores run: `public.<fn>(p_a => $1, …)`, read as rows or as one `value`.
+ * The driver learns each parameter's type from the function's signature (and serialises jsonb itself).
+ */
+export function functionCall(fn: string, args: Record<string, unknown>, returns: Returns) {
+  if (!FUNCTION_RE.test(fn)) throw new HostingError("internal", `not a store function: ${fn}`);
+  const names = Object.keys(args);
+  const list = names.map((name, i) => `${name} => $${i + 1}`).join(", ");
+  return {
+    text: returns === "rows"
+      ? `select * from public.${fn}(${list})`
+      : `select public.${fn}(${list}) as value`,
+    values: names.map((name) => args[name]),
+  };
 }
 
 /** Calls `public.<fn>(p_name => value, …)`; throws HostingError("store_failed") when the call fails. */

@@ -4,7 +4,7 @@
  */
 import { createClient } from "@supabase/supabase-js";
 import { HostingError } from "./errors.ts";
-import { isPermanentSqlState, type SqlCaller, Store } from "./store.ts";
+import { type SqlCaller, Store, storeError } from "./store.ts";
 
 export function rpcStore(url: string, key: string, options: { fetch?: typeof fetch } = {}): Store {
   const client = createClient(url, key, {
@@ -20,13 +20,7 @@ export function rpcStore(url: string, key: string, options: { fetch?: typeof fet
       throw new HostingError("store_failed", `${fn} failed: ${(error as Error).message}`, { cause: error });
     }
     const { data, error } = answer;
-    if (error) {
-      throw new HostingError(
-        isPermanentSqlState(error.code) ? "internal" : "store_failed",
-        `${fn} failed: ${error.code ?? ""} ${error.message}`,
-        { cause: error },
-      );
-    }
+    if (error) throw storeError(fn, error.code, error.message, error);
     return data;
   };
 
