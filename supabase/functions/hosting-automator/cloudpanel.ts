@@ -202,38 +202,43 @@ export class CloudPanel {
     this.#logger.info("let's encrypt certificate installed", { domain });
   }
 
-  /** Logs a classification failure (its internal message is already redacted) and passes it on. */
+  /**
+   * Passes a classification failure on with its internal message redacted against every known secret (the
+   * output may hold the password, e.g. in CloudPanel's exception record), and logs it.
+   */
   #classified<T>(step: string, domain: Domain, classify: () => T): T {
     try {
       return classify();
     } catch (error) {
-      if (error instanceof HostingError) {
-        this.#logger.warn(`cloudpanel ${step} step failed`, {
-          domain,
-          code: error.code,
-          transient: error.transient,
-          detail: error.message,
-        });
-      }
-      throw error;
+      if (!(error instanceof HostingError)) throw error;
+      const redacted = new HostingError(error.code, this.#logger.redact(error.message), {
+        publicMessage: error.publicMessage,
+        transient: error.transient,
+      });
+      this.#logger.warn(`cloudpanel ${step} step failed`, {
+        domain,
+        code: redacted.code,
+        transient: redacted.transient,
+        detail: redacted.message,
+      });
+      throw redacted;
     }
   }
 
-  /** Runs a command; the result's text is redacted against every known secret before anyone reads it. */
+  /**
+   * Runs a command. The output is classified as it came: redacting it first could cut a success line in two
+   * where a secret's text happens to occur in it (a domain containing a short database password). Internal
+   * messages built from it are redacted where they leave the process: the logger and the workflow's writes.
+   */
   async #exec(command: string, options: StepOptions): Promise<ExecResult> {
     const shell = await this.#shell();
     const started = performance.now();
     this.#logger.debug("clpctl", { command }); // every log line passes the redactor
     const result = await shell.exec(command, options);
-    const redacted: ExecResult = {
-      stdout: this.#logger.redact(result.stdout),
-      stderr: this.#logger.redact(result.stderr),
-      exitCode: result.exitCode,
-    };
     this.#logger.debug("clpctl finished", {
       exit_code: result.exitCode,
       duration_ms: Math.round(performance.now() - started),
     });
-    return redacted;
+    return result;
   }
 }
