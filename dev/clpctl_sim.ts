@@ -667,6 +667,15 @@ export function addOrphanUser(stateDir: string, user: string): Promise<void> {
   });
 }
 
+/** An operator removes a Linux user on the server (e.g. an orphan, so that a retry can create the site). */
+export function removeUser(stateDir: string, user: string): Promise<void> {
+  return withLock(stateDir, true, async () => {
+    const panel = await readPanel(stateDir);
+    delete panel.users[user];
+    await writePanel(stateDir, panel);
+  });
+}
+
 /** A site created earlier (by this module in an interrupted run, or by hand with another site user). */
 export function addExistingSite(stateDir: string, domain: string, siteUser: string): Promise<void> {
   return withLock(stateDir, true, async () => {

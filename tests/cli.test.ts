@@ -3,19 +3,10 @@
  * processes against the real stack (Postgres, the PostgREST stand-in, sshd, simulators).
  */
 import assert from "node:assert/strict";
-import { addOrphanUser, readSimState } from "../dev/clpctl_sim.ts";
+import { addOrphanUser, readSimState, removeUser } from "../dev/clpctl_sim.ts";
 import { type Domain, siteUserFor } from "../supabase/functions/hosting-automator/domain.ts";
 import { artifactPath, ROOT } from "./support/env.ts";
-import { type Stack, startStack } from "./support/stack.ts";
-
-async function withStack(label: string, body: (stack: Stack) => Promise<void>) {
-  const stack = await startStack({ label });
-  try {
-    await body(stack);
-  } finally {
-    await stack.close();
-  }
-}
+import { type Stack, withStack } from "./support/stack.ts";
 
 async function provision(
   stack: Stack,
@@ -49,7 +40,7 @@ function assertNoSecret(stack: Stack, text: string) {
 }
 
 Deno.test("provision --help explains every flag; an unknown flag is a usage error", async () => {
-  await withStack("cli_help", async (stack) => {
+  await withStack({ label: "cli_help" }, async (stack) => {
     const help = await provision(stack, "--help");
     assert.equal(help.code, 0);
     for (
@@ -76,7 +67,7 @@ Deno.test("provision --help explains every flag; an unknown flag is a usage erro
 });
 
 Deno.test("provision --site <domain> provisions that site and shows each step", async () => {
-  await withStack("cli_site", async (stack) => {
+  await withStack({ label: "cli_site" }, async (stack) => {
     const id = await stack.insertSite("cli-one.example", { status_dns: "active" });
     const run = await provision(stack, "--site", "cli-one.example");
     assert.equal(run.code, 0, run.stdout + run.stderr);
@@ -94,7 +85,7 @@ Deno.test("provision --site <domain> provisions that site and shows each step", 
 });
 
 Deno.test("provision exits 1 when a site failed and 3 when it will be retried", async () => {
-  await withStack("cli_exit", async (stack) => {
+  await withStack({ label: "cli_exit" }, async (stack) => {
     await stack.insertSite("bad name.example", { status_dns: "active" });
     const failed = await provision(stack, "--pending");
     assert.equal(failed.code, 1);
@@ -110,7 +101,7 @@ Deno.test("provision exits 1 when a site failed and 3 when it will be retried", 
 });
 
 Deno.test("provision --pending runs every due job and --status reports them", async () => {
-  await withStack("cli_pending", async (stack) => {
+  await withStack({ label: "cli_pending" }, async (stack) => {
     const ids = [];
     for (const d of ["p1.example", "p2.example", "p3.example"]) {
       ids.push(await stack.insertSite(d, { status_dns: "active" }));
@@ -130,17 +121,14 @@ Deno.test("provision --pending runs every due job and --status reports them", as
 });
 
 Deno.test("provision --retry-failed re-queues and runs failed sites", async () => {
-  await withStack("cli_retry", async (stack) => {
+  await withStack({ label: "cli_retry" }, async (stack) => {
     const user = siteUserFor("again.example" as Domain);
     await addOrphanUser(stack.clpctlState, user);
     const id = await stack.insertSite("again.example", { status_dns: "active" });
     assert.equal((await provision(stack, "--pending")).code, 1);
     assert.equal((await stack.site(id)).status_hosting, "failed");
     // The operator removes the orphan user, then retries.
-    const path = `${stack.clpctlState}/state.json`;
-    const state = JSON.parse(await Deno.readTextFile(path));
-    delete state.users[user];
-    await Deno.writeTextFile(path, JSON.stringify(state));
+    await removeUser(stack.clpctlState, user);
     const run = await provision(stack, "--retry-failed");
     assert.equal(run.code, 0, run.stdout + run.stderr);
     assert.match(run.stdout, /Re-queued 1 site\(s\): again\.example \(failed\)/);
@@ -149,7 +137,7 @@ Deno.test("provision --retry-failed re-queues and runs failed sites", async () =
 });
 
 Deno.test("provision --dry-run checks everything, prints the commands with secrets masked, and changes nothing", async () => {
-  await withStack("cli_dry", async (stack) => {
+  await withStack({ label: "cli_dry" }, async (stack) => {
     const id = await stack.insertSite("dry.example", { status_dns: "active" });
     await stack.insertSite("also bad.example", { status_dns: "active" });
     const snapshot = async () => ({
@@ -204,7 +192,7 @@ Deno.test("provision --dry-run checks everything, prints the commands with secre
 });
 
 Deno.test("provision refuses a bad configuration naming the variable, without printing its value", async () => {
-  await withStack("cli_config", async (stack) => {
+  await withStack({ label: "cli_config" }, async (stack) => {
     const out = await new Deno.Command(Deno.execPath(), {
       args: ["run", "-A", "cli/provision.ts", "--status"],
       cwd: ROOT,
@@ -220,7 +208,7 @@ Deno.test("provision refuses a bad configuration naming the variable, without pr
 });
 
 Deno.test("deno task serve answers over HTTP with the deployed handler", async () => {
-  await withStack("serve", async (stack) => {
+  await withStack({ label: "serve" }, async (stack) => {
     const port = 20000 + Math.floor(Math.random() * 20000);
     const server = new Deno.Command(Deno.execPath(), {
       args: ["run", "-A", "dev/serve.ts"],

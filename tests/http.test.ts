@@ -3,16 +3,7 @@
  * change nothing, the Database Webhook payload, status and retry.
  */
 import assert from "node:assert/strict";
-import { type Stack, startStack } from "./support/stack.ts";
-
-async function withStack(body: (stack: Stack) => Promise<void>) {
-  const stack = await startStack({ label: "http" });
-  try {
-    await body(stack);
-  } finally {
-    await stack.close();
-  }
-}
+import { type Stack, withStack } from "./support/stack.ts";
 
 /** Everything a refused request must leave untouched. */
 async function snapshot(stack: Stack) {
@@ -31,7 +22,7 @@ async function errorOf(response: Response) {
 }
 
 Deno.test("missing or wrong credentials are refused with 401 and change nothing", async () => {
-  await withStack(async (stack) => {
+  await withStack({ label: "http" }, async (stack) => {
     const id = await stack.insertSite("auth.example");
     await stack.sql`update hosting_automator.jobs set run_at = now() + interval '1 hour'`;
     const before = await snapshot(stack);
@@ -61,7 +52,7 @@ Deno.test("missing or wrong credentials are refused with 401 and change nothing"
 });
 
 Deno.test("the key is accepted on the apikey header or as a Bearer token", async () => {
-  await withStack(async (stack) => {
+  await withStack({ label: "http" }, async (stack) => {
     const bearer = await stack.app.fetch(
       new Request("http://functions.test/hosting-automator/status", {
         headers: { authorization: `Bearer ${stack.serviceKey}` },
@@ -73,7 +64,7 @@ Deno.test("the key is accepted on the apikey header or as a Bearer token", async
 });
 
 Deno.test("malformed, unknown and oversized bodies are refused with 400 or 413, name the problem, and change nothing", async () => {
-  await withStack(async (stack) => {
+  await withStack({ label: "http" }, async (stack) => {
     const id = await stack.insertSite("input.example", { status_dns: "active" });
     const before = await snapshot(stack);
     const cases: Array<[Promise<Response>, number, RegExp]> = [
@@ -131,7 +122,7 @@ Deno.test("malformed, unknown and oversized bodies are refused with 400 or 413, 
 });
 
 Deno.test("unknown routes, unknown sites and wrong methods answer 404 and 405", async () => {
-  await withStack(async (stack) => {
+  await withStack({ label: "http" }, async (stack) => {
     assert.equal((await errorOf(await stack.request("/nope"))).status, 404);
     const unknownSite = await errorOf(await stack.request("", { body: { site_id: crypto.randomUUID() } }));
     assert.deepEqual(unknownSite, { status: 404, code: "not_found", message: "No site has this site_id." });
@@ -144,7 +135,7 @@ Deno.test("unknown routes, unknown sites and wrong methods answer 404 and 405", 
 });
 
 Deno.test("a Database Webhook payload provisions its record's site; a DELETE is acknowledged and ignored", async () => {
-  await withStack(async (stack) => {
+  await withStack({ label: "http" }, async (stack) => {
     const id = await stack.insertSite("webhook.example");
     await stack.sql`update public.sites set status_dns = 'active' where id = ${id}`;
     await stack.sql`delete from net.http_request_queue`;
@@ -166,7 +157,7 @@ Deno.test("a Database Webhook payload provisions its record's site; a DELETE is 
 });
 
 Deno.test("a site whose DNS is not active is not provisioned by a kick, and the answer says why", async () => {
-  await withStack(async (stack) => {
+  await withStack({ label: "http" }, async (stack) => {
     const id = await stack.insertSite("not-yet.example");
     const response = await stack.request("", { body: { site_id: id } });
     assert.equal(response.status, 200);
@@ -182,7 +173,7 @@ Deno.test("a site whose DNS is not active is not provisioned by a kick, and the 
 });
 
 Deno.test("GET /status reports counts, queue, failures and sites missing analytics", async () => {
-  await withStack(async (stack) => {
+  await withStack({ label: "http" }, async (stack) => {
     await stack.insertSite("waiting.example");
     const ok = await stack.insertSite("ok.example", { status_dns: "active" });
     const bad = await stack.insertSite("bad domain.example", { status_dns: "active" });
@@ -203,11 +194,11 @@ Deno.test("GET /status reports counts, queue, failures and sites missing analyti
 });
 
 Deno.test("POST /retry with all_failed re-queues failed sites; unknown site ids are 404", async () => {
-  await withStack(async (stack) => {
+  await withStack({ label: "http" }, async (stack) => {
     const id = await stack.insertSite("retry-me.example", { status_dns: "active" });
     stack.matomo!.fail({ kind: "error" });
     // Make the first attempt fail permanently: an orphan user blocks the site.
-    const { addOrphanUser } = await import("../dev/clpctl_sim.ts");
+    const { addOrphanUser, removeUser } = await import("../dev/clpctl_sim.ts");
     const { siteUserFor } = await import("../supabase/functions/hosting-automator/domain.ts");
     const user = siteUserFor("retry-me.example" as Parameters<typeof siteUserFor>[0]);
     await addOrphanUser(stack.clpctlState, user);
@@ -215,10 +206,7 @@ Deno.test("POST /retry with all_failed re-queues failed sites; unknown site ids 
     assert.equal((await stack.site(id)).status_hosting, "failed");
 
     // The operator removes the orphan user on the server, then retries everything that failed.
-    const statePath = `${stack.clpctlState}/state.json`;
-    const state = JSON.parse(await Deno.readTextFile(statePath));
-    delete state.users[user];
-    await Deno.writeTextFile(statePath, JSON.stringify(state));
+    await removeUser(stack.clpctlState, user);
     stack.matomo!.clearFaults();
     const retried = await (await stack.request("/retry", { body: { all_failed: true }, query: "wait=true" }))
       .json();

@@ -3,9 +3,8 @@
  * Postgres without the platform pieces, and to a database where the Hub's public.sites already exists.
  */
 import assert from "node:assert/strict";
-import postgres from "postgres";
 import { harness, ROOT } from "./support/env.ts";
-import { testDb } from "./support/db.ts";
+import { type TestDb, testDb } from "./support/db.ts";
 
 async function supabase(...args: string[]): Promise<{ code: number; output: string }> {
   const out = await new Deno.Command(harness.supabaseCli, {
@@ -19,22 +18,11 @@ async function supabase(...args: string[]): Promise<{ code: number; output: stri
   return { code: out.code, output: text };
 }
 
-/** An empty database (not the template): only what Supabase gives every database. */
-async function emptyDb(
-  label: string,
-  setup: string,
-): Promise<{ url: string; sql: postgres.Sql; close(): Promise<void> }> {
-  const name = `t_${label}_${crypto.randomUUID().slice(0, 8)}`;
-  const admin = postgres(`${harness.pgBase}/postgres`, { max: 1, onnotice: () => {} });
-  try {
-    await admin.unsafe(`create database "${name}"`);
-  } finally {
-    await admin.end();
-  }
-  const url = `${harness.pgBase}/${name}`;
-  const sql = postgres(url, { max: 2, onnotice: () => {} });
-  if (setup) await sql.unsafe(setup);
-  return { url, sql, close: () => sql.end({ timeout: 5 }) };
+/** An empty database (not the template), with the Hub's `setup` SQL when given. */
+async function emptyDb(label: string, setup: string): Promise<TestDb> {
+  const db = await testDb(label, { empty: true });
+  if (setup) await db.sql.unsafe(setup);
+  return db;
 }
 
 Deno.test("the migrations apply to a plain Postgres without pg_net, Vault or pg_cron, and jobs still queue", async () => {

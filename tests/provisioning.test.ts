@@ -7,16 +7,7 @@ import assert from "node:assert/strict";
 import { addExistingSite, addOrphanUser, setFaults, type SimState } from "../dev/clpctl_sim.ts";
 import { siteUserFor } from "../supabase/functions/hosting-automator/domain.ts";
 import type { Domain } from "../supabase/functions/hosting-automator/domain.ts";
-import { type Stack, type StackOptions, startStack } from "./support/stack.ts";
-
-async function withStack(options: StackOptions, body: (stack: Stack) => Promise<void>) {
-  const stack = await startStack(options);
-  try {
-    await body(stack);
-  } finally {
-    await stack.close();
-  }
-}
+import { type Stack, withStack } from "./support/stack.ts";
 
 const letsEncryptCalls = (state: SimState) =>
   state.calls.filter((c) => c.verb === "lets-encrypt:install:certificate");

@@ -12,13 +12,14 @@ export interface TestDb {
   close(): Promise<void>;
 }
 
-export async function testDb(label = "t"): Promise<TestDb> {
+/** `empty`: a bare database (only what the cluster gives every database) instead of the migrated template. */
+export async function testDb(label = "t", options: { empty?: boolean } = {}): Promise<TestDb> {
   const slug = label.toLowerCase().replace(/[^a-z0-9]+/g, "_").slice(0, 30);
   const name = `t_${slug}_${crypto.randomUUID().slice(0, 8)}`;
   // A connection of its own each time: nothing stays open between tests (Deno's sanitizers check that).
   const admin = postgres(`${harness.pgBase}/postgres`, { max: 1, onnotice: () => {} });
   try {
-    await admin.unsafe(`create database "${name}" template "${harness.template}"`);
+    await admin.unsafe(`create database "${name}"${options.empty ? "" : ` template "${harness.template}"`}`);
   } finally {
     await admin.end({ timeout: 5 });
   }

@@ -231,3 +231,13 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     throw error;
   }
 }
+
+/** Runs `body` on a fresh stack and always closes it. */
+export async function withStack(options: StackOptions, body: (stack: Stack) => Promise<void>): Promise<void> {
+  const stack = await startStack(options);
+  try {
+    await body(stack);
+  } finally {
+    await stack.close();
+  }
+}

@@ -55,6 +55,10 @@ function badRequest(message: string): HostingError {
   return new HostingError("bad_request", message, { publicMessage: message });
 }
 
+function siteNotFound(): HostingError {
+  return new HostingError("not_found", "site not found", { publicMessage: "No site has this site_id." });
+}
+
 // ---- request shapes ----
 
 const siteId = z.uuid({ message: "must be a UUID" });
@@ -232,7 +236,7 @@ export function createHandler(deps: HandlerDeps): Handler {
     if (kick.siteId) {
       const queued = await deps.store.enqueue(kick.siteId);
       if (!queued.found) {
-        throw new HostingError("not_found", "site not found", { publicMessage: "No site has this site_id." });
+        throw siteNotFound();
       }
       if (queued.job_id === undefined) {
         return json(200, {
@@ -262,7 +266,7 @@ export function createHandler(deps: HandlerDeps): Handler {
     const target = "site_id" in parsed.data ? { siteId: parsed.data.site_id } : { allFailed: true as const };
     const retried = await deps.store.retry(target);
     if (!retried.found) {
-      throw new HostingError("not_found", "site not found", { publicMessage: "No site has this site_id." });
+      throw siteNotFound();
     }
     let result: RunResult | null = null;
     if (retried.requeued.length > 0 && (wait || deps.waitUntil)) {
