@@ -131,7 +131,7 @@ Deno.test("the kick is requested only when the update commits, with the key in t
       assert.deepEqual(kicksSeen, [0], "nothing is visible to pg_net's worker before commit");
       assert.deepEqual(kicks.length, 1, "one kick after commit");
       assert.deepEqual(kicks[0].headers.apikey, "sb_secret_kick_test_0123456789");
-      assert.deepEqual(kicks[0].body, { site_id: site.id });
+      assert.deepEqual(kicks[0].body, {}, "a doorbell: the function drains what is due");
       assert.deepEqual(kicks[0].timeout_milliseconds, 5000);
 
       const [other] =
@@ -174,12 +174,26 @@ Deno.test("the sweep re-queues expired leases and rings once per free slot while
     await sql`select vault.create_secret('sb_secret_sweep_0123456789', 'hosting_automator_key')`;
     await sql`update hosting_automator.settings set server_concurrency = 2`;
     for (let i = 0; i < 5; i++) await activeSite(sql, `sweep-${i}.example`);
+    assert.deepEqual(
+      (await sql`select count(*)::int as n from net.http_request_queue`)[0].n,
+      2,
+      "five sites made ready one by one ring only for the 2 free slots",
+    );
+    // Those kicks were answered (or expired) without claiming anything.
     await sql`delete from net.http_request_queue`;
+    await sql`delete from hosting_automator.rings`;
     const [stuck] = await claim(sql, "crashed-worker");
     await sql`update hosting_automator.jobs set lease_expires_at = now() - interval '1 second' where id = ${stuck.job_id}`;
 
+    const [{ n: byClaim }] = await sql`select count(*)::int as n from net.http_request_queue`;
+    assert.deepEqual(byClaim, 1, "the claim rang for the other free slot");
+
     const [{ sweep }] = await sql`select hosting_automator.sweep() as sweep`;
-    assert.deepEqual(sweep, { reaped: 1, due: 5, running: 0, kicks: 2 });
+    assert.deepEqual(
+      sweep,
+      { reaped: 1, due: 5, running: 0, kicks: 1 },
+      "the sweep rings for the slot the dead worker held",
+    );
     const kicks = await sql`select body from net.http_request_queue`;
     assert.deepEqual(kicks.map((k) => k.body), [{}, {}], "drain kicks, one per free slot");
     const [job] =

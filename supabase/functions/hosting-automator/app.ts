@@ -34,6 +34,11 @@ export interface App {
   logger: Logger;
   store: Store | null;
   newInvocation: (() => Invocation) | null;
+  /**
+   * The worker is about to stop (Supabase's `beforeunload`, SIGTERM locally): running jobs are given back at
+   * once, without spending their attempts, so another worker continues them without waiting for the lease.
+   */
+  shutdown(reason: string): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -53,6 +58,7 @@ export function workflowDeps(
   logger: Logger,
   store: Store,
   overrides: AppOverrides = {},
+  worker: { startedAt?: number; registry?: Set<Invocation> } = {},
 ): WorkflowDeps {
   return {
     store,
@@ -66,7 +72,10 @@ export function workflowDeps(
       matomoMs: config.matomo?.timeoutMs ?? 15_000,
     },
     budgetMs: config.budgetMs,
+    workerDeadline: worker.startedAt === undefined ? undefined : worker.startedAt + config.wallClockMs,
+    leaseSeconds: config.leaseSeconds,
     clock: overrides.clock,
+    registry: worker.registry,
   };
 }
 
@@ -89,14 +98,26 @@ export function createApp(env: Record<string, string | undefined>, overrides: Ap
       logger,
       store: null,
       newInvocation: null,
+      shutdown: () => Promise.resolve(),
       close: () => Promise.resolve(),
     };
   }
   for (const secret of secretsOf(config)) redactor.add(secret);
   const logger = new Logger(redactor, { sink: overrides.logSink, level: config.logLevel });
   const store = overrides.store ?? storeFor(config, { fetch: overrides.fetch });
-  const deps = workflowDeps(config, logger, store, overrides);
+  // The worker starts with this module; its wall-clock limit counts from here, not from each request.
+  const startedAt = (overrides.clock ?? (() => performance.now()))();
+  const registry = new Set<Invocation>();
+  const deps = workflowDeps(config, logger, store, overrides, { startedAt, registry });
   const newInvocation = () => new Invocation(deps);
+  const shutdown = async (reason: string) => {
+    const live = [...registry];
+    if (live.length > 0) {
+      logger.warn("worker shutting down: giving running jobs back", { reason, invocations: live.length });
+    }
+    for (const invocation of live) invocation.shutdown(reason);
+    await Promise.all(live.map((invocation) => invocation.finished));
+  };
   return {
     fetch: createHandler({
       authKeys: config.authKeys,
@@ -109,6 +130,7 @@ export function createApp(env: Record<string, string | undefined>, overrides: Ap
     logger,
     store,
     newInvocation,
+    shutdown,
     close: () => store.close(),
   };
 }

@@ -55,24 +55,34 @@ const stepEntry = z.object({
   result: z.record(z.string(), z.unknown()),
 });
 
+export const JOB_KINDS = ["provision", "analytics"] as const;
+export type JobKind = (typeof JOB_KINDS)[number];
+
 const claimedRow = z.object({
   job_id: id,
   lease_token: z.string().uuid(),
   site_id: z.string().uuid(),
   domain: z.string().nullable(),
+  kind: z.enum(JOB_KINDS).default("provision"),
+  site_active: z.boolean().nullable().default(false),
   attempt: z.number().int(),
   max_attempts: z.number().int(),
   lease_expires_at: z.union([z.string(), z.date()]).transform((v) => new Date(v)),
   steps: z.partialRecord(z.enum(STEP_NAMES), stepEntry).default({}),
+  estimates: z.partialRecord(z.enum(STEP_NAMES), z.number()).default({}),
 }).transform((r) => ({
   jobId: r.job_id,
   leaseToken: r.lease_token,
   siteId: r.site_id,
   domain: r.domain,
+  kind: r.kind,
+  siteActive: r.site_active === true,
   attempt: r.attempt,
   maxAttempts: r.max_attempts,
   leaseExpiresAt: r.lease_expires_at,
   steps: r.steps,
+  /** Expected milliseconds per step (p90 of recent runs), where known. */
+  estimates: r.estimates,
 }));
 export type ClaimedJob = z.output<typeof claimedRow>;
 
@@ -163,6 +173,14 @@ export interface ClaimArgs {
   leaseSeconds: number;
   limit: number;
   siteId?: string;
+  /** Only jobs whose expected remaining steps fit in this many milliseconds. */
+  timeLeftMs?: number;
+  /** The steps of each job kind, for that estimate. */
+  plan?: Record<JobKind, readonly StepName[]>;
+  /** The estimate of a step with no history. */
+  defaultStepMs?: number;
+  /** The invocation's first claim: it answers one doorbell kick. */
+  first?: boolean;
 }
 
 export interface Lease {
@@ -178,6 +196,54 @@ export interface StepRecord {
   /** Already redacted. */
   message?: string;
   level?: EventLevel;
+}
+
+/** How a step ended, journaled with the next transition. Messages already redacted. */
+export interface StepEnd {
+  step: StepName;
+  state: Exclude<StepState, "started">;
+  result?: Record<string, unknown>;
+  code?: string;
+  message?: string;
+  level?: EventLevel;
+  durationMs?: number;
+}
+
+function endJson(ends: StepEnd | StepEnd[] | undefined): unknown {
+  if (ends === undefined) return null;
+  const one = (e: StepEnd) => ({
+    step: e.step,
+    state: e.state,
+    result: e.result ?? {},
+    ...(e.code !== undefined ? { code: e.code } : {}),
+    ...(e.message !== undefined ? { message: e.message } : {}),
+    level: e.level ?? "info",
+    ...(e.durationMs !== undefined ? { duration_ms: Math.round(e.durationMs) } : {}),
+  });
+  if (Array.isArray(ends)) return ends.length === 0 ? null : ends.map(one);
+  return one(ends);
+}
+
+export interface Completion {
+  docRoot: string;
+  matomoSiteId: number | null;
+  message?: string;
+  /** The last step's end, journaled with the completion. */
+  done?: StepEnd | StepEnd[];
+  /** Queue an analytics job: the Matomo step failed for now and the site goes active without it. */
+  backfillAnalytics?: boolean;
+}
+
+export interface Failure {
+  code: string;
+  publicMessage: string;
+  /** Already redacted. */
+  internalMessage: string;
+  permanent: boolean;
+  /** The same code this many times in a row fails the job. */
+  attemptLimit?: number;
+  /** The failed step's end, journaled with the failure. */
+  done?: StepEnd;
 }
 
 export class Store {
@@ -200,10 +266,15 @@ export class Store {
       p_lease_seconds: args.leaseSeconds,
       p_limit: args.limit,
       p_site_id: args.siteId ?? null,
+      p_time_left_ms: args.timeLeftMs === undefined ? null : Math.max(0, Math.floor(args.timeLeftMs)),
+      p_plan: args.plan ?? null,
+      p_default_step_ms: args.defaultStepMs ?? 15_000,
+      p_first: args.first ?? false,
     }, "rows");
     return z.array(claimedRow).parse(rows);
   }
 
+  /** Renews the lease (while a step runs). False when the lease is lost. */
   async heartbeat(lease: Lease, leaseSeconds: number, step?: StepName): Promise<boolean> {
     return z.boolean().parse(
       await this.#call("hosting_heartbeat", {
@@ -211,6 +282,24 @@ export class Store {
         p_lease_token: lease.leaseToken,
         p_lease_seconds: leaseSeconds,
         p_step: step ?? null,
+      }, "value"),
+    );
+  }
+
+  /** Ends the step that ran (if any) and starts the next (if any), renewing the lease: one statement. */
+  async advance(
+    lease: Lease,
+    leaseSeconds: number,
+    done?: StepEnd | StepEnd[],
+    start?: StepName,
+  ): Promise<boolean> {
+    return z.boolean().parse(
+      await this.#call("hosting_advance", {
+        p_job_id: lease.jobId,
+        p_lease_token: lease.leaseToken,
+        p_lease_seconds: leaseSeconds,
+        p_done: endJson(done),
+        p_start: start ?? null,
       }, "value"),
     );
   }
@@ -230,28 +319,22 @@ export class Store {
     );
   }
 
-  async complete(
-    lease: Lease,
-    docRoot: string,
-    matomoSiteId: number | null,
-    message?: string,
-  ): Promise<boolean> {
+  async complete(lease: Lease, completion: Completion): Promise<boolean> {
     return z.boolean().parse(
       await this.#call("hosting_complete_job", {
         p_job_id: lease.jobId,
         p_lease_token: lease.leaseToken,
-        p_doc_root: docRoot,
-        p_matomo_site_id: matomoSiteId,
-        p_message: message ?? null,
+        p_doc_root: completion.docRoot,
+        p_matomo_site_id: completion.matomoSiteId,
+        p_message: completion.message ?? null,
+        p_done: endJson(completion.done),
+        p_backfill_analytics: completion.backfillAnalytics ?? false,
       }, "value"),
     );
   }
 
-  /** `internalMessage` must already be redacted. Null when the lease was lost. */
-  async fail(
-    lease: Lease,
-    failure: { code: string; publicMessage: string; internalMessage: string; permanent: boolean },
-  ): Promise<FailOutcome> {
+  /** Null when the lease was lost. */
+  async fail(lease: Lease, failure: Failure): Promise<FailOutcome> {
     return failOutcome.parse(
       await this.#call("hosting_fail_job", {
         p_job_id: lease.jobId,
@@ -260,16 +343,20 @@ export class Store {
         p_public_message: failure.publicMessage,
         p_internal_message: failure.internalMessage,
         p_permanent: failure.permanent,
+        p_attempt_limit: failure.attemptLimit ?? null,
+        p_done: endJson(failure.done),
       }, "value"),
     );
   }
 
-  async release(lease: Lease, reason: string): Promise<boolean> {
+  /** Gives the job back without spending the attempt; `done` journals a step cut short. */
+  async release(lease: Lease, reason: string, done?: StepEnd | StepEnd[]): Promise<boolean> {
     return z.boolean().parse(
       await this.#call("hosting_release_job", {
         p_job_id: lease.jobId,
         p_lease_token: lease.leaseToken,
         p_reason: reason,
+        p_done: endJson(done),
       }, "value"),
     );
   }

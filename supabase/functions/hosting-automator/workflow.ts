@@ -1,17 +1,28 @@
 /**
- * The provisioning workflow (design §3): claim a job → run its steps, each journaled → complete or fail it,
- * then claim the next due job while the invocation's time budget allows.
+ * The provisioning workflow: claim a job → run the steps its kind plans (steps.ts), each journaled → complete
+ * or fail it, then claim the next due job while the worker's time allows.
  *
- * Resumable: a step the journal shows as done is skipped, so a job taken over after a crash continues where
- * it stopped. Every write goes through the lease; a worker that lost its lease stops without writing.
+ * Resumable: a step the journal shows as done is skipped, so a job taken over after a crash continues where it
+ * stopped. Every write goes through the lease; a worker that lost its lease stops without writing.
+ *
+ * Leases are short (HOSTING_LEASE_SECONDS) and renewed in the background while a step runs, so a dead worker's
+ * slot is free again within one lease. On the normal path a job costs five statements: the claim, one
+ * transition per step boundary (the end of one step and the start of the next together), and the completion
+ * with the last step's end.
+ *
+ * Time: the deadline is the earlier of the invocation's budget and the worker's own wall-clock limit, which on
+ * Supabase counts from the worker's start, not the request's. A job is claimed only when its expected
+ * remaining steps fit (the database estimates them from recent runs); a worker with too little time left gives
+ * its slot up, and the claim rings the doorbell so another worker takes it.
  */
 import { CloudPanel } from "./cloudpanel.ts";
-import { type Domain, parseDomain } from "./domain.ts";
-import { type HostingError, toHostingError } from "./errors.ts";
+import { docRootFor, type Domain, parseDomain, siteUserFor } from "./domain.ts";
+import { HostingError, toHostingError } from "./errors.ts";
 import type { Logger } from "./log.ts";
 import type { MatomoClient } from "./matomo.ts";
 import type { RemoteShell } from "./remote.ts";
-import type { ClaimedJob, Lease, StepName, Store } from "./store.ts";
+import { PLANS, type StepDef, STEPS, type StepTimeouts } from "./steps.ts";
+import type { ClaimedJob, Lease, StepEnd, StepName, Store } from "./store.ts";
 
 export interface WorkflowDeps {
   store: Store;
@@ -22,11 +33,17 @@ export interface WorkflowDeps {
   matomo: MatomoClient | null;
   /** The CloudPanel server's identity, for the per-server cap (host:port). */
   server: string;
-  timeouts: { siteMs: number; certificateMs: number; matomoMs: number };
+  timeouts: StepTimeouts;
   /** Wall-clock time this invocation may spend. */
   budgetMs: number;
+  /** When the worker itself must have stopped (its wall-clock limit), on `clock`'s scale. */
+  workerDeadline?: number;
+  /** The lease length; renewed every third of it while a step runs. Default 30 s. */
+  leaseSeconds?: number;
   /** Milliseconds, monotonic. Tests pass a fake one. */
   clock?: () => number;
+  /** Live invocations, so a shutdown can give their jobs back. */
+  registry?: Set<Invocation>;
 }
 
 export type StepStatus = "done" | "already_done" | "skipped" | "failed";
@@ -40,8 +57,8 @@ export interface StepOutcome {
 }
 
 /**
- * active: done. retrying: failed, queued again with backoff. failed: gave up. released: time ran out before a
- * step, queued again without spending the attempt. lease_lost: another worker owns the job now.
+ * active: done. retrying: failed, queued again with backoff. failed: gave up. released: time ran out (or the
+ * worker shut down), queued again without spending the attempt. lease_lost: another worker owns the job now.
  * interrupted: the database could not be reached; the lease expires and the job resumes.
  */
 export type JobStatus = "active" | "retrying" | "failed" | "released" | "lease_lost" | "interrupted";
@@ -50,12 +67,13 @@ export interface JobOutcome {
   job_id: number;
   site_id: string;
   domain: string | null;
+  kind: ClaimedJob["kind"];
   attempt: number;
   status: JobStatus;
   steps: StepOutcome[];
   doc_root?: string;
   matomo_site_id?: number | null;
-  /** Analytics could not be set up; the site is active without it. */
+  /** Analytics could not be set up; the site is active without it (and retried automatically if it can be). */
   warning?: { code: string; message: string };
   error?: { code: string; message: string };
   next_run_at?: string;
@@ -82,14 +100,17 @@ export interface RunOptions {
 
 export interface RunResult {
   outcomes: JobOutcome[];
-  /** Why the invocation stopped early (server unreachable, database down), if it did. */
+  /** Why the invocation stopped early (server unreachable, database down, shutdown), if it did. */
   stopped?: { code: string; message: string };
 }
 
-/** A step does not start with less time than this left in the budget. */
-export const MIN_STEP_MS = 10_000;
-/** Kept back from the budget for the writes after a step. */
-const RESERVE_MS = 3_000;
+/** A step with no history is expected to take this long. */
+export const DEFAULT_STEP_MS = 5_000;
+/** Kept back from the deadline for the writes after a step. */
+export const RESERVE_MS = 3_000;
+/** Kept back from the worker's wall-clock limit: the runtime stops the worker at the limit itself. */
+export const WALL_CLOCK_MARGIN_MS = 5_000;
+export const DEFAULT_LEASE_SECONDS = 30;
 /** Errors after which no further job is claimed in this invocation: the next would fail the same way. */
 const CONNECTION_CODES = new Set([
   "ssh_unreachable",
@@ -100,6 +121,13 @@ const CONNECTION_CODES = new Set([
 
 class LeaseLost extends Error {}
 class Released extends Error {}
+class Shutdown extends Error {}
+/** A step failed; `end` is its journal entry, written with the job's failure. */
+class StepFailed extends Error {
+  constructor(readonly failure: HostingError, readonly end: StepEnd, readonly outcome: StepOutcome) {
+    super(failure.message);
+  }
+}
 
 export class Invocation {
   readonly worker = `ef-${crypto.randomUUID().slice(0, 8)}`;
@@ -108,36 +136,65 @@ export class Invocation {
   readonly #clock: () => number;
   readonly #deadline: number;
   readonly #leaseSeconds: number;
+  /** Aborted on shutdown: running steps stop, their jobs are given back. */
+  readonly #shutdown = new AbortController();
   #shell: Promise<RemoteShell> | null = null;
   #stopped: RunResult["stopped"];
   #onProgress: RunOptions["onProgress"];
+  #answeredKick = false;
+  #running: Promise<unknown> = Promise.resolve();
 
   constructor(deps: WorkflowDeps) {
     this.#deps = deps;
     this.#clock = deps.clock ?? (() => performance.now());
-    this.#deadline = this.#clock() + deps.budgetMs;
+    const budgetEnd = this.#clock() + deps.budgetMs;
+    this.#deadline = deps.workerDeadline === undefined
+      ? budgetEnd
+      : Math.min(budgetEnd, deps.workerDeadline - WALL_CLOCK_MARGIN_MS);
     this.#log = deps.logger.child({ worker: this.worker });
-    // The lease outlasts the longest step; it is renewed before each step.
-    const longest = Math.max(deps.timeouts.siteMs, deps.timeouts.certificateMs, deps.timeouts.matomoMs);
-    this.#leaseSeconds = Math.min(3600, Math.ceil(longest / 1000) + 60);
+    this.#leaseSeconds = deps.leaseSeconds ?? DEFAULT_LEASE_SECONDS;
   }
 
   get leaseSeconds(): number {
     return this.#leaseSeconds;
   }
 
-  async run(options: RunOptions): Promise<RunResult> {
+  /** Stops claiming and gives running jobs back at once, without spending their attempts. */
+  shutdown(reason: string): void {
+    if (this.#shutdown.signal.aborted) return;
+    this.#stop(
+      new HostingError("interrupted", `shutdown: ${reason}`, {
+        publicMessage: `The worker is shutting down (${reason}); unfinished jobs were given back.`,
+      }),
+    );
+    this.#shutdown.abort(new Shutdown(reason));
+  }
+
+  /** Settles when the current run has ended (for a shutdown to wait on). */
+  get finished(): Promise<void> {
+    return this.#running.then(() => {}, () => {});
+  }
+
+  run(options: RunOptions): Promise<RunResult> {
+    const run = this.#run(options);
+    this.#running = run;
+    return run;
+  }
+
+  async #run(options: RunOptions): Promise<RunResult> {
     this.#onProgress = options.onProgress;
+    this.#deps.registry?.add(this);
     const outcomes: JobOutcome[] = [];
     let claimed = 0;
     let siteFirst = options.siteId;
 
     const lane = async () => {
       while (!this.#stopped) {
-        if (this.#remaining() < MIN_STEP_MS + RESERVE_MS) break;
         if (options.maxJobs !== undefined && claimed >= options.maxJobs) break;
         const siteId = siteFirst;
         siteFirst = undefined;
+        const first = !this.#answeredKick;
+        this.#answeredKick = true;
         let job: ClaimedJob | undefined;
         try {
           [job] = await this.#deps.store.claim({
@@ -146,6 +203,10 @@ export class Invocation {
             leaseSeconds: this.#leaseSeconds,
             limit: 1,
             siteId,
+            timeLeftMs: Math.max(0, this.#remaining() - RESERVE_MS),
+            plan: PLANS,
+            defaultStepMs: DEFAULT_STEP_MS,
+            first,
           });
         } catch (error) {
           this.#stop(toHostingError(error));
@@ -165,6 +226,7 @@ export class Invocation {
     try {
       await Promise.all(Array.from({ length: Math.max(1, options.concurrency ?? 1) }, lane));
     } finally {
+      this.#deps.registry?.delete(this);
       await this.#closeShell();
     }
     return { outcomes, stopped: this.#stopped };
@@ -177,18 +239,23 @@ export class Invocation {
   #stop(error: HostingError): void {
     if (this.#stopped) return;
     this.#stopped = { code: error.code, message: error.publicMessage };
-    this.#log.error("invocation stops claiming jobs", { code: error.code, detail: error.message });
+    this.#log[error.code === "interrupted" ? "warn" : "error"]("invocation stops claiming jobs", {
+      code: error.code,
+      detail: error.message,
+    });
   }
 
-  #cloudPanel(log: Logger): CloudPanel {
-    return new CloudPanel(() => {
-      this.#shell ??= this.#deps.connect().catch((error) => {
-        const failure = toHostingError(error);
-        if (CONNECTION_CODES.has(failure.code)) this.#stop(failure);
-        throw failure;
-      });
-      return this.#shell;
-    }, log);
+  #cloudPanel(log: Logger): () => CloudPanel {
+    let client: CloudPanel | undefined;
+    return () =>
+      client ??= new CloudPanel(() => {
+        this.#shell ??= this.#deps.connect().catch((error) => {
+          const failure = toHostingError(error);
+          if (CONNECTION_CODES.has(failure.code)) this.#stop(failure);
+          throw failure;
+        });
+        return this.#shell;
+      }, log);
   }
 
   async #closeShell(): Promise<void> {
@@ -204,61 +271,89 @@ export class Invocation {
       job_id: job.jobId,
       site_id: job.siteId,
       domain: job.domain,
+      kind: job.kind,
       attempt: job.attempt,
       status: "active",
       steps: [],
       duration_ms: 0,
     };
     this.#onProgress?.({ kind: "job_started", job });
-    log.info("job started", { attempt: job.attempt, max_attempts: job.maxAttempts });
+    log.info("job started", { kind: job.kind, attempt: job.attempt, max_attempts: job.maxAttempts });
 
     try {
       // Validated before anything reaches the server; an invalid domain never opens a connection.
       const domain = parseDomain(job.domain);
       const cloudPanel = this.#cloudPanel(log);
-      const site = await this.#step(
-        job,
-        lease,
-        outcome,
-        log,
-        "cloudpanel_site",
-        this.#deps.timeouts.siteMs,
-        async (ms) => {
-          const result = await cloudPanel.addStaticSite(domain, { timeoutMs: ms });
-          return {
-            result: { site_user: result.siteUser, doc_root: result.docRoot, created: result.created },
-            message: result.created
-              ? "Site created on CloudPanel."
-              : "Site already existed on CloudPanel; its document root is inferred from the site user.",
-          };
-        },
-      );
-      const docRoot = String(site.doc_root);
-      await this.#step(
-        job,
-        lease,
-        outcome,
-        log,
-        "ssl_certificate",
-        this.#deps.timeouts.certificateMs,
-        async (ms) => {
-          await cloudPanel.installCertificate(domain, { timeoutMs: ms });
-          return {
-            result: { installed_at: new Date().toISOString() },
-            message: "Let's Encrypt certificate installed.",
-          };
-        },
-      );
-      const matomoSiteId = await this.#analytics(job, lease, outcome, log, domain);
+      const results: Partial<Record<StepName, Record<string, unknown>>> = {};
+      /** The end of the step that ran last, written with the next transition. */
+      let pending: StepEnd[] = [];
+      let backfill = false;
 
+      for (const name of PLANS[job.kind]) {
+        const def = STEPS[name];
+        const prior = job.steps[name];
+        if (prior?.state === "done") {
+          results[name] = prior.result;
+          outcome.steps.push({ step: name, status: "already_done", duration_ms: 0 });
+          continue;
+        }
+        const unavailable = def.unavailable({ matomo: this.#deps.matomo });
+        if (unavailable) {
+          pending.push({
+            step: name,
+            state: "skipped",
+            code: unavailable.code,
+            message: unavailable.message,
+            level: "warn",
+          });
+          outcome.steps.push({ step: name, status: "skipped", duration_ms: 0, code: unavailable.code });
+          outcome.warning = unavailable;
+          continue;
+        }
+        const ran = await this.#step(job, lease, log, def, domain, cloudPanel, pending);
+        pending = [ran.end];
+        outcome.steps.push(ran.outcome);
+        if (ran.end.state === "done") {
+          results[name] = ran.end.result;
+          continue;
+        }
+        // An optional step failed in a provisioning job: the site goes active without it.
+        const failure = ran.failure!;
+        outcome.warning = {
+          code: failure.code,
+          message: failure.transient
+            ? `${failure.publicMessage} The site is active without analytics; it is retried automatically.`
+            : `${failure.publicMessage} The site is active without analytics; fix the cause, then retry it.`,
+        };
+        backfill ||= failure.transient;
+        log.warn("optional step failed; the site goes active without it", {
+          step: name,
+          code: failure.code,
+          backfill: failure.transient,
+        });
+      }
+
+      const docRoot = typeof results.cloudpanel_site?.doc_root === "string"
+        ? results.cloudpanel_site.doc_root
+        : docRootFor(siteUserFor(domain), domain);
+      const matomoSiteId = typeof results.matomo_site?.matomo_site_id === "number"
+        ? results.matomo_site.matomo_site_id
+        : null;
       const summary = matomoSiteId === null
         ? `Site is active without analytics (${outcome.warning?.code ?? "matomo_site"}).`
         : `Site is active; Matomo site ${matomoSiteId}.`;
-      if (!await this.#deps.store.complete(lease, docRoot, matomoSiteId, summary)) throw new LeaseLost();
+      const completed = await this.#deps.store.complete(lease, {
+        docRoot,
+        matomoSiteId,
+        message: summary,
+        done: pending,
+        backfillAnalytics: backfill && matomoSiteId === null,
+      });
+      if (!completed) throw new LeaseLost();
       outcome.status = "active";
       outcome.doc_root = docRoot;
       outcome.matomo_site_id = matomoSiteId;
-      log.info("job succeeded", { doc_root: docRoot, matomo_site_id: matomoSiteId });
+      log.info("job succeeded", { doc_root: docRoot, matomo_site_id: matomoSiteId, backfill });
     } catch (error) {
       await this.#settle(error, lease, outcome, log);
     }
@@ -277,10 +372,11 @@ export class Invocation {
     }
     if (error instanceof Released) {
       outcome.status = "released";
-      log.info("time budget spent: job queued again to continue in another invocation");
+      log.info("job given back to continue in another invocation", { reason: error.message });
       return;
     }
-    const failure = toHostingError(error);
+    if (error instanceof StepFailed) outcome.steps.push(error.outcome);
+    const failure = error instanceof StepFailed ? error.failure : toHostingError(error);
     outcome.error = { code: failure.code, message: failure.publicMessage };
     if (failure.code === "store_failed") {
       outcome.status = "interrupted";
@@ -295,6 +391,8 @@ export class Invocation {
         publicMessage: failure.publicMessage,
         internalMessage: log.redact(failure.message),
         permanent: !failure.transient,
+        attemptLimit: failure.attemptLimit,
+        done: error instanceof StepFailed ? error.end : undefined,
       });
       if (next === null) {
         outcome.status = "lease_lost";
@@ -316,141 +414,144 @@ export class Invocation {
     }
   }
 
-  /** The analytics step never fails the job: without Matomo the site goes active with a visible warning. */
-  async #analytics(job: ClaimedJob, lease: Lease, outcome: JobOutcome, log: Logger, domain: Domain) {
-    const matomo = this.#deps.matomo;
-    const done = job.steps.matomo_site;
-    if (!matomo && done?.state !== "done") {
-      const message =
-        "Matomo is not configured (MATOMO_API_URL, MATOMO_API_TOKEN); the site has no analytics.";
-      if (
-        !await this.#deps.store.recordStep(lease, {
-          step: "matomo_site",
-          state: "skipped",
-          code: "matomo_not_configured",
-          message,
-          level: "warn",
-        })
-      ) throw new LeaseLost();
-      outcome.steps.push({
-        step: "matomo_site",
-        status: "skipped",
-        duration_ms: 0,
-        code: "matomo_not_configured",
-      });
-      outcome.warning = { code: "matomo_not_configured", message };
-      return null;
-    }
-    try {
-      const result = await this.#step(
-        job,
-        lease,
-        outcome,
-        log,
-        "matomo_site",
-        this.#deps.timeouts.matomoMs,
-        async () => {
-          const site = await matomo!.ensureSite(domain);
-          return {
-            result: { matomo_site_id: site.idSite, reused: site.reused },
-            message: site.reused ? `Matomo site ${site.idSite} reused.` : `Matomo site ${site.idSite} added.`,
-          };
-        },
-      );
-      return Number(result.matomo_site_id);
-    } catch (error) {
-      if (error instanceof LeaseLost || error instanceof Released) throw error;
-      const failure = toHostingError(error);
-      if (failure.code === "store_failed") throw failure;
-      outcome.warning = {
-        code: failure.code,
-        message: `${failure.publicMessage} The site is active without analytics; retry it later.`,
-      };
-      log.warn("analytics not set up; the site goes active without it", { code: failure.code });
-      return null;
-    }
-  }
-
   /**
-   * One journaled step: skipped when the journal says done; otherwise lease renewed, `started` written, the
-   * work run with a timeout that fits the budget, then `done` (with its result) or `failed` written.
+   * One step: started (with the previous step's end, one statement), run with a timeout that fits the deadline
+   * while the lease is renewed in the background, and its end returned for the next transition. An optional
+   * step's failure in a provisioning job is returned as a `failed` end; any other failure is thrown.
    */
   async #step(
     job: ClaimedJob,
     lease: Lease,
-    outcome: JobOutcome,
     log: Logger,
-    step: StepName,
-    timeoutMs: number,
-    work: (timeoutMs: number) => Promise<{ result: Record<string, unknown>; message: string }>,
-  ): Promise<Record<string, unknown>> {
+    def: StepDef,
+    domain: Domain,
+    cloudPanel: () => CloudPanel,
+    pending: StepEnd[],
+  ): Promise<{ end: StepEnd; outcome: StepOutcome; failure?: HostingError }> {
     const store = this.#deps.store;
-    const prior = job.steps[step];
-    if (prior?.state === "done") {
-      outcome.steps.push({ step, status: "already_done", duration_ms: 0 });
-      log.debug("step already done", { step });
-      return prior.result;
-    }
-
+    const step = def.name;
+    const timeoutMs = def.timeoutMs(this.#deps.timeouts);
+    const expected = job.estimates[step] ?? DEFAULT_STEP_MS;
     const left = this.#remaining() - RESERVE_MS;
-    if (left < MIN_STEP_MS) {
-      await this.#release(lease, `Time budget spent before ${step}; queued to continue.`);
+    if (this.#shutdown.signal.aborted) {
+      await this.#release(lease, "The worker is shutting down; queued to continue.", pending);
+    }
+    if (left < Math.min(expected, timeoutMs)) {
+      await this.#release(lease, `Time budget spent before ${step}; queued to continue.`, pending);
     }
     const effective = Math.min(timeoutMs, left);
-    if (!await store.heartbeat(lease, this.#leaseSeconds, step)) throw new LeaseLost();
-    if (!await store.recordStep(lease, { step, state: "started" })) throw new LeaseLost();
+    if (!await store.advance(lease, this.#leaseSeconds, pending, step)) throw new LeaseLost();
     this.#onProgress?.({ kind: "step_started", job, step });
 
     const started = this.#clock();
-    let done: { result: Record<string, unknown>; message: string };
+    const lost = new AbortController();
+    const signal = AbortSignal.any([lost.signal, this.#shutdown.signal]);
+    const renewal = this.#renewWhileRunning(lease, step, lost);
     try {
-      done = await work(effective);
-    } catch (error) {
-      const failure = toHostingError(error);
+      const done = await abortable(
+        def.run({ job, domain, log, cloudPanel, matomo: this.#deps.matomo, signal }, effective),
+        signal,
+      );
       const duration = Math.round(this.#clock() - started);
-      // A timeout shortened by our own budget says nothing about the server: continue elsewhere, attempt kept.
-      if (failure.code === "ssh_timeout" && effective < timeoutMs) {
-        await this.#release(lease, `Time budget spent during ${step}; queued to continue.`);
-      }
-      if (
-        !await store.recordStep(lease, {
+      log.info("step done", { step, duration_ms: duration });
+      const outcome: StepOutcome = { step, status: "done", duration_ms: duration };
+      this.#onProgress?.({ kind: "step_finished", job, outcome });
+      return {
+        end: {
           step,
-          state: "failed",
-          code: failure.code,
-          message: `${step} failed after ${duration} ms: ${log.redact(failure.message)}`,
-          level: failure.transient ? "warn" : "error",
-        })
-      ) throw new LeaseLost();
-      const stepOutcome: StepOutcome = {
+          state: "done",
+          result: done.result,
+          code: `${step}_done`,
+          message: `${done.message} (${duration} ms)`,
+          durationMs: duration,
+        },
+        outcome,
+      };
+    } catch (error) {
+      if (lost.signal.aborted) throw new LeaseLost();
+      const duration = Math.round(this.#clock() - started);
+      const cut = (reason: string) => ({
+        step,
+        state: "failed" as const,
+        code: "interrupted",
+        message: `${step} stopped after ${duration} ms: ${reason}`,
+        level: "warn" as const,
+        durationMs: duration,
+      });
+      if (this.#shutdown.signal.aborted) {
+        await this.#release(lease, "The worker is shutting down; queued to continue.", [cut("shutdown")]);
+      }
+      const failure = toHostingError(error);
+      // A timeout shortened by our own deadline says nothing about the server: continue elsewhere, attempt kept.
+      if (failure.code === "ssh_timeout" && effective < timeoutMs) {
+        await this.#release(lease, `Time budget spent during ${step}; queued to continue.`, [
+          cut("time budget"),
+        ]);
+      }
+      const end: StepEnd = {
+        step,
+        state: "failed",
+        code: failure.code,
+        message: `${step} failed after ${duration} ms: ${log.redact(failure.message)}`,
+        level: failure.transient ? "warn" : "error",
+        durationMs: duration,
+      };
+      const outcome: StepOutcome = {
         step,
         status: "failed",
         duration_ms: duration,
         code: failure.code,
         message: failure.publicMessage,
       };
-      outcome.steps.push(stepOutcome);
-      this.#onProgress?.({ kind: "step_finished", job, outcome: stepOutcome });
-      throw failure;
+      this.#onProgress?.({ kind: "step_finished", job, outcome });
+      const internal = failure.code === "store_failed" || failure.code === "internal";
+      if (def.optional && job.kind === "provision" && !internal) return { end, outcome, failure };
+      throw new StepFailed(failure, end, outcome);
+    } finally {
+      clearInterval(renewal);
     }
-    const duration = Math.round(this.#clock() - started);
-    if (
-      !await store.recordStep(lease, {
-        step,
-        state: "done",
-        result: done.result,
-        code: `${step}_done`,
-        message: `${done.message} (${duration} ms)`,
-      })
-    ) throw new LeaseLost();
-    const stepOutcome: StepOutcome = { step, status: "done", duration_ms: duration };
-    outcome.steps.push(stepOutcome);
-    this.#onProgress?.({ kind: "step_finished", job, outcome: stepOutcome });
-    log.info("step done", { step, duration_ms: duration });
-    return done.result;
   }
 
-  async #release(lease: Lease, reason: string): Promise<never> {
-    if (!await this.#deps.store.release(lease, reason)) throw new LeaseLost();
-    throw new Released();
+  /**
+   * Renews the lease every third of its length while a step runs. A renewal the database refuses means another
+   * worker owns the job: the step is aborted. Renewals that fail to reach the database are retried until the
+   * lease would have expired; then the step is aborted too, as the job may already be someone else's.
+   */
+  #renewWhileRunning(lease: Lease, step: StepName, lost: AbortController): number {
+    const leaseMs = this.#leaseSeconds * 1000;
+    let expiresAt = this.#clock() + leaseMs;
+    let inFlight = false;
+    return setInterval(async () => {
+      if (inFlight || lost.signal.aborted) return;
+      inFlight = true;
+      const sent = this.#clock();
+      try {
+        if (await this.#deps.store.heartbeat(lease, this.#leaseSeconds, step)) expiresAt = sent + leaseMs;
+        else lost.abort(new LeaseLost());
+      } catch (error) {
+        this.#log.warn("lease renewal failed", { step, code: toHostingError(error).code });
+        if (this.#clock() >= expiresAt - leaseMs / 6) lost.abort(new LeaseLost());
+      } finally {
+        inFlight = false;
+      }
+    }, leaseMs / 3);
   }
+
+  async #release(lease: Lease, reason: string, ends: StepEnd[]): Promise<never> {
+    if (!await this.#deps.store.release(lease, reason, ends.length ? ends : undefined)) throw new LeaseLost();
+    throw new Released(reason);
+  }
+}
+
+/** Settles with the work, or rejects as soon as the signal aborts (work that ignores the signal is left behind). */
+function abortable<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) {
+    work.catch(() => {});
+    return Promise.reject(signal.reason);
+  }
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    work.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+  });
 }

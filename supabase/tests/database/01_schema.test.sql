@@ -13,7 +13,7 @@ select ok((select relrowsecurity from pg_class where oid = 'public.sites'::regcl
 
 -- the private schema
 select has_schema('hosting_automator', 'the private schema exists');
-select tables_are('hosting_automator', array['settings', 'jobs', 'steps', 'events'], 'the private schema holds jobs, steps, events, settings');
+select tables_are('hosting_automator', array['settings', 'jobs', 'steps', 'events', 'rings'], 'the private schema holds jobs, steps, events, settings and the kicks on their way');
 select has_index('hosting_automator', 'jobs', 'jobs_one_open_per_site', 'a partial unique index enforces one open job per site');
 select ok(
   (select indisunique and pg_get_expr(indpred, indrelid) like '%queued%running%'
