@@ -3,7 +3,10 @@
  */
 import assert from "node:assert/strict";
 import {
+  canonicalDomain,
   docRootFor,
+  type Domain,
+  endsInNumber,
   generatePassword,
   parseDomain,
   PASSWORD_RE,
@@ -11,7 +14,7 @@ import {
   SITE_USER_RE,
   siteUserFor,
 } from "../supabase/functions/hosting-automator/domain.ts";
-import { isHostingError } from "../supabase/functions/hosting-automator/errors.ts";
+import { HostingError, isHostingError } from "../supabase/functions/hosting-automator/errors.ts";
 
 function refused(input: unknown): string {
   try {
@@ -61,6 +64,84 @@ Deno.test("shell metacharacters, spaces, quotes, overlong labels and IP addresse
   }
 });
 
+Deno.test("IPv4 addresses in every form a browser accepts are refused, not taken for domains", () => {
+  // The WHATWG URL parser reads a host whose last label is a number (decimal, 0x hex, 0-prefixed octal) as
+  // IPv4: each of these is 127.0.0.1 or 1.2.3.4 to a browser or a URL library.
+  for (
+    const input of [
+      "1.2.3.0x4",
+      "0x7f.0x0.0x0.0x1",
+      "127.1",
+      "0177.0.0.1",
+      "2130706433",
+      "0x7F000001",
+      "example.0x",
+      "example.0X",
+      "example.09",
+      "127.0.0.1.",
+    ]
+  ) {
+    assert.match(refused(input), /IP address/, JSON.stringify(input));
+  }
+});
+
+Deno.test("ends in a number follows the WHATWG URL standard: decimal, octal or 0x hex, one trailing dot dropped", () => {
+  const cases: Array<[string, boolean]> = [
+    ["127.0.0.1", true],
+    ["example.123", true],
+    ["example.09", true], // all digits: a number to the checker, even though 09 is no valid octal
+    ["example.0x", true], // "0x" alone is zero
+    ["example.0XfF", true],
+    ["example.1.", true], // one trailing empty label is dropped
+    ["example.1..", false], // only one
+    ["example.0x1g", false],
+    ["example.com", false],
+    ["1.example", false],
+    ["example.x0", false],
+    [".", false],
+    ["", false],
+  ];
+  for (const [host, expected] of cases) assert.equal(endsInNumber(host), expected, host);
+});
+
+Deno.test("the canonical form: case and Unicode or punycode spelling give one value, other variants are refused", () => {
+  assert.equal(canonicalDomain, parseDomain, "one function under the name the storage code uses");
+  for (
+    const spelling of ["Bücher.Example", "BÜCHER.EXAMPLE", "xn--bcher-kva.example", "XN--BCHER-KVA.example"]
+  ) {
+    assert.equal(canonicalDomain(spelling), "xn--bcher-kva.example", spelling);
+  }
+  const variants: Array<[string, RegExp]> = [
+    ["bücher.example.", /empty label/],
+    ["bü\u200bcher.example", /invisible or formatting character, U\+200B/],
+    ["bü\u00adcher.example", /invisible or formatting character, U\+00AD/],
+    ["\u2067bücher.example", /invisible or formatting character, U\+2067/],
+    ["bücher\u3002example", /full-width or ideographic dot/],
+    ["bücher\uff0eexample", /full-width or ideographic dot/],
+    ["bücher\uff61example", /full-width or ideographic dot/],
+    ["ｂücher.example", /another form of a character .*; write it as bücher\.example/],
+    [" bücher.example", /white space, U\+0020/],
+    ["bücher.example\u3000", /white space, U\+3000/],
+  ];
+  for (const [input, rule] of variants) assert.match(refused(input), rule, JSON.stringify(input));
+});
+
+Deno.test("labels and top-level domains follow the host-name rules a site factory needs", () => {
+  assert.match(refused("ab--cd.example"), /'--' as its third and fourth characters/);
+  assert.equal(parseDomain("a--b.example"), "a--b.example", "'--' elsewhere is an ordinary label");
+  assert.match(refused("xn----dha.example"), /internationalised label starts or ends with a hyphen/);
+  assert.match(refused("xn--ls8h.example"), /xn-- encodes a symbol/);
+  assert.match(refused("a.b1"), /top-level domain\) must be letters only/);
+  assert.match(refused("example.0x1g"), /top-level domain\) must be letters only/);
+  for (const tld of ["localhost", "local", "invalid", "onion", "alt", "arpa", "internal"]) {
+    assert.match(refused(`site.${tld}`), /is reserved and can never be a public website/, tld);
+  }
+  // Test and documentation names stay usable: the demo and the tests are built on them.
+  for (const name of ["site.test", "shop.example", "example.com", "example.net", "example.org"]) {
+    assert.equal(parseDomain(name), name);
+  }
+});
+
 Deno.test("the site user is derived, stable, unique per domain and matches CloudPanel's rule", () => {
   const seen = new Set<string>();
   for (
@@ -85,12 +166,25 @@ Deno.test("the site user is derived, stable, unique per domain and matches Cloud
   );
 });
 
+Deno.test("the document root refuses a site user or domain that did not pass the rules", () => {
+  const user = siteUserFor(parseDomain("example.com"));
+  for (const domain of ["../etc", "example.com/../../root", "", "example", ".example.com"]) {
+    assert.throws(
+      () => docRootFor(user, domain as Domain),
+      (e) => e instanceof HostingError && e.code === "internal",
+    );
+  }
+  assert.throws(() => docRootFor("../root" as typeof user, parseDomain("example.com")), HostingError);
+});
+
 Deno.test("passwords are 32 random letters and digits", () => {
   const passwords = new Set(Array.from({ length: 200 }, () => generatePassword()));
   assert.equal(passwords.size, 200);
   for (const p of passwords) assert.match(p, PASSWORD_RE);
   assert.equal([...passwords][0].length, 32);
   assert.throws(() => generatePassword(8), RangeError);
+  assert.throws(() => generatePassword(24.5), RangeError);
+  assert.equal(generatePassword(128).length, 128);
 });
 
 Deno.test("single quoting survives a real shell whatever the value", async () => {
@@ -99,4 +193,6 @@ Deno.test("single quoting survives a real shell whatever the value", async () =>
     const out = await new Deno.Command("bash", { args: ["-c", `printf %s ${shellQuote(value)}`] }).output();
     assert.equal(new TextDecoder().decode(out.stdout), value);
   }
+  // A shell argument cannot hold a NUL: it would be cut there, so it is refused rather than quoted.
+  assert.throws(() => shellQuote("a\0b"), HostingError);
 });
