@@ -3,6 +3,17 @@
  * change nothing, the Database Webhook payload, status and retry.
  */
 import assert from "node:assert/strict";
+import { setFaults } from "../dev/clpctl_sim.ts";
+import { createHandler } from "../supabase/functions/hosting-automator/http.ts";
+import { Logger, Redactor } from "../supabase/functions/hosting-automator/log.ts";
+import type { ClaimedJob, Store } from "../supabase/functions/hosting-automator/store.ts";
+import type {
+  Invocation,
+  JobOutcome,
+  RunOptions,
+  RunResult,
+} from "../supabase/functions/hosting-automator/workflow.ts";
+import { captureSink } from "./support/env.ts";
 import { type Stack, withStack } from "./support/stack.ts";
 
 /** Everything a refused request must leave untouched. */
@@ -151,6 +162,8 @@ Deno.test("a Database Webhook payload provisions its record's site; a DELETE is 
     const body = await response.json();
     assert.equal(body.outcomes[0].site_id, id);
     assert.equal(body.outcomes[0].status, "active");
+    assert.equal(body.complete, true, "the run finished before the answer was due");
+    assert.deepEqual(body.running, []);
     const deleted = await stack.request("", { body: { ...payload, type: "DELETE", record: null } });
     assert.deepEqual(await deleted.json(), { accepted: false, reason: "the row was deleted" });
   });
@@ -217,4 +230,240 @@ Deno.test("POST /retry with all_failed re-queues failed sites; unknown site ids 
     const missing = await errorOf(await stack.request("/retry", { body: { site_id: crypto.randomUUID() } }));
     assert.equal(missing.status, 404);
   });
+});
+
+Deno.test("only the exact bytes of a key authenticate: Unicode white space or a near miss around it is refused", async () => {
+  await withStack({ label: "http" }, async (stack) => {
+    const key = stack.serviceKey;
+    const status = (headers: Record<string, string>) =>
+      stack.app.fetch(new Request("http://functions.test/hosting-automator/status", { headers }));
+    // Header values are byte strings: U+00A0 is the byte 0xA0; VT and FF are not HTTP white space.
+    const refused: Array<Record<string, string>> = [
+      { apikey: `${key}\xA0` },
+      { apikey: `\xA0${key}` },
+      { apikey: `${key}\x0B` },
+      { apikey: `\x0C${key}` },
+      { apikey: `${key}\xE2\x80\x8B` }, // a zero-width space's UTF-8 bytes
+      { authorization: `Bearer \xA0${key}` },
+      { authorization: `Bearer ${key}\xA0` },
+      { authorization: `Bearer\xA0${key}` },
+      { authorization: `Bearer${key}` },
+      { authorization: `Bearer \x0B${key}` },
+    ];
+    for (const headers of refused) {
+      const response = await status(headers);
+      assert.equal(response.status, 401, JSON.stringify(headers).replaceAll(key, "<key>"));
+      await response.body?.cancel();
+    }
+    // HTTP's optional white space (SP, HTAB) around the value is allowed, and the scheme is case-insensitive.
+    const accepted: Array<Record<string, string>> = [
+      { apikey: ` \t${key}\t ` },
+      { authorization: `Bearer\t${key}` },
+      { authorization: `bearer   ${key}` },
+      { authorization: `BEARER ${key} \t` },
+    ];
+    for (const headers of accepted) {
+      const response = await status(headers);
+      assert.equal(response.status, 200, JSON.stringify(headers).replaceAll(key, "<key>"));
+      await response.body?.cancel();
+    }
+  });
+});
+
+Deno.test("a body that breaks off or has a malformed Content-Length is the caller's error: 400, nothing changed", async () => {
+  await withStack({ label: "http" }, async (stack) => {
+    const id = await stack.insertSite("framing.example", { status_dns: "active" });
+    const notDue = await stack.insertSite("framing-later.example");
+    await stack.sql`update hosting_automator.jobs set run_at = now() + interval '1 hour'`;
+    const before = await snapshot(stack);
+    const post = (body: BodyInit, headers: Record<string, string> = {}) =>
+      stack.app.fetch(
+        new Request("http://functions.test/hosting-automator", {
+          method: "POST",
+          headers: { apikey: stack.serviceKey, "content-type": "application/json", ...headers },
+          body,
+        }),
+      );
+    const breaking = (error: unknown) =>
+      new ReadableStream<Uint8Array>({
+        pull(controller) {
+          controller.enqueue(new TextEncoder().encode(`{"site_id": "${id}`));
+          controller.error(error);
+        },
+      });
+    const exact = JSON.stringify({ site_id: id });
+    const cases: Array<[string, Promise<Response>, RegExp]> = [
+      ["stream error", post(breaking(new Error("connection reset"))), /body: could not be read/],
+      ["stream error (not an Error)", post(breaking("gone")), /body: could not be read/],
+      [
+        "shorter than Content-Length",
+        post(exact, { "content-length": String(exact.length + 10) }),
+        /Content-Length/,
+      ],
+      ["longer than Content-Length", post(exact, { "content-length": "2" }), /Content-Length/],
+      ["Content-Length not a number", post(exact, { "content-length": "abc" }), /Content-Length/],
+      ["Content-Length negative", post(exact, { "content-length": "-1" }), /Content-Length/],
+      ["Content-Length fractional", post(exact, { "content-length": "1.5e1" }), /Content-Length/],
+      [
+        "Content-Length twice, differing",
+        post(exact, { "content-length": `${exact.length}, ${exact.length + 1}` }),
+        /Content-Length/,
+      ],
+    ];
+    for (const [name, response, message] of cases) {
+      const error = await errorOf(await response);
+      assert.equal(error.status, 400, `${name}: ${error.message}`);
+      assert.equal(error.code, "bad_request", name);
+      assert.match(error.message, message, name);
+      assert.doesNotMatch(error.message, /connection reset|gone|Error/, name);
+    }
+    // The same value twice is one length (RFC 9110 §8.6).
+    const waiting = JSON.stringify({ site_id: notDue });
+    const repeated = await post(waiting, { "content-length": `${waiting.length}, ${waiting.length}` });
+    assert.equal(repeated.status, 200);
+    assert.equal((await repeated.json()).reason, "not_due");
+    assert.deepEqual(await snapshot(stack), before, "no request changed anything");
+    assert.equal(stack.logs.filter((line) => line.includes('"level":"error"')).length, 0, "no 500 logged");
+  });
+});
+
+Deno.test("over real HTTP, a client that sends less body than its Content-Length and closes gets 400, nothing changed", async () => {
+  await withStack({ label: "http" }, async (stack) => {
+    const id = await stack.insertSite("short-body.example", { status_dns: "active" });
+    await stack.sql`update hosting_automator.jobs set run_at = now() + interval '1 hour'`;
+    const before = await snapshot(stack);
+    const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, stack.app.fetch);
+    try {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.addr.port });
+      const partial = `{"site_id": "${id}`;
+      await conn.write(new TextEncoder().encode(
+        "POST /functions/v1/hosting-automator HTTP/1.1\r\nhost: 127.0.0.1\r\n" +
+          `apikey: ${stack.serviceKey}\r\ncontent-type: application/json\r\ncontent-length: 200\r\n\r\n${partial}`,
+      ));
+      await conn.closeWrite(); // the client gives up sending; it can still read the answer
+      const answer = new TextDecoder().decode(await readAll(conn));
+      conn.close();
+      const [head, body] = answer.split("\r\n\r\n");
+      assert.match(head, /^HTTP\/1\.1 400 /);
+      const parsed = JSON.parse(body);
+      assert.equal(parsed.error.code, "bad_request");
+      assert.match(parsed.error.message, /body: could not be read/);
+    } finally {
+      await server.shutdown();
+    }
+    assert.deepEqual(await snapshot(stack), before);
+  });
+});
+
+async function readAll(conn: Deno.Conn): Promise<Uint8Array> {
+  const chunks: Uint8Array[] = [];
+  const buffer = new Uint8Array(4096);
+  while (true) {
+    const n = await conn.read(buffer);
+    if (n === null) break;
+    chunks.push(buffer.slice(0, n));
+  }
+  const out = new Uint8Array(chunks.reduce((size, chunk) => size + chunk.length, 0));
+  let offset = 0;
+  for (const chunk of chunks) {
+    out.set(chunk, offset);
+    offset += chunk.length;
+  }
+  return out;
+}
+
+Deno.test("?wait=true on a slow server answers in time with what is running, complete false; the job finishes in the background", async () => {
+  await withStack({ label: "http" }, async (stack) => {
+    const id = await stack.insertSite("slow.example", { status_dns: "active" });
+    await stack.sql`delete from net.http_request_queue`;
+    // The first command (clpctl site:add:static) takes 2.5 s; the answer is due after 0.4 s.
+    await setFaults(stack.clpctlState, { hang: 1, hangMs: 2_500 });
+    const handler = stack.handler({ waitAnswerMs: 400 });
+    const started = performance.now();
+    const response = await handler(
+      new Request("http://functions.test/hosting-automator?wait=true", {
+        method: "POST",
+        headers: { apikey: stack.serviceKey, "content-type": "application/json" },
+        body: JSON.stringify({ site_id: id }),
+      }),
+    );
+    const elapsed = performance.now() - started;
+    assert.equal(response.status, 200);
+    const body = await response.json();
+    assert.ok(elapsed < 2_000, `answered after ${Math.round(elapsed)} ms, before the command ended`);
+    assert.equal(body.complete, false);
+    assert.equal(body.site_id, id);
+    assert.deepEqual(body.outcomes, []);
+    assert.equal(body.running.length, 1);
+    const [running] = body.running;
+    assert.equal(running.site_id, id);
+    assert.equal(running.domain, "slow.example");
+    assert.equal(running.step, "cloudpanel_site");
+    assert.equal(typeof running.job_id, "number");
+    assert.equal((await stack.site(id)).status_hosting, "provisioning");
+
+    await stack.settle();
+    assert.equal((await stack.site(id)).status_hosting, "active", "the run went on after the answer");
+    assert.ok(stack.logs.some((line) => line.includes('"msg":"invocation finished"')));
+  });
+});
+
+Deno.test("?wait=true answers with the jobs finished so far and those running, even without waitUntil", async () => {
+  // The handler reads only these fields of a job and passes an outcome through as it is.
+  const job = (n: number) =>
+    ({
+      jobId: n,
+      leaseToken: "00000000-0000-4000-8000-000000000000",
+      siteId: `00000000-0000-4000-8000-00000000000${n}`,
+      domain: `site${n}.example`,
+    }) as Partial<ClaimedJob> as ClaimedJob;
+  const outcome = (n: number) =>
+    ({
+      job_id: n,
+      site_id: job(n).siteId,
+      domain: job(n).domain,
+      status: "active",
+      steps: [],
+    }) as Partial<JobOutcome> as JobOutcome;
+  let finish!: (result: RunResult) => void;
+  const finished = new Promise<RunResult>((resolve) => finish = resolve);
+  // A fake invocation: its first job finishes, its second is at the certificate step until `finish`.
+  const invocation = {
+    run(options: RunOptions): Promise<RunResult> {
+      const progress = options.onProgress!;
+      progress({ kind: "job_started", job: job(1) });
+      progress({ kind: "step_started", job: job(1), step: "cloudpanel_site" });
+      progress({ kind: "job_finished", job: job(1), outcome: outcome(1) });
+      progress({ kind: "job_started", job: job(2) });
+      progress({ kind: "step_started", job: job(2), step: "cloudpanel_site" });
+      progress({ kind: "step_started", job: job(2), step: "ssl_certificate" });
+      return finished;
+    },
+  } as unknown as Invocation;
+  const logs: string[] = [];
+  const handler = createHandler({
+    authKeys: ["sb_secret_test"],
+    logger: new Logger(new Redactor(), { sink: captureSink(logs) }),
+    store: {} as Store, // a drain touches no store method in the handler
+    newInvocation: () => invocation,
+    waitAnswerMs: 20,
+  });
+  const response = await handler(
+    new Request("http://functions.test/hosting-automator?wait=true", {
+      method: "POST",
+      headers: { apikey: "sb_secret_test" },
+      body: "{}",
+    }),
+  );
+  assert.equal(response.status, 200);
+  assert.deepEqual(await response.json(), {
+    outcomes: [outcome(1)],
+    running: [{ job_id: 2, site_id: job(2).siteId, domain: "site2.example", step: "ssl_certificate" }],
+    complete: false,
+  });
+  assert.ok(!logs.some((line) => line.includes("invocation finished")), "the run is still going");
+  finish({ outcomes: [outcome(1), outcome(2)] });
+  await finished;
+  await new Promise((resolve) => setTimeout(resolve, 0));
+  assert.ok(logs.some((line) => line.includes('"msg":"invocation finished"')), "its end is logged");
 });
