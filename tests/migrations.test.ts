@@ -18,6 +18,12 @@ async function supabase(...args: string[]): Promise<{ code: number; output: stri
   return { code: out.code, output: text };
 }
 
+async function migrationCount(): Promise<number> {
+  let n = 0;
+  for await (const entry of Deno.readDir(`${ROOT}supabase/migrations`)) if (entry.name.endsWith(".sql")) n++;
+  return n;
+}
+
 /** An empty database (not the template), with the Hub's `setup` SQL when given. */
 async function emptyDb(label: string, setup: string): Promise<TestDb> {
   const db = await testDb(label, { empty: true });
@@ -30,7 +36,7 @@ Deno.test("the migrations apply to a plain Postgres without pg_net, Vault or pg_
   try {
     const up = await supabase("migration", "up", `--remote=${db.url}`, "--yes");
     assert.equal(up.code, 0, up.output);
-    assert.equal(up.output.match(/Applying migration/g)?.length, 6);
+    assert.equal(up.output.match(/Applying migration/g)?.length, await migrationCount());
     const [site] = await db
       .sql`insert into public.sites (domain, status_dns) values ('plain.example', 'active') returning id`;
     const jobs = await db.sql`select state from hosting_automator.jobs where site_id = ${site.id}`;
@@ -118,6 +124,38 @@ Deno.test("rows already active and pending when the module is installed are queu
     const jobs = await db
       .sql`select s.domain from hosting_automator.jobs j join public.sites s on s.id = j.site_id`;
     assert.deepEqual(jobs.map((j) => j.domain), ["due.example"]);
+  } finally {
+    await db.close();
+  }
+});
+
+Deno.test("a Hub function whose name starts with hosting_ keeps its grants: the module revokes only its own functions", async () => {
+  const db = await emptyDb(
+    "hub_function",
+    `
+    create function public.hosting_hub_thing() returns int language sql as 'select 1';
+    revoke all on function public.hosting_hub_thing() from public;
+    grant execute on function public.hosting_hub_thing() to authenticated;
+  `,
+  );
+  try {
+    const up = await supabase("migration", "up", `--remote=${db.url}`, "--yes");
+    assert.equal(up.code, 0, up.output);
+    const [hub] = await db.sql`select
+      has_function_privilege('authenticated', 'public.hosting_hub_thing()', 'execute') as authenticated,
+      has_function_privilege('anon', 'public.hosting_hub_thing()', 'execute') as anon,
+      has_function_privilege('service_role', 'public.hosting_hub_thing()', 'execute') as service_role`;
+    assert.deepEqual(
+      hub,
+      { authenticated: true, anon: false, service_role: false },
+      "the Hub's grants as it set them",
+    );
+    const [ours] = await db.sql`select count(*)::int as n from pg_proc p
+      where p.pronamespace = 'public'::regnamespace and p.proname like 'hosting\\_%'
+        and p.proname <> 'hosting_hub_thing'
+        and (has_function_privilege('authenticated', p.oid, 'execute')
+          or not has_function_privilege('service_role', p.oid, 'execute'))`;
+    assert.equal(ours.n, 0, "the module's own functions are still service_role only");
   } finally {
     await db.close();
   }

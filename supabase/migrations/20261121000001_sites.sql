@@ -4,6 +4,10 @@
 -- missing columns are added, nothing is dropped, retyped or rewritten, and existing rows keep their values
 -- (a column added here is NULL on existing rows, so no old row suddenly looks "pending").
 
+-- Wait at most 5 s for a lock on a table others use (public.sites above all): a busy Hub makes the push fail,
+-- to be run again, instead of queueing every reader and writer of the table behind this migration.
+set local lock_timeout = '5s';
+
 do $$
 begin
   if to_regclass('public.sites') is null then
@@ -43,6 +47,9 @@ end
 $$;
 
 -- Complete a Hub table: add each missing column; defaults only for columns added here.
+-- Safe on a large, busy table: a column added without a default (and NOT NULL) is a catalog change, no
+-- rewrite and no scan; the default is set afterwards, which applies to new rows only. Each ALTER holds an
+-- ACCESS EXCLUSIVE lock on public.sites for that moment (bounded by lock_timeout above while waiting for it).
 do $$
 declare
   v_col record;

@@ -3,6 +3,9 @@
 -- Not exposed by the Data API (only `public` and `graphql_public` are, by default) and not granted to any
 -- API role: the `public.hosting_*` functions (security definer) are the only way in.
 
+-- As in every migration of this module: fail rather than queue the Hub's traffic behind a lock.
+set local lock_timeout = '5s';
+
 create schema if not exists hosting_automator;
 comment on schema hosting_automator is 'hosting-automator internals. Private: do not expose through the Data API.';
 revoke all on schema hosting_automator from public;
@@ -28,6 +31,8 @@ comment on table hosting_automator.settings is
   'Queue policy: attempts per job, retry backoff (base * 2^(attempt-1), capped, with jitter), jobs per CloudPanel server at once, pg_net kick timeout.';
 insert into hosting_automator.settings default values;
 
+-- The foreign keys of jobs and steps lock public.sites (SHARE ROW EXCLUSIVE: writers wait, readers do not)
+-- only while they are created; the new tables are empty, so nothing is validated or scanned.
 create table hosting_automator.jobs (
   id bigint generated always as identity primary key,
   site_id uuid not null references public.sites (id) on delete cascade,

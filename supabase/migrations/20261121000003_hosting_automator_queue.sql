@@ -4,6 +4,9 @@
 -- pg_net and Vault are optional: without them (plain Postgres, tests) jobs are queued all the same and wait
 -- for a worker to poll. The job row is the truth; the kick is only a doorbell.
 
+-- As in every migration of this module: fail rather than queue the Hub's traffic behind a lock.
+set local lock_timeout = '5s';
+
 -- Queue a job for a site unless one is open. Idempotent and safe under concurrency: the partial unique
 -- index decides, so two transactions racing here end with one open job.
 create function hosting_automator.queue_job(p_site_id uuid, out job_id bigint, out created boolean)
@@ -188,6 +191,7 @@ begin
 end
 $$;
 
+-- Creating the trigger locks public.sites (SHARE ROW EXCLUSIVE) for a catalog change only: no scan.
 create trigger hosting_automator_queue
   after insert or update of status_dns, status_hosting on public.sites
   for each row
@@ -195,6 +199,7 @@ create trigger hosting_automator_queue
   execute function hosting_automator.on_site_ready();
 
 -- Sites that were already waiting when the module was installed (a Hub table with rows) are due too.
+-- One read of public.sites (it takes no lock that blocks the Hub's writers); rows go to the module's table.
 insert into hosting_automator.jobs (site_id, max_attempts)
 select s.id, st.max_attempts
 from public.sites s cross join hosting_automator.settings st

@@ -6,6 +6,9 @@
 -- job's current lease (token and expiry), so a worker whose lease expired and was taken over cannot
 -- overwrite the new owner's work.
 
+-- As in every migration of this module: fail rather than queue the Hub's traffic behind a lock.
+set local lock_timeout = '5s';
+
 -- Claim due jobs for a worker, with a lease, respecting the per-server cap.
 create function public.hosting_claim_jobs(
   p_worker text,
@@ -520,17 +523,29 @@ as $$
   )
 $$;
 
--- Only service_role, the Edge Function's role, may call these.
-do $$
-declare
-  v_fn regprocedure;
-begin
-  for v_fn in
-    select p.oid::regprocedure from pg_proc p
-    where p.pronamespace = 'public'::regnamespace and p.proname like 'hosting\_%'
-  loop
-    execute format('revoke all on function %s from public, anon, authenticated', v_fn);
-    execute format('grant execute on function %s to service_role', v_fn);
-  end loop;
-end
-$$;
+-- Only service_role, the Edge Function's role, may call these. Named one by one, with their signatures: the
+-- Hub may have functions of its own whose names start with `hosting_`, and their grants are not ours to change.
+revoke all on function
+  public.hosting_claim_jobs(text, text, integer, integer, uuid),
+  public.hosting_heartbeat(bigint, uuid, integer, text),
+  public.hosting_record_step(bigint, uuid, text, text, jsonb, text, text, text),
+  public.hosting_complete_job(bigint, uuid, text, integer, text),
+  public.hosting_fail_job(bigint, uuid, text, text, text, boolean),
+  public.hosting_release_job(bigint, uuid, text),
+  public.hosting_enqueue(uuid),
+  public.hosting_retry(uuid, boolean),
+  public.hosting_log_event(uuid, bigint, text, text, text, text),
+  public.hosting_status(integer)
+from public, anon, authenticated;
+grant execute on function
+  public.hosting_claim_jobs(text, text, integer, integer, uuid),
+  public.hosting_heartbeat(bigint, uuid, integer, text),
+  public.hosting_record_step(bigint, uuid, text, text, jsonb, text, text, text),
+  public.hosting_complete_job(bigint, uuid, text, integer, text),
+  public.hosting_fail_job(bigint, uuid, text, text, text, boolean),
+  public.hosting_release_job(bigint, uuid, text),
+  public.hosting_enqueue(uuid),
+  public.hosting_retry(uuid, boolean),
+  public.hosting_log_event(uuid, bigint, text, text, text, text),
+  public.hosting_status(integer)
+to service_role;

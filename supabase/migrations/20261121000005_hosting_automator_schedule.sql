@@ -1,6 +1,9 @@
 -- The platform pieces: pg_net (the kick) and pg_cron (the sweep every minute), where the server offers them.
 -- On plain Postgres (tests, self-hosting without them) this logs a notice and jobs wait to be polled.
 
+-- As in every migration of this module: fail rather than queue the Hub's traffic behind a lock.
+set local lock_timeout = '5s';
+
 do $$
 begin
   if exists (select 1 from pg_available_extensions where name = 'pg_net') then

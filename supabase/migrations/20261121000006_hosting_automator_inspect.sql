@@ -1,6 +1,9 @@
 -- Read-only views for operators (the CLI's --site, --dry-run): one site with its job, journal and recent
 -- events; and the jobs that are due now. Same rules as the other API functions: service_role only.
 
+-- As in every migration of this module: fail rather than queue the Hub's traffic behind a lock.
+set local lock_timeout = '5s';
+
 -- One site by id or by domain: the row, its open (or last) job, its step journal and its latest events.
 create function public.hosting_site(p_key text, p_events integer default 20)
 returns jsonb
