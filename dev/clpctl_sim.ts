@@ -10,7 +10,10 @@
  * success lines, validation lines, "An error has occurred …", Let's Encrypt errors, cURL errors, the delete
  * prompt — goes to stdout (integrations that read only stdout surface these messages); the Monolog JSON record
  * of an uncaught exception and "Aborted." go to stderr. Exit status 0 on success, 1 on every failure (Symfony's
- * Command::FAILURE, and what an uncaught exception with code 0 becomes).
+ * Command::FAILURE, and what an uncaught exception with code 0 becomes). Two faults end otherwise: `killed`
+ * (the process kills itself with SIGKILL, as the OOM killer would: over sshd the client sees `exit-signal
+ * KILL`; in-process the result has no exit status and `signal: "KILL"`) and `exit137` (what a shell wrapper
+ * reports when its child was killed: status 137, no output).
  *
  * Importable (`runClpctl` and the test helpers) and executable: `CLPCTL_SIM_STATE=<dir> deno run … clpctl_sim.ts
  * site:add:static --domainName=…`; `dev/bin/clpctl` wraps the latter.
@@ -22,7 +25,10 @@
 export interface ClpctlResult {
   stdout: string;
   stderr: string;
-  exitCode: number;
+  /** Null when a signal ended the command (then `signal` names it), as over SSH. */
+  exitCode: number | null;
+  /** The signal that ended it, without "SIG" (`KILL`), as SSH's exit-signal names it. */
+  signal?: string;
 }
 
 export interface SiteRecord {
@@ -55,11 +61,55 @@ export interface CallRecord {
   domainName: string | null;
   siteUser?: string;
   outcome: string;
-  exitCode: number;
+  exitCode: number | null;
+  signal?: string;
 }
 
-export type SiteFailureKind = "timeout" | "system" | "network" | "exception";
-export type CertificateFailureKind = "dns" | "unauthorized" | "connection" | "account";
+/**
+ * Faults either command can meet, whatever it was doing:
+ * - `timeout`: CloudPanel reports one of its steps exceeded its timeout (CE#390's shape);
+ * - `database`: "An error has occurred, error message: Connection to the internal database timed out.";
+ * - `locked`: CloudPanel's SQLite database is busy (Assumption: PDO's text for SQLite's busy error; not
+ *   observed from clpctl);
+ * - `killed`: the process dies by SIGKILL without a word; `exit137`: no output, exit status 137;
+ * - `unrecognised`: a line no client knows, exit status 1;
+ * - `hang`: the command does its work, then answers only after `hangMs` (a client gives up first: the server
+ *   timed out for the client and finished anyway).
+ */
+export type CommonFaultKind =
+  | "timeout"
+  | "database"
+  | "locked"
+  | "killed"
+  | "exit137"
+  | "unrecognised"
+  | "hang";
+export const COMMON_FAULT_KINDS: readonly CommonFaultKind[] = [
+  "timeout",
+  "database",
+  "locked",
+  "killed",
+  "exit137",
+  "unrecognised",
+  "hang",
+];
+export type SiteFailureKind = "system" | "network" | "exception" | CommonFaultKind;
+export type CertificateFailureKind = "dns" | "unauthorized" | "connection" | "account" | CommonFaultKind;
+
+/**
+ * A seeded fault mix for chaos runs: each site:add:static or certificate request that passes validation
+ * (and meets no counted fault) fails with probability `rate`, with a kind drawn from `kinds`; with probability
+ * `afterWorkRate` (default 0) it does its work first. Drawn under the panel's lock; the generator's state is
+ * kept in `seed`, so one seed gives one sequence of draws.
+ */
+export interface RandomFaults {
+  seed: number;
+  rate: number;
+  kinds: readonly CommonFaultKind[];
+  afterWorkRate?: number;
+  /** Which commands it applies to (default both). */
+  commands?: ReadonlyArray<"site" | "certificate">;
+}
 
 /** `faults.json`: counters are decremented under the lock as faults are used. */
 export interface Faults {
@@ -76,14 +126,23 @@ export interface Faults {
   workMs?: number;
   /** The next n `site:add:static` calls that pass validation fail. */
   siteFailures?: number;
-  /** What they print (default "timeout"): see `siteFailureText`. */
+  /** How they fail (default "timeout"): see `siteFailureText` and `CommonFaultKind`. */
   siteFailureKind?: SiteFailureKind;
   /** The failed creation leaves the Linux user behind, an orphan (as in CE#390). Default false. */
   siteFailureLeavesUser?: boolean;
-  /** The next n certificate requests for an existing site fail validation. */
+  /** The failing site command creates the site first, then fails as its kind says. Default false. */
+  siteFailureAfterWork?: boolean;
+  /** The next n certificate requests for an existing site fail. */
   certificateFailures?: number;
-  /** The ACME error type they report (default "dns"), or "account" for an account-registration failure. */
+  /**
+   * How they fail (default "dns"): the ACME error type they report, "account" for an account-registration
+   * failure, or a `CommonFaultKind`.
+   */
   certificateFailureKind?: CertificateFailureKind;
+  /** The failing certificate request installs the certificate first, then fails as its kind says. */
+  certificateFailureAfterWork?: boolean;
+  /** A seeded probabilistic mix of common faults (see RandomFaults). */
+  randomFaults?: RandomFaults;
 }
 
 export interface SimState {
@@ -153,12 +212,41 @@ const msg = {
   confirmDelete: "Confirm your action by entering yes: ",
 };
 
+/** How a command meets a common fault: what it prints and how it ends (`hang` answers normally, late). */
+function commonFailure(kind: Exclude<CommonFaultKind, "timeout" | "hang">): Ending {
+  switch (kind) {
+    case "database":
+      return {
+        out: ["An error has occurred, error message: Connection to the internal database timed out."],
+        exitCode: 1,
+      };
+    case "locked": // Assumption: PDO's message for SQLite's SQLITE_BUSY.
+      return {
+        out: ["An error has occurred, error message: SQLSTATE[HY000]: General error: 5 database is locked"],
+        exitCode: 1,
+      };
+    case "unrecognised": // Assumption: any line no client knows.
+      return { out: ["The panel could not finish the request (state 7)."], exitCode: 1 };
+    case "killed":
+      return { out: [], exitCode: null, signal: "KILL" };
+    case "exit137":
+      return { out: [], exitCode: 137 };
+  }
+}
+
+interface Ending {
+  out: string[];
+  err?: string[];
+  exitCode: number | null;
+  signal?: string;
+}
+
 /** What a failed `site:add:static` prints, by fault kind (shapes of reference §2.2 item 3). */
 function siteFailureText(
-  kind: SiteFailureKind,
+  kind: Exclude<SiteFailureKind, "hang">,
   user: string,
   input: string,
-): { out: string[]; err: string[] } {
+): Ending {
   switch (kind) {
     case "timeout": {
       // CE#390 (simplified command text).
@@ -167,7 +255,7 @@ function siteFailureText(
         out: [
           `An error has occurred, error message: Command " : ${cmd}" failed, error message: The process "${cmd}" exceeded the timeout of 90 seconds.`,
         ],
-        err: [],
+        exitCode: 1,
       };
     }
     case "system": // CE#341 / CE#323 shape.
@@ -175,18 +263,19 @@ function siteFailureText(
         out: [
           `An error has occurred, error message: Command " : /usr/bin/sudo /usr/sbin/useradd -m -d '/home/${user}' -s '/bin/bash' '${user}'" failed, error message: useradd: failed to reset the lastlog entry of UID 1001: No such file or directory`,
         ],
-        err: [],
+        exitCode: 1,
       };
     case "network": // CE#449: no outbound access while fetching the public suffix list.
       return {
         out: [
           "cURL error 28: Operation timed out after 10000 milliseconds with 68188 out of 308886 bytes received (see https://curl.haxx.se/libcurl/c/libcurl-errors.html) for https://publicsuffix.org/list/public_suffix_list.dat",
         ],
-        err: [],
+        exitCode: 1,
       };
     case "exception": // Assumption: an uncaught exception inside the command; Monolog logs the whole input.
       return {
         out: [],
+        exitCode: 1,
         err: [
           monologRecord(
             "RuntimeException",
@@ -196,16 +285,41 @@ function siteFailureText(
           ),
         ],
       };
+    default:
+      return commonFailure(kind);
   }
 }
 
-/** One `Domain could not be validated` line per name (CE#810, CE#372), or the account error (CE#182). */
-function certificateFailureText(kind: CertificateFailureKind, names: string[]): string[] {
-  if (kind === "account") {
-    return [
-      "An error occurred while registering an account, error message: cURL error 28: Operation timed out after 15001 milliseconds with 0 bytes received (see https://curl.haxx.se/libcurl/c/libcurl-errors.html) for https://acme-v02.api.letsencrypt.org/acme/new-acct",
-    ];
+/**
+ * One `Domain could not be validated` line per name (CE#810, CE#372), the account error (CE#182), or a common
+ * fault.
+ */
+function certificateFailureText(kind: Exclude<CertificateFailureKind, "hang">, names: string[]): Ending {
+  switch (kind) {
+    case "dns":
+    case "unauthorized":
+    case "connection":
+      return { out: acmeFailureLines(kind, names), exitCode: 1 };
+    case "account":
+      return {
+        out: [
+          "An error occurred while registering an account, error message: cURL error 28: Operation timed out after 15001 milliseconds with 0 bytes received (see https://curl.haxx.se/libcurl/c/libcurl-errors.html) for https://acme-v02.api.letsencrypt.org/acme/new-acct",
+        ],
+        exitCode: 1,
+      };
+    case "timeout": // Assumption: CE#390's shape, for the nginx reload that installs the certificate.
+      return {
+        out: [
+          `An error has occurred, error message: Command " : /usr/bin/sudo /usr/bin/systemctl reload nginx" failed, error message: The process "/usr/bin/sudo /usr/bin/systemctl reload nginx" exceeded the timeout of 90 seconds.`,
+        ],
+        exitCode: 1,
+      };
+    default:
+      return commonFailure(kind);
   }
+}
+
+function acmeFailureLines(kind: "dns" | "unauthorized" | "connection", names: string[]): string[] {
   const token = "Tm4vHsj87oF8XwIcN6aB3o4Ic0UmE4B2-nXuefMbcAI";
   const detail = (name: string) => {
     switch (kind) {
@@ -251,7 +365,10 @@ interface Io {
 interface Outcome {
   out: string[];
   err?: string[];
-  exitCode: number;
+  exitCode: number | null;
+  signal?: string;
+  /** Answer only after this long (the `hang` fault, slept outside the lock). */
+  answerAfterMs?: number;
   outcome: string;
   domainName?: string | null;
   siteUser?: string;
@@ -724,6 +841,66 @@ function domainErrors(value: string | true | undefined): string[] {
   return validDomain(value.toLowerCase()) ? [] : [msg.notValid("domainName")];
 }
 
+type Fault<K> = { kind: Exclude<K, "hang">; afterWork: boolean } | {
+  kind: "hang";
+  afterWork: true;
+  hangMs: number;
+};
+
+/**
+ * The fault a valid site or certificate command meets now, if any: a counted one first, else a random draw.
+ * Called under the panel's lock with `faults` just read; writes back what it used up (counter, generator).
+ */
+async function takeFault(
+  stateDir: string,
+  faults: Faults,
+  command: "site",
+): Promise<Fault<SiteFailureKind> | null>;
+async function takeFault(
+  stateDir: string,
+  faults: Faults,
+  command: "certificate",
+): Promise<Fault<CertificateFailureKind> | null>;
+async function takeFault(
+  stateDir: string,
+  faults: Faults,
+  command: "site" | "certificate",
+): Promise<Fault<SiteFailureKind | CertificateFailureKind> | null> {
+  let kind: SiteFailureKind | CertificateFailureKind | undefined;
+  let afterWork = false;
+  if (command === "site" && (faults.siteFailures ?? 0) > 0) {
+    faults.siteFailures! -= 1;
+    kind = faults.siteFailureKind ?? "timeout";
+    afterWork = faults.siteFailureAfterWork ?? false;
+  } else if (command === "certificate" && (faults.certificateFailures ?? 0) > 0) {
+    faults.certificateFailures! -= 1;
+    kind = faults.certificateFailureKind ?? "dns";
+    afterWork = faults.certificateFailureAfterWork ?? false;
+  } else if (
+    faults.randomFaults && (faults.randomFaults.commands ?? ["site", "certificate"]).includes(command)
+  ) {
+    const random = faults.randomFaults;
+    if (draw(random) < random.rate && random.kinds.length > 0) {
+      kind = random.kinds[Math.floor(draw(random) * random.kinds.length)];
+      afterWork = draw(random) < (random.afterWorkRate ?? 0);
+    }
+    await writeFaults(stateDir, faults); // the generator moved on, fault or not
+  }
+  if (kind === undefined) return null;
+  await writeFaults(stateDir, faults);
+  // A hang always comes after the work: a hang before it is the `hang` fault.
+  if (kind === "hang") return { kind, afterWork: true, hangMs: faults.hangMs ?? DEFAULT_HANG_MS };
+  return { kind, afterWork };
+}
+
+/** mulberry32: a small seeded generator; its state is `random.seed`, advanced in place. */
+function draw(random: RandomFaults): number {
+  let t = (random.seed = (random.seed + 0x6d2b79f5) >>> 0);
+  t = Math.imul(t ^ (t >>> 15), t | 1);
+  t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+  return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+}
+
 const str = (value: string | true | undefined): string | undefined =>
   typeof value === "string" ? value : undefined;
 
@@ -772,20 +949,25 @@ const siteAddStatic: CommandDef = {
 
       const faults = await readFaults(stateDir);
       await sleep(faults.workMs ?? 0);
-      if ((faults.siteFailures ?? 0) > 0) {
-        faults.siteFailures! -= 1;
-        await writeFaults(stateDir, faults);
-        const kind = faults.siteFailureKind ?? "timeout";
+      const fault = await takeFault(stateDir, faults, "site");
+      if (fault && !fault.afterWork) {
         if (faults.siteFailureLeavesUser) {
           panel.users[user!] = { userName: user!, home: `/home/${user}`, kind: "orphan" };
           await writePanel(stateDir, panel);
         }
-        return { ...siteFailureText(kind, user!, inv.input), exitCode: 1, outcome: `failed_${kind}`, ...who };
+        return { ...siteFailureText(fault.kind, user!, inv.input), outcome: `failed_${fault.kind}`, ...who };
       }
 
       createSite(panel, domain!, user!, password!);
       await writePanel(stateDir, panel);
-      return { out: [msg.siteAdded(domain!)], exitCode: 0, outcome: "added", ...who };
+      const added = { out: [msg.siteAdded(domain!)], exitCode: 0, outcome: "added", ...who };
+      if (!fault) return added;
+      if (fault.kind === "hang") return { ...added, answerAfterMs: fault.hangMs, outcome: "added_then_hang" };
+      return {
+        ...siteFailureText(fault.kind, user!, inv.input),
+        outcome: `added_then_${fault.kind}`,
+        ...who,
+      };
     });
   },
 };
@@ -823,12 +1005,14 @@ const letsEncryptInstall: CommandDef = {
       const names = [...new Set([...certificateNames(domain!), ...extra])];
       const faults = await readFaults(stateDir);
       await sleep(faults.workMs ?? 0);
-      if ((faults.certificateFailures ?? 0) > 0) {
-        faults.certificateFailures! -= 1;
-        await writeFaults(stateDir, faults);
-        const kind = faults.certificateFailureKind ?? "dns";
-        const outcome = kind === "account" ? "account_error" : "not_validated";
-        return { out: certificateFailureText(kind, names), exitCode: 1, outcome, ...who };
+      const fault = await takeFault(stateDir, faults, "certificate");
+      if (fault && !fault.afterWork) {
+        const outcome = fault.kind === "account"
+          ? "account_error"
+          : ["dns", "unauthorized", "connection"].includes(fault.kind)
+          ? "not_validated"
+          : `failed_${fault.kind}`;
+        return { ...certificateFailureText(fault.kind, names), outcome, ...who };
       }
       panel.certificates[domain!] = {
         domainName: domain!,
@@ -837,7 +1021,16 @@ const letsEncryptInstall: CommandDef = {
         installedAt: new Date().toISOString(),
       };
       await writePanel(stateDir, panel);
-      return { out: [msg.certificateInstalled(names)], exitCode: 0, outcome: "installed", ...who };
+      const installed = { out: [msg.certificateInstalled(names)], exitCode: 0, outcome: "installed", ...who };
+      if (!fault) return installed;
+      if (fault.kind === "hang") {
+        return { ...installed, answerAfterMs: fault.hangMs, outcome: "installed_then_hang" };
+      }
+      return {
+        ...certificateFailureText(fault.kind, names),
+        outcome: `installed_then_${fault.kind}`,
+        ...who,
+      };
     });
   },
 };
@@ -978,6 +1171,7 @@ async function dispatch(argv: string[], stateDir: string, io: Io): Promise<Outco
 async function run(argv: string[], stateDir: string, io: Io): Promise<ClpctlResult> {
   await applyDelayFaults(stateDir, io.signal);
   const result = await dispatch(argv, stateDir, io);
+  const signal = result.signal ? { signal: result.signal } : {};
   await withLock(stateDir, true, () =>
     appendCall(stateDir, {
       time: new Date().toISOString(),
@@ -986,9 +1180,12 @@ async function run(argv: string[], stateDir: string, io: Io): Promise<ClpctlResu
       ...(result.siteUser ? { siteUser: result.siteUser } : {}),
       outcome: result.outcome,
       exitCode: result.exitCode,
+      ...signal,
     }));
+  // The work is done and logged; the answer is late (a client that gives up sooner never sees it).
+  if (result.answerAfterMs) await sleep(result.answerAfterMs, io.signal);
   const text = (lines: string[] | undefined) => lines && lines.length ? lines.join("\n") + "\n" : "";
-  return { stdout: text(result.out), stderr: text(result.err), exitCode: result.exitCode };
+  return { stdout: text(result.out), stderr: text(result.err), exitCode: result.exitCode, ...signal };
 }
 
 /**
@@ -1047,5 +1244,7 @@ if (import.meta.main) {
   });
   await writeAll(Deno.stdout, result.stdout);
   await writeAll(Deno.stderr, result.stderr);
-  Deno.exit(result.exitCode);
+  // The `killed` fault: die by the signal itself, so the parent (sshd, a shell) sees what it would see.
+  if (result.signal) Deno.kill(Deno.pid, `SIG${result.signal}` as Deno.Signal);
+  Deno.exit(result.exitCode ?? 1);
 }

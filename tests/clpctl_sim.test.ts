@@ -1,6 +1,6 @@
 /**
- * The clpctl simulator against the facts of `reference/cloudpanel.md`: messages verbatim, panel state,
- * concurrency under the lock, faults, and the executable wrapper.
+ * The clpctl simulator: CloudPanel's messages verbatim, panel state, concurrency under the lock, faults (counted,
+ * after the work, seeded random), and the executable wrapper.
  */
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
@@ -9,6 +9,8 @@ import {
   addOrphanUser,
   certificateNames,
   type ClpctlResult,
+  type CommonFaultKind,
+  type Faults,
   readSimState,
   runClpctl,
   setFaults,
@@ -490,5 +492,202 @@ Deno.test("the wrapper works from any working directory and passes output and ex
       stderr: "piped",
     }).output();
     assert.match(new TextDecoder().decode(linked.stdout), /^CloudPanel CLI /);
+  });
+});
+
+Deno.test("common faults print their text with exit 1 and change nothing, for both commands", async () => {
+  const texts: Array<[CommonFaultKind, RegExp]> = [
+    ["database", /^An error has occurred, error message: Connection to the internal database timed out\.\n$/],
+    [
+      "locked",
+      /^An error has occurred, error message: SQLSTATE\[HY000\]: General error: 5 database is locked\n$/,
+    ],
+    ["unrecognised", /^The panel could not finish the request \(state 7\)\.\n$/],
+    [
+      "timeout",
+      /^An error has occurred, error message: Command " : .*" failed, error message: .* exceeded the timeout of 90 seconds\.\n$/,
+    ],
+  ];
+  await withState(async (dir) => {
+    await addSite(dir, "cert.example.com", "cert-user");
+    for (const [kind, text] of texts) {
+      await setFaults(dir, { siteFailures: 1, siteFailureKind: kind });
+      const site = await addSite(dir, "new.example.com", "new-user");
+      assert.match(site.stdout, text, `site ${kind}`);
+      assert.deepEqual([site.stderr, site.exitCode], ["", 1]);
+      await setFaults(dir, { certificateFailures: 1, certificateFailureKind: kind });
+      const cert = await certificate(dir, "cert.example.com");
+      assert.match(cert.stdout, text, `certificate ${kind}`);
+      assert.deepEqual([cert.stderr, cert.exitCode], ["", 1]);
+    }
+    const state = await readSimState(dir);
+    assert.deepEqual(Object.keys(state.sites), ["cert.example.com"]);
+    assert.equal(state.certificates["cert.example.com"].type, "self-signed");
+    assert.deepEqual(
+      state.calls.slice(1).map((c) => c.outcome),
+      texts.flatMap(([kind]) => [`failed_${kind}`, `failed_${kind}`]),
+    );
+  });
+});
+
+Deno.test("a killed command ends by SIGKILL without output, exit137 with status 137, in-process and as a process", async () => {
+  await withState(async (dir) => {
+    await setFaults(dir, { siteFailures: 1, siteFailureKind: "killed" });
+    assert.deepEqual(await addSite(dir, "a.example.com", "a-user"), {
+      stdout: "",
+      stderr: "",
+      exitCode: null,
+      signal: "KILL",
+    });
+    await setFaults(dir, { certificateFailures: 1, certificateFailureKind: "exit137" });
+    await addSite(dir, "b.example.com", "b-user");
+    assert.deepEqual(await certificate(dir, "b.example.com"), { stdout: "", stderr: "", exitCode: 137 });
+    const calls = (await readSimState(dir)).calls;
+    assert.deepEqual(calls[0], { ...calls[0], outcome: "failed_killed", exitCode: null, signal: "KILL" });
+    assert.deepEqual(calls.at(-1), { ...calls.at(-1)!, outcome: "failed_exit137", exitCode: 137 });
+    assert.equal((await readSimState(dir)).sites["a.example.com"], undefined);
+
+    // As a process (the wrapper runs the deno binary itself): the parent sees the signal, or status 137.
+    const env = { CLPCTL_SIM_STATE: dir, PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin" };
+    const run = (args: string[]) =>
+      new Deno.Command(CLPCTL, { args, env, stdin: "null", stdout: "piped", stderr: "piped" }).output();
+    const siteArgs = ["site:add:static", "--domainName=c.example.com", "--siteUser=c-user"];
+    await setFaults(dir, { siteFailures: 1, siteFailureKind: "killed" });
+    const killed = await run([...siteArgs, `--siteUserPassword=${PASSWORD}`]);
+    assert.deepEqual([killed.signal, killed.stdout.length, killed.stderr.length], ["SIGKILL", 0, 0]);
+    await setFaults(dir, { siteFailures: 1, siteFailureKind: "exit137" });
+    const exited = await run([...siteArgs, `--siteUserPassword=${PASSWORD}`]);
+    assert.deepEqual([exited.signal, exited.code, exited.stdout.length, exited.stderr.length], [
+      null,
+      137,
+      0,
+      0,
+    ]);
+    assert.equal((await readSimState(dir)).sites["c.example.com"], undefined);
+  });
+});
+
+Deno.test("a fault after the work: the command fails although the site or certificate is there", async () => {
+  await withState(async (dir) => {
+    await setFaults(dir, { siteFailures: 1, siteFailureKind: "database", siteFailureAfterWork: true });
+    const first = await addSite(dir, "example.com", "example-user");
+    assert.match(first.stdout, /Connection to the internal database timed out/);
+    assert.equal(first.exitCode, 1);
+    assert.equal((await readSimState(dir)).sites["example.com"].siteUser, "example-user");
+    // The retry meets the site it made.
+    assert.equal(
+      (await addSite(dir, "example.com", "example-user")).stdout.split("\n")[0],
+      "domainName: This value already exists.",
+    );
+
+    await setFaults(dir, {
+      certificateFailures: 1,
+      certificateFailureKind: "killed",
+      certificateFailureAfterWork: true,
+    });
+    assert.deepEqual(await certificate(dir, "example.com"), {
+      stdout: "",
+      stderr: "",
+      exitCode: null,
+      signal: "KILL",
+    });
+    assert.equal((await readSimState(dir)).certificates["example.com"].type, "lets-encrypt");
+    assert.deepEqual(
+      (await readSimState(dir)).calls.map((c) => c.outcome),
+      ["added_then_database", "domain_exists", "installed_then_killed"],
+    );
+  });
+});
+
+Deno.test("a hang fault does the work, then answers late or not at all", async () => {
+  await withState(async (dir) => {
+    await setFaults(dir, { siteFailures: 1, siteFailureKind: "hang", hangMs: 60_000 });
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(new Error("client timeout")), 200);
+    const started = performance.now();
+    await assert.rejects(
+      runClpctl(
+        [
+          "site:add:static",
+          "--domainName=example.com",
+          "--siteUser=example-user",
+          `--siteUserPassword=${PASSWORD}`,
+        ],
+        dir,
+        { signal: controller.signal },
+      ),
+      /client timeout/,
+    );
+    clearTimeout(timer);
+    assert.ok(performance.now() - started < 5_000);
+    // The client gave up; the server finished anyway.
+    assert.ok((await readSimState(dir)).sites["example.com"]);
+
+    await setFaults(dir, { certificateFailures: 1, certificateFailureKind: "hang", hangMs: 300 });
+    const late = performance.now();
+    const answer = await certificate(dir, "example.com");
+    assert.ok(performance.now() - late >= 300);
+    assert.deepEqual([answer.exitCode, answer.stdout], [
+      0,
+      "Certificate for example.com, www.example.com has been installed.\n",
+    ]);
+    assert.deepEqual(
+      (await readSimState(dir)).calls.map((c) => c.outcome),
+      ["added_then_hang", "installed_then_hang"],
+    );
+  });
+});
+
+Deno.test("random faults are seeded: one seed gives one sequence, at the rate and of the kinds asked", async () => {
+  const kinds: CommonFaultKind[] = ["database", "exit137", "unrecognised", "killed"];
+  /** The outcomes of n site adds under `faults`, and the generator's state after them. */
+  const sequence = async (faults: Faults, n = 30) => {
+    let outcomes: string[] = [];
+    let seed: number | undefined;
+    await withState(async (dir) => {
+      await setFaults(dir, faults);
+      for (let i = 0; i < n; i++) await addSite(dir, `s${i}.example.com`, `user-${i}`);
+      const state = await readSimState(dir);
+      outcomes = state.calls.map((c) => c.outcome);
+      seed = state.faults.randomFaults?.seed;
+    });
+    return { outcomes, seed };
+  };
+  const mixed = { randomFaults: { seed: 42, rate: 0.5, kinds } };
+  const { outcomes: first, seed } = await sequence(mixed);
+  assert.notEqual(seed, 42, "the generator's state is kept in faults.json");
+  assert.deepEqual((await sequence(mixed)).outcomes, first, "the same seed, the same faults");
+  assert.notDeepEqual((await sequence({ randomFaults: { ...mixed.randomFaults, seed: 7 } })).outcomes, first);
+  const failed = first.filter((o) => o !== "added");
+  assert.ok(failed.length >= 5 && failed.length <= 25, `${failed.length} of 30 at rate 0.5`);
+  for (const outcome of failed) assert.ok(kinds.some((k) => outcome === `failed_${k}`), outcome);
+
+  assert.ok(
+    (await sequence({ randomFaults: { seed: 1, rate: 0, kinds } })).outcomes.every((o) => o === "added"),
+  );
+  const all = await sequence({ randomFaults: { seed: 1, rate: 1, kinds } });
+  assert.ok(all.outcomes.every((o) => o.startsWith("failed_")));
+  const afterWork = await sequence({
+    randomFaults: { seed: 3, rate: 1, kinds: ["killed"], afterWorkRate: 1 },
+  }, 3);
+  assert.deepEqual(afterWork.outcomes, ["added_then_killed", "added_then_killed", "added_then_killed"]);
+  // Limited to certificates: site commands are untouched and draw nothing.
+  const certOnly = await sequence(
+    { randomFaults: { seed: 1, rate: 1, kinds, commands: ["certificate"] } },
+    5,
+  );
+  assert.deepEqual([certOnly.outcomes.every((o) => o === "added"), certOnly.seed], [true, 1]);
+});
+
+Deno.test("counted faults come before random ones, and the old fault fields keep their meaning", async () => {
+  await withState(async (dir) => {
+    await setFaults(dir, {
+      siteFailures: 1,
+      siteFailureKind: "system",
+      randomFaults: { seed: 5, rate: 1, kinds: ["database"], commands: ["site"] },
+    });
+    assert.match((await addSite(dir, "a.example.com", "a-user")).stdout, /useradd/);
+    assert.match((await addSite(dir, "b.example.com", "b-user")).stdout, /internal database timed out/);
+    assert.equal((await readSimState(dir)).faults.siteFailures, 0);
   });
 });

@@ -11,7 +11,7 @@
  */
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { readSimState } from "../dev/clpctl_sim.ts";
+import { readSimState, setFaults } from "../dev/clpctl_sim.ts";
 import {
   addStaticSiteCommand,
   installCertificateCommand,
@@ -166,6 +166,25 @@ Deno.test("clpctl's own answer and exit status come back through the gate unchan
     assert.equal(again.exitCode, 1);
     assert.match(`${again.stdout}${again.stderr}`, /domainName: This value already exists\./);
     assert.doesNotMatch(again.stderr, /clpctl-gate/);
+  });
+});
+
+Deno.test("a clpctl killed by a signal, or exiting 137, is reported as such through the gate", async () => {
+  await withGate({}, async (gate) => {
+    // The gate execs clpctl, so sshd's child is clpctl itself: its death by SIGKILL arrives as exit-signal.
+    await setFaults(gate.state, { siteFailures: 1, siteFailureKind: "killed" });
+    const killed = await gate.run(addStaticSiteCommand(DOMAIN, USER, password()));
+    assert.deepEqual(killed, { stdout: "", stderr: "", exitCode: null, signal: "KILL" });
+    await setFaults(gate.state, { siteFailures: 1, siteFailureKind: "exit137" });
+    const exited = await gate.run(addStaticSiteCommand(DOMAIN, USER, password()));
+    assert.deepEqual(exited, { stdout: "", stderr: "", exitCode: 137 });
+    // And after the work: the retry through the gate finds the site.
+    await setFaults(gate.state, { siteFailures: 1, siteFailureKind: "killed", siteFailureAfterWork: true });
+    assert.equal((await gate.run(addStaticSiteCommand(DOMAIN, USER, password()))).signal, "KILL");
+    const again = await gate.run(addStaticSiteCommand(DOMAIN, USER, password()));
+    assert.match(again.stdout, /^domainName: This value already exists\.$/m);
+    await setFaults(gate.state, { certificateFailures: 1, certificateFailureKind: "killed" });
+    assert.equal((await gate.run(installCertificateCommand(DOMAIN))).signal, "KILL");
   });
 });
 

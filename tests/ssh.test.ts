@@ -108,9 +108,14 @@ Deno.test("a command's stdout, stderr and exit status come back", async () => {
       const ok = await shell.exec("printf 'héllo'", TIMEOUT);
       assert.deepEqual(ok, { stdout: "héllo", stderr: "", exitCode: 0 });
 
-      // Killed by a signal: sshd sends exit-signal instead of exit-status.
+      // Killed by a signal: sshd sends exit-signal instead of exit-status, and the result names the signal.
       const killed = await shell.exec("echo before; kill -KILL $$", TIMEOUT);
-      assert.deepEqual(killed, { stdout: "before\n", stderr: "", exitCode: null });
+      assert.deepEqual(killed, { stdout: "before\n", stderr: "", exitCode: null, signal: "KILL" });
+      const terminated = await shell.exec("kill -TERM $$", TIMEOUT);
+      assert.deepEqual(terminated, { stdout: "", stderr: "", exitCode: null, signal: "TERM" });
+      // A shell whose child was killed reports 128 + the signal as its own exit status: no signal then.
+      const reported = await shell.exec("bash -c 'kill -KILL $$'; exit $?", TIMEOUT);
+      assert.deepEqual([reported.stdout, reported.exitCode, "signal" in reported], ["", 137, false]);
     });
   });
 });

@@ -1,8 +1,7 @@
 /**
- * The CloudPanel client: builds `clpctl` command lines from validated values and classifies what clpctl
- * answers (design §7, `reference/cloudpanel.md` §2). Classification reads the text of both streams, not only
- * the exit status: which stream carries a message and which exit status a failure has are undocumented
- * (reference §2.3), and the text is what independent integrations match on.
+ * The CloudPanel client: builds `clpctl` command lines from validated values and runs them; what clpctl
+ * answers is classified by the outcome table (cloudpanel_outcomes.ts), which reads the text of both streams,
+ * the exit status and the signal.
  */
 import {
   docRootFor,
@@ -12,7 +11,8 @@ import {
   type SiteUser,
   siteUserFor,
 } from "./domain.ts";
-import { ERROR_CODES, HostingError } from "./errors.ts";
+import { linesOf, outcomeOf, type Verb } from "./cloudpanel_outcomes.ts";
+import { HostingError } from "./errors.ts";
 import { type Logger, Redactor } from "./log.ts";
 import type { ExecResult, RemoteShell } from "./remote.ts";
 
@@ -26,22 +26,8 @@ export interface SiteResult {
 /** Internal messages keep at most this much of clpctl's output. */
 const MAX_OUTPUT_CHARS = 2000;
 
-/** The reference's exact lines (§2.1, §2.2). */
-const DOMAIN_EXISTS = "domainName: This value already exists.";
+/** The orphan user's line; with it alone, a site that exists with another user is not ours (a warning). */
 const SITE_USER_EXISTS = "siteUser: This value already exists.";
-/** `<cliOption>: <Symfony validator message>`; Symfony's messages start with "This". */
-const VALIDATION_RE = /^([A-Za-z][A-Za-z ]{0,40}): (This .+)$/;
-/** Validator text that may be shown publicly: plain words, no quotes, paths or values. */
-const SAFE_VALIDATOR_TEXT_RE = /^This [A-Za-z0-9 .,]{1,150}$/;
-/** Timeouts CloudPanel reports (CE#390, CE#449, CE#182): the server is slow or its outbound calls are. */
-const TIMEOUT_RE = /exceeded the timeout|cURL error 28|Operation timed out/i;
-/** Let's Encrypt could not validate yet, or its ACME account could not be registered (reference §4.2). */
-const ACME_TYPE_RE = /urn:ietf:params:acme:error:([A-Za-z]+)/;
-const NOT_VALIDATED_RE = /Domain could not be validated|urn:ietf:params:acme:error:/;
-const ACCOUNT_RE = /An error occurred while registering an account/;
-/** Failure markers in output whose exit status says success. */
-const FAILURE_MARKER_RE =
-  /An error has occurred|"level_name":"(?:ERROR|CRITICAL|ALERT|EMERGENCY)"|^[A-Za-z ]+: This /m;
 
 export function addStaticSiteCommand(domain: Domain, user: SiteUser, password: string): string {
   return `clpctl site:add:static --domainName=${shellQuote(domain)} --siteUser=${shellQuote(user)}` +
@@ -55,106 +41,44 @@ export function installCertificateCommand(domain: Domain): string {
 /** Pattern redaction for callers that pass raw output (the class redacts known secrets before this). */
 const patterns = new Redactor();
 
-/** Both streams as trimmed lines, colour codes removed. */
-function linesOf(result: ExecResult): string[] {
-  // deno-lint-ignore no-control-regex
-  const text = `${result.stdout}\n${result.stderr}`.replace(/\x1b\[[0-9;]*m/g, "");
-  return text.split(/\r?\n/).map((line) => line.trim()).filter((line) => line.length > 0);
-}
-
-/** The output for internal messages: redacted by pattern, trimmed, bounded. */
+/** The output for internal messages: how it ended, redacted by pattern, trimmed, bounded. */
 function outputOf(result: ExecResult): string {
   const text = patterns.redact(linesOf(result).join("\n"));
   const bounded = text.length > MAX_OUTPUT_CHARS ? `${text.slice(0, MAX_OUTPUT_CHARS)} …[truncated]` : text;
-  return `exit ${result.exitCode ?? "none"}: ${bounded || "(no output)"}`;
+  const ended = result.exitCode !== null
+    ? `exit ${result.exitCode}`
+    : result.signal
+    ? `signal ${result.signal}`
+    : "no exit status";
+  return `${ended}: ${bounded || "(no output)"}`;
 }
 
-function noExitStatus(result: ExecResult, what: string): HostingError {
-  return new HostingError(
-    "ssh_unreachable",
-    `${what}: the command ended without an exit status; ${outputOf(result)}`,
-  );
+/**
+ * The step's answer by the outcome table: the finished row's result, or the row's HostingError (code, retry,
+ * attempt limit, public text; the internal message names the row and keeps the output).
+ */
+function classify(verb: Verb, result: ExecResult, domain: Domain, siteUser?: SiteUser) {
+  const row = outcomeOf(verb, result, domain);
+  if (row.result === "created" || row.result === "exists" || row.result === "installed") return row.result;
+  const publicMessage = typeof row.publicMessage === "function"
+    ? row.publicMessage({ lines: linesOf(result), domain, siteUser })
+    : row.publicMessage;
+  throw new HostingError(row.result, `clpctl ${verb} (${row.id}): ${outputOf(result)}`, {
+    transient: row.transient,
+    attemptLimit: row.attemptLimit,
+    publicMessage,
+  });
 }
 
 /** The site step's answer: created, already there, or a HostingError saying whether a retry can help. */
 export function classifyAddSite(result: ExecResult, domain: Domain, user: SiteUser): SiteResult {
-  if (result.exitCode === null) throw noExitStatus(result, "clpctl site:add:static");
-  const lines = linesOf(result);
-  const added = lines.includes(`Site ${domain} has been added.`);
-  if (added && result.exitCode === 0) {
-    return { siteUser: user, docRoot: docRootFor(user, domain), created: true };
-  }
-  // The domain line wins over the siteUser line: re-adding our own site reports both.
-  if (lines.includes(DOMAIN_EXISTS)) {
-    return { siteUser: user, docRoot: docRootFor(user, domain), created: false };
-  }
-  if (lines.includes(SITE_USER_EXISTS)) {
-    throw new HostingError("cloudpanel_site_user_exists", `clpctl site:add:static: ${outputOf(result)}`);
-  }
-  if (lines.some((line) => TIMEOUT_RE.test(line))) {
-    throw new HostingError(
-      "cloudpanel_busy",
-      `clpctl site:add:static timed out on the server: ${outputOf(result)}`,
-    );
-  }
-  const violations = lines.map((line) => VALIDATION_RE.exec(line)).filter((m) => m !== null);
-  if (violations.length > 0) {
-    const safe = (text: string) =>
-      SAFE_VALIDATOR_TEXT_RE.test(text) && !text.includes(domain) && !text.includes(user);
-    const shown = violations.map(([, field, text]) => safe(text) ? `${field}: ${text}` : field);
-    throw new HostingError("cloudpanel_rejected", `clpctl site:add:static rejected: ${outputOf(result)}`, {
-      publicMessage: `CloudPanel rejected the site: ${shown.join(" ")}`,
-    });
-  }
-  if (result.exitCode === 0 || added) {
-    // Success without its text, or its text with a failure status. Retrying is safe and settles it: a second
-    // site:add:static answers "domainName: This value already exists." if the site is there. So transient.
-    throw new HostingError(
-      "cloudpanel_failed",
-      `clpctl site:add:static gave an unexpected answer (${added ? "success text" : "no success text"}, ` +
-        `${outputOf(result)}); a retry will confirm`,
-      { transient: true, publicMessage: "CloudPanel gave an unexpected answer; will retry." },
-    );
-  }
-  throw new HostingError("cloudpanel_failed", `clpctl site:add:static failed: ${outputOf(result)}`);
+  const done = classify("site:add:static", result, domain, user);
+  return { siteUser: user, docRoot: docRootFor(user, domain), created: done === "created" };
 }
 
-/**
- * The certificate step's answer; returns on success. CloudPanel's success text is not known (reference §2.1),
- * so success is exit status 0 without any failure marker in the output.
- */
-export function classifyCertificate(result: ExecResult): void {
-  if (result.exitCode === null) throw noExitStatus(result, "clpctl lets-encrypt:install:certificate");
-  const text = linesOf(result).join("\n");
-  if (ACCOUNT_RE.test(text)) {
-    throw new HostingError(
-      "certificate_not_validated",
-      `Let's Encrypt account registration failed: ${outputOf(result)}`,
-      { publicMessage: "Let's Encrypt could not be reached to register the ACME account; will retry." },
-    );
-  }
-  if (NOT_VALIDATED_RE.test(text)) {
-    const type = ACME_TYPE_RE.exec(text)?.[1];
-    const base = ERROR_CODES.certificate_not_validated.text;
-    throw new HostingError(
-      "certificate_not_validated",
-      `Let's Encrypt validation failed: ${outputOf(result)}`,
-      {
-        publicMessage: type ? base.replace("yet", `yet (ACME error: ${type})`) : base,
-      },
-    );
-  }
-  if (TIMEOUT_RE.test(text)) {
-    throw new HostingError(
-      "cloudpanel_busy",
-      `clpctl lets-encrypt:install:certificate timed out: ${outputOf(result)}`,
-    );
-  }
-  if (result.exitCode === 0 && !FAILURE_MARKER_RE.test(text)) return;
-  throw new HostingError(
-    "certificate_failed",
-    `clpctl lets-encrypt:install:certificate failed: ${outputOf(result)}`,
-  );
+/** The certificate step's answer; returns on success. */
+export function classifyCertificate(result: ExecResult, domain: Domain): void {
+  classify("lets-encrypt:install:certificate", result, domain);
 }
 
 export interface StepOptions {
@@ -198,7 +122,7 @@ export class CloudPanel {
   /** Issues the Let's Encrypt certificate for a site that exists. */
   async installCertificate(domain: Domain, options: StepOptions): Promise<void> {
     const result = await this.#exec(installCertificateCommand(domain), options);
-    this.#classified("certificate", domain, () => classifyCertificate(result));
+    this.#classified("certificate", domain, () => classifyCertificate(result, domain));
     this.#logger.info("let's encrypt certificate installed", { domain });
   }
 
@@ -214,11 +138,13 @@ export class CloudPanel {
       const redacted = new HostingError(error.code, this.#logger.redact(error.message), {
         publicMessage: error.publicMessage,
         transient: error.transient,
+        attemptLimit: error.attemptLimit,
       });
       this.#logger.warn(`cloudpanel ${step} step failed`, {
         domain,
         code: redacted.code,
         transient: redacted.transient,
+        ...(redacted.attemptLimit ? { attempt_limit: redacted.attemptLimit } : {}),
         detail: redacted.message,
       });
       throw redacted;
@@ -237,6 +163,7 @@ export class CloudPanel {
     const result = await shell.exec(command, options);
     this.#logger.debug("clpctl finished", {
       exit_code: result.exitCode,
+      ...(result.signal ? { signal: result.signal } : {}),
       duration_ms: Math.round(performance.now() - started),
     });
     return result;

@@ -35,14 +35,33 @@ export const ERROR_CODES = {
     text:
       "CloudPanel already has the site user for this domain but no site for it (an orphan user); an operator must remove that user, then retry.",
   },
-  cloudpanel_rejected: { transient: false, text: "CloudPanel rejected the site." },
-  cloudpanel_failed: { transient: false, text: "CloudPanel could not create the site." },
+  cloudpanel_rejected: { transient: false, text: "CloudPanel rejected the request." },
+  cloudpanel_misconfigured: {
+    transient: false,
+    text:
+      "CloudPanel's command-line tool cannot run this command on the server (not installed, not allowed, or unknown to this CloudPanel version); an operator must fix the server, then retry.",
+  },
+  cloudpanel_unavailable: {
+    transient: true,
+    text:
+      "CloudPanel was unavailable (its internal database timed out or was busy, or the command was killed before it answered); will retry.",
+  },
   cloudpanel_busy: { transient: true, text: "CloudPanel timed out; will retry." },
+  // Unrecognised answers: retried, but only for a few attempts (the error's attemptLimit), then the job fails.
+  cloudpanel_failed: {
+    transient: true,
+    text:
+      "CloudPanel could not create the site and gave an answer that is not recognised; retried a few times.",
+  },
   certificate_not_validated: {
     transient: true,
     text: "Let's Encrypt could not validate the domain yet (DNS may not have propagated); will retry.",
   },
-  certificate_failed: { transient: false, text: "The Let's Encrypt certificate could not be issued." },
+  certificate_failed: {
+    transient: true,
+    text:
+      "The Let's Encrypt certificate could not be issued and CloudPanel's answer is not recognised; retried a few times.",
+  },
 
   // Matomo over HTTP (never fails a job: the site goes active without analytics)
   matomo_unreachable: { transient: true, text: "Matomo could not be reached." },
@@ -64,6 +83,11 @@ export interface HostingErrorOptions {
   publicMessage?: string;
   /** Overrides the code's default retry classification. */
   transient?: boolean;
+  /**
+   * A transient failure that may be retried only while the job's attempt number is below this: for failures
+   * nobody recognised, so a command that is broken for good cannot be retried for hours.
+   */
+  attemptLimit?: number;
   cause?: unknown;
 }
 
@@ -72,12 +96,20 @@ export class HostingError extends Error {
   readonly code: ErrorCode;
   readonly transient: boolean;
   readonly publicMessage: string;
+  /** Set only on transient failures: retry only while the job's attempt number is below it. */
+  readonly attemptLimit?: number;
 
   constructor(code: ErrorCode, message: string, options: HostingErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
     this.transient = options.transient ?? ERROR_CODES[code].transient;
     this.publicMessage = options.publicMessage ?? ERROR_CODES[code].text;
+    if (options.attemptLimit !== undefined && this.transient) {
+      if (!Number.isInteger(options.attemptLimit) || options.attemptLimit < 1) {
+        throw new RangeError(`attemptLimit must be a positive integer, got ${options.attemptLimit}`);
+      }
+      this.attemptLimit = options.attemptLimit;
+    }
   }
 }
 

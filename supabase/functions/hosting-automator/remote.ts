@@ -6,8 +6,13 @@
 export interface ExecResult {
   stdout: string;
   stderr: string;
-  /** Null when the command ended without an exit status (killed, channel closed). */
+  /** Null when the command ended without an exit status: killed by a signal, or the channel closed. */
   exitCode: number | null;
+  /**
+   * The signal that ended the command, by its name without "SIG" (`KILL`, `TERM`), as SSH's `exit-signal`
+   * reports it. Absent when the command exited, and when it ended without either (the connection dropped).
+   */
+  signal?: string;
 }
 
 export interface RemoteShell {

@@ -260,6 +260,7 @@ class SshShell implements RemoteShell {
       const result = await limit.race(this.#run(command, run));
       this.#logger?.debug("ssh exec finished", {
         exit_code: result.exitCode,
+        ...(result.signal ? { signal: result.signal } : {}),
         stdout_bytes: result.stdout.length,
         stderr_bytes: result.stderr.length,
         duration_ms: Math.round(performance.now() - started),
@@ -346,11 +347,15 @@ class SshShell implements RemoteShell {
       reply.recipientChannel = channel.remoteChannelId;
       await this.#session.sendMessage(reply).catch(() => {});
     }
-    return {
+    // sshd sends exit-status when the command exited, exit-signal when a signal ended it, neither when the
+    // session was torn down under it.
+    const result: ExecResult = {
       stdout: stdout.text(),
       stderr: stderr.text(),
       exitCode: typeof end.exitStatus === "number" ? end.exitStatus : null,
     };
+    if (result.exitCode === null && end.exitSignal) result.signal = end.exitSignal.replace(/^SIG/, "");
+    return result;
   }
 
   #channelError(what: string, cause: unknown): HostingError {
