@@ -7,9 +7,9 @@
  *
  * Environment for commands: `env` becomes a single `SetEnv` line in sshd_config. OpenSSH 9.2 applies SetEnv
  * to every session, exec and forced command alike, after its own defaults, so it also replaces PATH (verified
- * with this module's tests). Only the first SetEnv line counts, hence one line for all variables. The login
- * shell still reads its rc files (`bash -c` from sshd reads ~/.bashrc), which may prepend directories to
- * PATH; the given directories stay in the given order.
+ * with this module's tests). Only the first SetEnv line counts, hence one line for all variables. HOME is an
+ * empty directory of the server's own, so the login shell (`bash -c` from sshd reads ~/.bashrc) finds none of
+ * the machine's rc files.
  *
  * Works as root, as CI runs it (Debian 12, openssh-server from apt): root may log in by key only
  * (`prohibit-password`), or only with the forced command when one is given (`forced-commands-only`).
@@ -37,6 +37,13 @@ export interface Sshd {
   hostKeyFingerprint: string;
   dir: string;
   logPath: string;
+  /**
+   * Takes the server down as a crash or reboot would: the listener and every session it forked (their
+   * commands included) are killed, so open connections drop and new ones are refused until `up()`.
+   */
+  down(): Promise<void>;
+  /** Starts sshd again with the same port, host key and configuration; resolves once it answers. */
+  up(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -48,7 +55,6 @@ export async function startSshd(options: SshdOptions): Promise<Sshd> {
   if (!/^(ssh|ecdsa|sk)-\S+ [A-Za-z0-9+/=]+( .*)?$/.test(keyLine) || keyLine.includes("\n")) {
     throw new Error("startSshd: authorizedKey must be one public key line (type, base64, optional comment)");
   }
-  const setEnv = setEnvLine(options.env ?? {});
   if (options.forcedCommand !== undefined && /[\r\n\0]/.test(options.forcedCommand)) {
     throw new Error("startSshd: forcedCommand must be one line");
   }
@@ -58,6 +64,14 @@ export async function startSshd(options: SshdOptions): Promise<Sshd> {
   const dir = await Deno.makeTempDir({ prefix: "hosting-automator-sshd-" });
   try {
     if (/[\s"'\\%]/.test(dir)) throw new Error(`startSshd: unusable temp dir ${dir}`);
+    // The login shell reads rc files from HOME (bash under sshd reads ~/.bashrc): an empty home of its own keeps
+    // the commands independent of the machine's dotfiles (a pyenv or nvm hook there can stall every command).
+    // Deno keeps using the caller's cache, so the simulator is not compiled again per server.
+    const home = `${dir}/home`;
+    await Deno.mkdir(home);
+    const denoDir = Deno.env.get("DENO_DIR") ??
+      `${Deno.env.get("XDG_CACHE_HOME") ?? `${Deno.env.get("HOME") ?? "/root"}/.cache`}/deno`;
+    const setEnv = setEnvLine({ HOME: home, DENO_DIR: denoDir, ...options.env });
     const hostKey = `${dir}/host_ecdsa_key`;
     await run("ssh-keygen", ["-q", "-t", "ecdsa", "-b", "256", "-N", "", "-C", "", "-f", hostKey]);
     const hostKeyFingerprint = await fingerprintOfFile(`${hostKey}.pub`);
@@ -98,19 +112,9 @@ export async function startSshd(options: SshdOptions): Promise<Sshd> {
       await Deno.writeTextFile(configPath, config.join("\n") + "\n");
       await Deno.writeTextFile(logPath, "");
 
-      const child = new Deno.Command(SSHD, {
-        args: ["-D", "-e", "-E", logPath, "-f", configPath],
-        stdin: "null",
-        stdout: "null",
-        stderr: "null",
-      }).spawn();
-      let exited = false;
-      const status = child.status.then((s) => {
-        exited = true;
-        return s;
-      });
-
-      if (await waitUntilListening(port, () => exited)) {
+      let server = spawnSshd(logPath, configPath);
+      if (await waitUntilListening(port, server.exited)) {
+        let stopped = false;
         return {
           host: "127.0.0.1",
           port,
@@ -118,14 +122,27 @@ export async function startSshd(options: SshdOptions): Promise<Sshd> {
           hostKeyFingerprint,
           dir,
           logPath,
+          async down() {
+            if (!server.exited()) await killTree(server.pid, server.status, server.exited);
+          },
+          async up() {
+            if (stopped) throw new Error("startSshd: up() after stop()");
+            if (!server.exited()) return;
+            server = spawnSshd(logPath, configPath);
+            if (!await waitUntilListening(port, server.exited)) {
+              if (!server.exited()) await killTree(server.pid, server.status, server.exited);
+              throw new Error(`startSshd: sshd did not start again on port ${port}`);
+            }
+          },
           stop: once(async () => {
-            await killTree(child.pid, status, () => exited);
+            stopped = true;
+            if (!server.exited()) await killTree(server.pid, server.status, server.exited);
             await Deno.remove(dir, { recursive: true }).catch(() => {});
           }),
         };
       }
-      if (!exited) await killTree(child.pid, status, () => exited);
-      else await status;
+      if (!server.exited()) await killTree(server.pid, server.status, server.exited);
+      else await server.status;
       const log = await Deno.readTextFile(logPath).catch(() => "");
       if (attempt >= 3 || !/Address already in use|Cannot bind/i.test(log)) {
         throw new Error(`startSshd: sshd did not start on port ${port}:\n${log}`);
@@ -135,6 +152,22 @@ export async function startSshd(options: SshdOptions): Promise<Sshd> {
     await Deno.remove(dir, { recursive: true }).catch(() => {});
     throw e;
   }
+}
+
+/** One sshd in the foreground (`-D`), logging to `logPath` (`-E` appends to it). */
+function spawnSshd(logPath: string, configPath: string) {
+  const child = new Deno.Command(SSHD, {
+    args: ["-D", "-e", "-E", logPath, "-f", configPath],
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  let exited = false;
+  const status = child.status.then((s) => {
+    exited = true;
+    return s;
+  });
+  return { pid: child.pid, status, exited: () => exited };
 }
 
 /** A fresh client key made by ssh-keygen: PEM (SEC1 / PKCS#1), PKCS#8 or OpenSSH format. */
