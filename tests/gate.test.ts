@@ -211,7 +211,8 @@ Deno.test("the gate executes clpctl with one argument per flag, unquoted, in a f
       "lets-encrypt:install:certificate",
       "--domainName=www.1-example.co.uk",
     ]],
-    [installCertificateCommand("a.b" as Domain), ["lets-encrypt:install:certificate", "--domainName=a.b"]],
+    // The shortest name the domain rules accept: a one-letter label and a two-letter top-level domain.
+    [installCertificateCommand("a.bc" as Domain), ["lets-encrypt:install:certificate", "--domainName=a.bc"]],
   ];
   await withGate({ clpctl: "argv-recorder" }, async (gate) => {
     for (const [command, argv] of cases) {
@@ -351,7 +352,12 @@ const REFUSED: Array<[string, string, RegExp]> = [
   ],
   ["an overlong label (64)", certFor(`'${"a".repeat(64)}.com'`), /label longer than 63/],
   ["an upper-case domain", certFor("'Example.com'"), /domainName may only hold/],
-  ["an IPv4 address as domain", certFor("'192.0.2.1'"), /looks like an IP address$/],
+  ["an IPv4 address as domain", certFor("'192.0.2.1'"), /is an IP address$/],
+  ["an IPv4 address with a hex last label", certFor("'1.2.3.0x4'"), /is an IP address$/],
+  ["an IPv4 address in hex", certFor("'0x7f.0x0.0x0.0x1'"), /is an IP address$/],
+  ["'--' in a label's third and fourth characters", certFor("'ab--cd.example'"), /third and fourth characters$/],
+  ["a numeric top-level domain", certFor("'example.1a'"), /top-level domain that is not letters$/],
+  ["a reserved top-level domain", certFor("'printer.local'"), /reserved top-level domain$/],
   ["a single-label domain", certFor("'localhost'"), /at least two labels$/],
   ["an empty label", certFor("'example..com'"), /empty label$/],
   ["a trailing dot", certFor("'example.com.'"), /empty label$/],

@@ -63,6 +63,7 @@ export function localShell(stateDir: string): RemoteShell {
         stdout: decode(output.stdout),
         stderr: decode(output.stderr),
         exitCode: output.signal === null ? output.code : null,
+        ...(output.signal ? { signal: output.signal.replace(/^SIG/, "") } : {}),
       };
     },
     close() {
