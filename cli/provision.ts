@@ -323,6 +323,7 @@ export async function main(args: string[]): Promise<number> {
   const level: LogLevel = options.verbose ? "debug" : "error";
   const logger = new Logger(redactor, { level, sink: (line) => console.error(style.dim(line)) });
   const store = storeFor(config);
+  let stopListening = () => {};
 
   try {
     if (options.dryRun) return await dryRun(config, store, redactor, options);
@@ -331,6 +332,11 @@ export async function main(args: string[]): Promise<number> {
       return EXIT.ok;
     }
     const invocation = new Invocation(workflowDeps(config, logger, store));
+    // Ctrl-C or a stop: running jobs are given back at once (attempt not spent) instead of waiting for a lease.
+    const giveBack = () => invocation.shutdown("stopped by a signal");
+    const signals = ["SIGINT", "SIGTERM"] as const;
+    for (const signal of signals) Deno.addSignalListener(signal, giveBack);
+    stopListening = () => signals.forEach((signal) => Deno.removeSignalListener(signal, giveBack));
     const onProgress = progressLines(out, style);
 
     if (options.site !== undefined) {
@@ -378,6 +384,7 @@ export async function main(args: string[]): Promise<number> {
     console.error(`provision: ${failure.code}: ${redactor.redact(failure.message)}`);
     return EXIT.failed;
   } finally {
+    stopListening();
     await store.close();
   }
 }

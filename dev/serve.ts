@@ -3,7 +3,7 @@
  * `deno task serve`: the deployed handler, served locally with Deno.serve. Settings come from `.env` (see
  * .env.example; the environment wins) or `--env-file <path>`. PORT (default 8000) and HOST (default
  * 127.0.0.1) choose where it listens. Work after the 202 answer runs in the background, as waitUntil does on
- * Supabase; Ctrl-C waits for it to finish.
+ * Supabase; Ctrl-C waits for it to finish, SIGTERM gives running jobs back at once.
  */
 import { parseArgs } from "node:util";
 import { createApp } from "../supabase/functions/hosting-automator/app.ts";
@@ -34,10 +34,15 @@ const server = Deno.serve({
   },
 }, app.fetch);
 
-Deno.addSignalListener("SIGINT", async () => {
-  console.error(`stopping: waiting for ${pending.size} background job run(s)`);
+// Ctrl-C waits for the background work to finish; SIGTERM (a process manager stopping the server) gives running
+// jobs back at once, as Supabase's beforeunload does, so another worker continues them without waiting for a lease.
+async function stop(signal: "SIGINT" | "SIGTERM") {
+  console.error(`stopping (${signal}): ${pending.size} background job run(s)`);
+  if (signal === "SIGTERM") await app.shutdown("termination");
   await server.shutdown();
   await Promise.allSettled([...pending]);
   await app.close();
   Deno.exit(0);
-});
+}
+Deno.addSignalListener("SIGINT", () => void stop("SIGINT"));
+Deno.addSignalListener("SIGTERM", () => void stop("SIGTERM"));

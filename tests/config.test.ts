@@ -35,6 +35,8 @@ Deno.test("a valid configuration gets the documented defaults", () => {
   assert.equal(config.ssh.user, "root");
   assert.equal(config.store.kind, "rpc");
   assert.equal(config.budgetMs, 130_000);
+  assert.equal(config.wallClockMs, 150_000, "the free plan's worker limit");
+  assert.equal(config.leaseSeconds, 30);
   assert.equal(config.timeouts.certificateMs, 120_000);
   assert.equal(config.matomo?.timeoutMs, 15_000);
   assert.deepEqual(config.authKeys, ["sb_secret_config_test_value"]);
@@ -104,4 +106,37 @@ Deno.test("with an invalid configuration every request answers 500 naming the va
   assert.equal(lines.length, 1);
   assert.match(lines[0], /configuration invalid/);
   assert.ok(!lines[0].includes(KEY.split("\n")[1]), "the log line holds no secret");
+});
+
+Deno.test("the legacy service_role key stops authenticating once HOSTING_ACCEPT_SERVICE_ROLE_KEY is false", () => {
+  const legacy = "eyJhbGciOiJIUzI1NiJ9.legacy.service-role";
+  const both = { ...VALID, SUPABASE_SERVICE_ROLE_KEY: legacy };
+  assert.deepEqual(loadConfig(both).authKeys, ["sb_secret_config_test_value", legacy]);
+  const revoked = loadConfig({ ...both, HOSTING_ACCEPT_SERVICE_ROLE_KEY: "false" });
+  assert.deepEqual(revoked.authKeys, ["sb_secret_config_test_value"], "only the secret key authenticates");
+  assert.equal(
+    refusal({
+      ...VALID,
+      SUPABASE_SECRET_KEYS: undefined,
+      SUPABASE_SERVICE_ROLE_KEY: legacy,
+      HOSTING_ACCEPT_SERVICE_ROLE_KEY: "false",
+    }),
+    "SUPABASE_SECRET_KEYS: is required when HOSTING_ACCEPT_SERVICE_ROLE_KEY is false: callers authenticate with it",
+  );
+  assert.equal(
+    refusal({ ...both, HOSTING_ACCEPT_SERVICE_ROLE_KEY: "no" }),
+    "HOSTING_ACCEPT_SERVICE_ROLE_KEY: must be true or false",
+  );
+});
+
+Deno.test("the worker's wall clock and the lease are range-checked", () => {
+  assert.equal(loadConfig({ ...VALID, HOSTING_WALL_CLOCK_SECONDS: "400" }).wallClockMs, 400_000);
+  assert.equal(
+    refusal({ ...VALID, HOSTING_WALL_CLOCK_SECONDS: "10" }),
+    "HOSTING_WALL_CLOCK_SECONDS: must be a whole number of seconds from 30 to 86400",
+  );
+  assert.equal(
+    refusal({ ...VALID, HOSTING_LEASE_SECONDS: "2" }),
+    "HOSTING_LEASE_SECONDS: must be a whole number of seconds from 5 to 600",
+  );
 });

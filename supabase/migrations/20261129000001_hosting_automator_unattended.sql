@@ -15,6 +15,9 @@
 -- Functions change signature here, so they are dropped and created again; old callers' argument lists still
 -- resolve (new parameters have defaults).
 
+-- As in every migration of this module: fail rather than queue the Hub's traffic behind a lock.
+set local lock_timeout = '5s';
+
 alter table hosting_automator.settings
   add column analytics_max_attempts integer not null default 8 check (analytics_max_attempts between 1 and 100),
   add column ring_ttl_seconds integer not null default 15 check (ring_ttl_seconds between 2 and 300);
@@ -33,6 +36,9 @@ alter table hosting_automator.steps
   add column started_at timestamptz,
   add column duration_ms integer check (duration_ms >= 0);
 -- The expected duration of a step is read from its most recent successful runs.
+-- The module's own journal (one row per site and step), not the Hub's table; CONCURRENTLY cannot run inside
+-- the migration's transaction.
+-- squawk-ignore require-concurrent-index-creation
 create index steps_recent_done on hosting_automator.steps (step, updated_at desc) where state = 'done';
 
 -- Kicks on their way: each reserves a free slot until a worker's first claim consumes it or it expires.
@@ -314,6 +320,10 @@ returns table (
   lease_token uuid,
   site_id uuid,
   domain text,
+  -- The stored text's length in characters and in UTF-8 bytes: the worker checks that it read exactly that
+  -- text (a driver may drop a character, such as a leading byte order mark).
+  domain_chars integer,
+  domain_bytes integer,
   kind text,
   site_active boolean,
   attempt integer,
@@ -415,7 +425,8 @@ begin
       from claimed c
       returning 1
     )
-    select c.id, c.lease_token, c.site_id, s.domain, c.kind, s.status_hosting = 'active', c.attempts,
+    select c.id, c.lease_token, c.site_id, s.domain, char_length(s.domain), octet_length(s.domain), c.kind,
+      s.status_hosting = 'active', c.attempts,
       c.max_attempts, c.lease_expires_at,
       coalesce((
         select jsonb_object_agg(st.step, jsonb_build_object('state', st.state, 'result', st.result))
@@ -445,22 +456,42 @@ begin
 end
 $$;
 
+-- One canonical domain (lower-case ASCII, IDN as punycode, as the worker computes it) has one hosting owner:
+-- two rows whose domains differ only in spelling (case, Unicode or punycode) cannot share one CloudPanel
+-- site. The first job to start work for a domain owns it; the primary key decides between concurrent claims.
+create table hosting_automator.domain_owners (
+  domain text primary key check (domain ~ '^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$'),
+  site_id uuid not null references public.sites (id) on delete cascade,
+  created_at timestamptz not null default now()
+);
+comment on table hosting_automator.domain_owners is
+  'Which site owns each canonical domain; a second row for the same domain fails with domain_taken.';
+create index domain_owners_site on hosting_automator.domain_owners (site_id);
+revoke all on hosting_automator.domain_owners from public, anon, authenticated, service_role;
+
 -- End the running step (p_done) and/or start the next (p_start), renewing the lease: one statement between
--- two steps. False when the lease is lost (nothing is written then).
+-- two steps. With p_domain (the job's first step), the site takes ownership of that canonical domain, or, when
+-- another site owns it, the job fails at once with `domain_taken` and nothing is started.
+-- Answers {"ok": true}; {"ok": false, "reason": "lease_lost"} (nothing written);
+-- {"ok": false, "reason": "domain_taken", "message": …} (the job failed).
 create function public.hosting_advance(
   p_job_id bigint,
   p_lease_token uuid,
   p_lease_seconds integer,
   p_done jsonb default null,
-  p_start text default null
+  p_start text default null,
+  p_domain text default null
 )
-returns boolean
+returns jsonb
 language plpgsql
 security definer
 set search_path = ''
 as $$
 declare
   v_site uuid;
+  v_owner uuid;
+  v_owner_domain text;
+  v_message text;
 begin
   if p_lease_seconds is null or p_lease_seconds not between 5 and 3600 then
     raise exception 'p_lease_seconds must be from 5 to 3600' using errcode = '22023';
@@ -472,15 +503,29 @@ begin
   where j.id = p_job_id and j.lease_token = p_lease_token and j.state = 'running' and j.lease_expires_at > now()
   returning j.site_id into v_site;
   if not found then
-    return false;
+    return jsonb_build_object('ok', false, 'reason', 'lease_lost');
   end if;
   if p_done is not null then
     perform hosting_automator.journal_ends(v_site, p_job_id, p_done);
   end if;
+  if p_domain is not null then
+    insert into hosting_automator.domain_owners (domain, site_id) values (p_domain, v_site)
+    on conflict (domain) do nothing;
+    select o.site_id into v_owner from hosting_automator.domain_owners o where o.domain = p_domain;
+    if v_owner is distinct from v_site then
+      select s.domain into v_owner_domain from public.sites s where s.id = v_owner;
+      v_message := left(format(
+        'The domain %s is already hosted for another row of public.sites (id %s, domain %s); a domain has one site. Delete or correct one of the two rows, then retry.',
+        p_domain, v_owner, coalesce(v_owner_domain, '?')), 500);
+      perform public.hosting_fail_job(p_job_id, p_lease_token, 'domain_taken', v_message,
+        format('canonical domain %s is owned by site %s', p_domain, v_owner), true);
+      return jsonb_build_object('ok', false, 'reason', 'domain_taken', 'message', v_message);
+    end if;
+  end if;
   if p_start is not null then
     perform hosting_automator.journal_start(v_site, p_job_id, p_start::hosting_automator.step_name);
   end if;
-  return true;
+  return jsonb_build_object('ok', true);
 end
 $$;
 
@@ -745,7 +790,7 @@ $$;
 -- Only service_role, the Edge Function's role, may call the worker's API; nothing internal is for API roles.
 revoke all on function public.hosting_claim_jobs(text, text, integer, integer, uuid, integer, jsonb, integer, boolean)
   from public, anon, authenticated;
-revoke all on function public.hosting_advance(bigint, uuid, integer, jsonb, text) from public, anon, authenticated;
+revoke all on function public.hosting_advance(bigint, uuid, integer, jsonb, text, text) from public, anon, authenticated;
 revoke all on function public.hosting_complete_job(bigint, uuid, text, integer, text, jsonb, boolean)
   from public, anon, authenticated;
 revoke all on function public.hosting_fail_job(bigint, uuid, text, text, text, boolean, integer, jsonb)
@@ -753,7 +798,7 @@ revoke all on function public.hosting_fail_job(bigint, uuid, text, text, text, b
 revoke all on function public.hosting_release_job(bigint, uuid, text, jsonb) from public, anon, authenticated;
 grant execute on function public.hosting_claim_jobs(text, text, integer, integer, uuid, integer, jsonb, integer, boolean)
   to service_role;
-grant execute on function public.hosting_advance(bigint, uuid, integer, jsonb, text) to service_role;
+grant execute on function public.hosting_advance(bigint, uuid, integer, jsonb, text, text) to service_role;
 grant execute on function public.hosting_complete_job(bigint, uuid, text, integer, text, jsonb, boolean) to service_role;
 grant execute on function public.hosting_fail_job(bigint, uuid, text, text, text, boolean, integer, jsonb) to service_role;
 grant execute on function public.hosting_release_job(bigint, uuid, text, jsonb) to service_role;

@@ -1,6 +1,6 @@
 /**
- * Configuration, validated once at start (design §6). A bad value stops with the variable's name and the
- * rule it broke; values are never echoed, because most of them are secrets.
+ * Configuration, validated once at start (docs/architecture.md §13). A bad value stops with the variable's
+ * name and the rule it broke; values are never echoed, because most of them are secrets.
  */
 import { z } from "zod";
 import { HostingError } from "./errors.ts";
@@ -117,6 +117,9 @@ const env = z.object({
   HOSTING_SITE_TIMEOUT_SECONDS: seconds("HOSTING_SITE_TIMEOUT_SECONDS", 90, 5, 900),
   HOSTING_CERTIFICATE_TIMEOUT_SECONDS: seconds("HOSTING_CERTIFICATE_TIMEOUT_SECONDS", 120, 5, 900),
   HOSTING_MATOMO_TIMEOUT_SECONDS: seconds("HOSTING_MATOMO_TIMEOUT_SECONDS", 15, 1, 120),
+  HOSTING_ACCEPT_SERVICE_ROLE_KEY: z.enum(["true", "false"], { message: "must be true or false" }).default(
+    "true",
+  ),
   HOSTING_LOG_LEVEL: z.enum(["debug", "info", "warn", "error"], {
     message: "must be debug, info, warn or error",
   }).default("info"),
@@ -173,9 +176,16 @@ export function loadConfig(source: Record<string, string | undefined>): Config {
   const e = parsed.data;
 
   const named = secretKeys(e.SUPABASE_SECRET_KEYS);
-  const authKeys = [...new Set([...Object.values(named), e.SUPABASE_SERVICE_ROLE_KEY ?? ""])].filter(Boolean);
+  // After the legacy service_role key is revoked, an operator turns it off here so it stops authenticating.
+  const legacy = e.HOSTING_ACCEPT_SERVICE_ROLE_KEY === "true" ? e.SUPABASE_SERVICE_ROLE_KEY ?? "" : "";
+  const authKeys = [...new Set([...Object.values(named), legacy])].filter(Boolean);
   if (authKeys.length === 0) {
-    fail("SUPABASE_SECRET_KEYS", "or SUPABASE_SERVICE_ROLE_KEY is required: callers authenticate with it");
+    fail(
+      "SUPABASE_SECRET_KEYS",
+      legacy === "" && e.SUPABASE_SERVICE_ROLE_KEY
+        ? "is required when HOSTING_ACCEPT_SERVICE_ROLE_KEY is false: callers authenticate with it"
+        : "or SUPABASE_SERVICE_ROLE_KEY is required: callers authenticate with it",
+    );
   }
 
   let store: StoreConfig;

@@ -17,6 +17,10 @@ export const ERROR_CODES = {
   payload_too_large: { transient: false, text: "The request body is too large." },
   config_invalid: { transient: false, text: "The function is not configured correctly." },
   invalid_domain: { transient: false, text: "The domain is invalid." },
+  domain_taken: {
+    transient: false,
+    text: "The domain is already hosted for another row of public.sites; a domain has one site.",
+  },
 
   // CloudPanel over SSH
   ssh_unreachable: { transient: true, text: "The CloudPanel server could not be reached; will retry." },

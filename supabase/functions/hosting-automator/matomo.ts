@@ -1,10 +1,10 @@
 /**
- * The Matomo client (design §8): find the site registered for a domain, or add it.
+ * The Matomo client: find the site registered for a domain, or add it (docs/architecture.md §8, §15.3).
  *
  * Every call is `POST {url}/index.php?module=API&method=…&format=json` with `token_auth` and the method's
  * parameters in a form-encoded body: Matomo 5 tokens are secure-only by default and refuse the query string, and
  * keeping module/method in the query makes Matomo render even authentication failures as JSON
- * (reference/matomo.md §3, §4). Matomo allows duplicate sites (§1.5), so `ensureSite` looks up before it adds.
+ * (docs/architecture.md §15.3). Matomo allows duplicate sites, so `ensureSite` looks up before it adds.
  */
 import ky, { isHTTPError, isTimeoutError, type KyInstance, type RetryOptions } from "ky";
 import { z } from "zod";
@@ -35,7 +35,7 @@ const NO_RETRY: RetryOptions = { limit: 0 };
 const MAX_BODY_BYTES = 1024 * 1024;
 const EXCERPT_CHARS = 160;
 
-/** idsite is a JSON number or a numeric string depending on PHP/PDO (§2.1, §4 "Parse leniently"). */
+/** idsite is a JSON number or a numeric string depending on Matomo's PHP and PDO versions: accept both. */
 const idSite = z.union([
   z.number().int().positive(),
   z.string().regex(/^[1-9][0-9]{0,9}$/).transform(Number),
@@ -57,7 +57,10 @@ export function addSiteParams(domain: Domain): Record<string, string> {
 export function endpointOf(url: string): string {
   return url.endsWith("/index.php") ? url : `${url}/index.php`;
 }
-/** Module, method and format in the query string (so errors come back as JSON, §4); all else in the body. */
+/**
+ * Module, method and format in the query string (so even a failed login is answered as JSON); all else in the
+ * body.
+ */
 export function requestUrl(endpoint: string, method: string): string {
   return `${endpoint}?module=API&method=${encodeURIComponent(method)}&format=json`;
 }
@@ -92,7 +95,7 @@ export class MatomoClient {
 
   /**
    * The lowest idsite registered for the domain, or null. Looks up `https://{domain}`: Matomo also tries the
-   * http:// and www. variants of it (§2.1), and the literal string is exactly the URL `addSite` stores, which a
+   * http:// and www. variants of it, and the literal string is exactly the URL `addSite` stores, which a
    * bare host would not match when Matomo's `www.` stripping mangles it (e.g. `awww.example.com`).
    */
   async findSite(domain: Domain): Promise<number | null> {
@@ -110,7 +113,10 @@ export class MatomoClient {
     return Math.min(...ids);
   }
 
-  /** Registers the domain as a new site and returns its idsite. Adds a duplicate if one exists (§1.5). */
+  /**
+   * Registers the domain as a new site and returns its idsite. Adds a duplicate if one exists: Matomo never
+   * checks.
+   */
   async addSite(domain: Domain): Promise<number> {
     const answer = await this.#call(
       "SitesManager.addSite",
@@ -122,8 +128,8 @@ export class MatomoClient {
   }
 
   /**
-   * Read-only preflight (CLI --dry-run): the Matomo version, and whether the token may add sites (super user,
-   * reference §3). Both are reads, so they are retried like the lookup.
+   * Read-only preflight (CLI --dry-run): the Matomo version, and whether the token may add sites (addSite
+   * needs a super user's token). Both are reads, so they are retried like the lookup.
    */
   async preflight(): Promise<{ version: string; superUser: boolean }> {
     const version = await this.#call("API.getMatomoVersion", {}, versionAnswer, LOOKUP_RETRY);
@@ -247,7 +253,10 @@ export class MatomoClient {
     return new TextDecoder().decode(bytes);
   }
 
-  /** `{"result":"error"}` is an error whatever the status (§1.4); anything but the expected JSON is not the API. */
+  /**
+   * `{"result":"error"}` is an error whatever the status (often 200); anything but the expected JSON is not the
+   * API.
+   */
   #interpret<T>(method: string, status: number, text: string, schema: z.ZodType<T>): T {
     let data: unknown;
     try {
@@ -269,7 +278,8 @@ export class MatomoClient {
   #refused(method: string, status: number, message: string): HostingError {
     const internal = `Matomo refused ${method} (HTTP ${status}): ${this.#excerpt(message)}`;
     if (status === 401) {
-      // Bad token, a token that is not a super user's, or brute-force blocking: all need the operator (§3).
+      // Bad token, a token that is not a super user's, or brute-force blocking: all need the operator, and
+      // repeating a bad token only gets the caller blocked (docs/architecture.md §15.3).
       return new HostingError("matomo_error", internal, {
         publicMessage:
           "Matomo refused the API token (HTTP 401). MATOMO_API_TOKEN must be a valid token of a " +

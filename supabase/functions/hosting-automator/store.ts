@@ -29,6 +29,8 @@ export function storeError(fn: string, code: unknown, message: string, cause?: u
 }
 
 const FUNCTION_RE = /^hosting_[a-z_]+$/;
+/** Pauses before a worker's write is tried again when the database cannot be reached (about 4 s in all). */
+export const STORE_RETRY_DELAYS_MS: readonly number[] = [250, 1_000, 3_000];
 
 /**
  * The statement the SQL-speaking stores run: `public.<fn>(p_a => $1, …)`, read as rows or as one `value`.
@@ -63,6 +65,8 @@ const claimedRow = z.object({
   lease_token: z.string().uuid(),
   site_id: z.string().uuid(),
   domain: z.string().nullable(),
+  domain_chars: z.number().int().nullable().default(null),
+  domain_bytes: z.number().int().nullable().default(null),
   kind: z.enum(JOB_KINDS).default("provision"),
   site_active: z.boolean().nullable().default(false),
   attempt: z.number().int(),
@@ -75,6 +79,10 @@ const claimedRow = z.object({
   leaseToken: r.lease_token,
   siteId: r.site_id,
   domain: r.domain,
+  /** True when the text read is exactly the stored text (same characters and UTF-8 bytes in the database). */
+  domainIntact: r.domain === null || r.domain_chars === null ||
+    ([...r.domain].length === r.domain_chars &&
+      new TextEncoder().encode(r.domain).length === r.domain_bytes),
   kind: r.kind,
   siteActive: r.site_active === true,
   attempt: r.attempt,
@@ -85,6 +93,13 @@ const claimedRow = z.object({
   estimates: r.estimates,
 }));
 export type ClaimedJob = z.output<typeof claimedRow>;
+
+const advanceAnswer = z.union([
+  z.object({ ok: z.literal(true) }),
+  z.object({ ok: z.literal(false), reason: z.literal("lease_lost") }),
+  z.object({ ok: z.literal(false), reason: z.literal("domain_taken"), message: z.string() }),
+]);
+export type Advance = z.output<typeof advanceAnswer>;
 
 const failOutcome = z.union([
   z.object({ state: z.literal("queued"), run_at: z.string(), attempts: z.number() }),
@@ -121,6 +136,12 @@ const statusReport = z.object({
   generated_at: z.string(),
   sites: z.record(z.string(), z.number()),
   jobs: z.record(z.string(), z.number()),
+  doorbell: z.object({
+    kicks_on_the_way: z.number(),
+    slots_taken: z.number(),
+    slots: z.number(),
+    kicks: z.record(z.string(), z.unknown()),
+  }).optional(),
   queue: z.object({ depth: z.number(), due: z.number(), oldest_age_seconds: z.number() }),
   running: z.array(z.record(z.string(), z.unknown())),
   retrying: z.array(z.record(z.string(), z.unknown())),
@@ -249,10 +270,38 @@ export interface Failure {
 export class Store {
   readonly #call: SqlCaller;
   readonly #close: () => Promise<void>;
+  readonly #retryDelaysMs: readonly number[];
 
-  constructor(call: SqlCaller, close: () => Promise<void> = () => Promise.resolve()) {
+  /**
+   * `retryDelaysMs`: a worker's writes that could not reach the database (a restart, a dropped connection) are
+   * tried again after these pauses before the worker gives up on the job; its lease outlasts them.
+   */
+  constructor(
+    call: SqlCaller,
+    close: () => Promise<void> = () => Promise.resolve(),
+    options: { retryDelaysMs?: readonly number[] } = {},
+  ) {
     this.#call = call;
     this.#close = close;
+    this.#retryDelaysMs = options.retryDelaysMs ?? STORE_RETRY_DELAYS_MS;
+  }
+
+  /**
+   * A worker's call, repeated while the database cannot be reached. Every such call is guarded by the lease, so
+   * a repeat of one that did commit changes nothing (it answers "lease lost", or the same state).
+   */
+  async #write(fn: string, args: Record<string, unknown>, returns: Returns): Promise<unknown> {
+    for (let attempt = 0;; attempt++) {
+      try {
+        return await this.#call(fn, args, returns);
+      } catch (error) {
+        const delay = this.#retryDelaysMs[attempt];
+        if (!(error instanceof HostingError) || error.code !== "store_failed" || delay === undefined) {
+          throw error;
+        }
+        await new Promise((resolve) => setTimeout(resolve, delay));
+      }
+    }
   }
 
   async enqueue(siteId: string): Promise<EnqueueResult> {
@@ -260,7 +309,7 @@ export class Store {
   }
 
   async claim(args: ClaimArgs): Promise<ClaimedJob[]> {
-    const rows = await this.#call("hosting_claim_jobs", {
+    const rows = await this.#write("hosting_claim_jobs", {
       p_worker: args.worker,
       p_server: args.server,
       p_lease_seconds: args.leaseSeconds,
@@ -286,20 +335,23 @@ export class Store {
     );
   }
 
-  /** Ends the step that ran (if any) and starts the next (if any), renewing the lease: one statement. */
+  /**
+   * Ends the step that ran (if any) and starts the next (if any), renewing the lease: one statement. With
+   * `domain` (a job's first step) the site takes ownership of that canonical domain, unless another site has it.
+   */
   async advance(
     lease: Lease,
     leaseSeconds: number,
-    done?: StepEnd | StepEnd[],
-    start?: StepName,
-  ): Promise<boolean> {
-    return z.boolean().parse(
-      await this.#call("hosting_advance", {
+    transition: { done?: StepEnd | StepEnd[]; start?: StepName; domain?: string },
+  ): Promise<Advance> {
+    return advanceAnswer.parse(
+      await this.#write("hosting_advance", {
         p_job_id: lease.jobId,
         p_lease_token: lease.leaseToken,
         p_lease_seconds: leaseSeconds,
-        p_done: endJson(done),
-        p_start: start ?? null,
+        p_done: endJson(transition.done),
+        p_start: transition.start ?? null,
+        p_domain: transition.domain ?? null,
       }, "value"),
     );
   }
@@ -321,7 +373,7 @@ export class Store {
 
   async complete(lease: Lease, completion: Completion): Promise<boolean> {
     return z.boolean().parse(
-      await this.#call("hosting_complete_job", {
+      await this.#write("hosting_complete_job", {
         p_job_id: lease.jobId,
         p_lease_token: lease.leaseToken,
         p_doc_root: completion.docRoot,
@@ -336,7 +388,7 @@ export class Store {
   /** Null when the lease was lost. */
   async fail(lease: Lease, failure: Failure): Promise<FailOutcome> {
     return failOutcome.parse(
-      await this.#call("hosting_fail_job", {
+      await this.#write("hosting_fail_job", {
         p_job_id: lease.jobId,
         p_lease_token: lease.leaseToken,
         p_code: failure.code,
@@ -352,7 +404,7 @@ export class Store {
   /** Gives the job back without spending the attempt; `done` journals a step cut short. */
   async release(lease: Lease, reason: string, done?: StepEnd | StepEnd[]): Promise<boolean> {
     return z.boolean().parse(
-      await this.#call("hosting_release_job", {
+      await this.#write("hosting_release_job", {
         p_job_id: lease.jobId,
         p_lease_token: lease.leaseToken,
         p_reason: reason,

@@ -122,6 +122,8 @@ const CONNECTION_CODES = new Set([
 class LeaseLost extends Error {}
 class Released extends Error {}
 class Shutdown extends Error {}
+/** Another site owns this canonical domain; the database already failed the job (with this message). */
+class DomainTaken extends Error {}
 /** A step failed; `end` is its journal entry, written with the job's failure. */
 class StepFailed extends Error {
   constructor(readonly failure: HostingError, readonly end: StepEnd, readonly outcome: StepOutcome) {
@@ -281,7 +283,14 @@ export class Invocation {
     log.info("job started", { kind: job.kind, attempt: job.attempt, max_attempts: job.maxAttempts });
 
     try {
-      // Validated before anything reaches the server; an invalid domain never opens a connection.
+      // Validated before anything reaches the server; an invalid domain never opens a connection. The text
+      // judged must be exactly the stored text, not what a driver made of it.
+      if (!job.domainIntact) {
+        throw new HostingError("invalid_domain", "the domain read differs from the stored text", {
+          publicMessage:
+            "The domain is invalid: it contains a character that does not survive being read (such as a byte order mark or another invisible character); write it again without it.",
+        });
+      }
       const domain = parseDomain(job.domain);
       const cloudPanel = this.#cloudPanel(log);
       const results: Partial<Record<StepName, Record<string, unknown>>> = {};
@@ -370,6 +379,12 @@ export class Invocation {
       log.warn("lease lost: another worker owns this job now; stopping without writing");
       return;
     }
+    if (error instanceof DomainTaken) {
+      outcome.status = "failed";
+      outcome.error = { code: "domain_taken", message: error.message };
+      log.error("job failed: the domain belongs to another site", { code: "domain_taken" });
+      return;
+    }
     if (error instanceof Released) {
       outcome.status = "released";
       log.info("job given back to continue in another invocation", { reason: error.message });
@@ -440,7 +455,17 @@ export class Invocation {
       await this.#release(lease, `Time budget spent before ${step}; queued to continue.`, pending);
     }
     const effective = Math.min(timeoutMs, left);
-    if (!await store.advance(lease, this.#leaseSeconds, pending, step)) throw new LeaseLost();
+    // The first step of a provisioning job takes ownership of the canonical domain.
+    const first = job.kind === "provision" && PLANS.provision[0] === step;
+    const advanced = await store.advance(lease, this.#leaseSeconds, {
+      done: pending,
+      start: step,
+      domain: first ? domain : undefined,
+    });
+    if (!advanced.ok && advanced.reason === "domain_taken") {
+      throw new DomainTaken(advanced.message);
+    }
+    if (!advanced.ok) throw new LeaseLost();
     this.#onProgress?.({ kind: "step_started", job, step });
 
     const started = this.#clock();

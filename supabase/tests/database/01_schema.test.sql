@@ -2,18 +2,18 @@
 begin;
 select plan(32);
 
--- public.sites (design §4)
+-- public.sites (docs/architecture.md §3)
 select has_table('public', 'sites', 'public.sites exists');
 select columns_are('public', 'sites',
   array['id', 'domain', 'status_dns', 'status_hosting', 'hosting_doc_root', 'matomo_site_id', 'error_message', 'created_at'],
-  'public.sites has the columns of design §4');
+  'public.sites has the columns this module reads and writes');
 select col_type_is('public', 'sites', 'matomo_site_id', 'integer', 'matomo_site_id is an integer');
 select col_default_is('public', 'sites', 'status_hosting', 'pending', 'status_hosting defaults to pending');
 select ok((select relrowsecurity from pg_class where oid = 'public.sites'::regclass), 'RLS is enabled on public.sites (created by this module)');
 
 -- the private schema
 select has_schema('hosting_automator', 'the private schema exists');
-select tables_are('hosting_automator', array['settings', 'jobs', 'steps', 'events', 'rings'], 'the private schema holds jobs, steps, events, settings and the kicks on their way');
+select tables_are('hosting_automator', array['settings', 'jobs', 'steps', 'events', 'rings', 'domain_owners', 'kick_log'], 'the private schema holds jobs, steps, events, settings, kicks on their way and sent, and domain owners');
 select has_index('hosting_automator', 'jobs', 'jobs_one_open_per_site', 'a partial unique index enforces one open job per site');
 select ok(
   (select indisunique and pg_get_expr(indpred, indrelid) like '%queued%running%'
