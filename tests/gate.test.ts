@@ -355,7 +355,11 @@ const REFUSED: Array<[string, string, RegExp]> = [
   ["an IPv4 address as domain", certFor("'192.0.2.1'"), /is an IP address$/],
   ["an IPv4 address with a hex last label", certFor("'1.2.3.0x4'"), /is an IP address$/],
   ["an IPv4 address in hex", certFor("'0x7f.0x0.0x0.0x1'"), /is an IP address$/],
-  ["'--' in a label's third and fourth characters", certFor("'ab--cd.example'"), /third and fourth characters$/],
+  [
+    "'--' in a label's third and fourth characters",
+    certFor("'ab--cd.example'"),
+    /third and fourth characters$/,
+  ],
   ["a numeric top-level domain", certFor("'example.1a'"), /top-level domain that is not letters$/],
   ["a reserved top-level domain", certFor("'printer.local'"), /reserved top-level domain$/],
   ["a single-label domain", certFor("'localhost'"), /at least two labels$/],

@@ -12,6 +12,11 @@
  */
 import type postgres from "postgres";
 import { type App, createApp } from "../../supabase/functions/hosting-automator/app.ts";
+import {
+  createHandler,
+  type Handler,
+  type HandlerDeps,
+} from "../../supabase/functions/hosting-automator/http.ts";
 import { readSimState, type SimState } from "../../dev/clpctl_sim.ts";
 import { type MatomoSim, type MatomoSimOptions, startMatomoSim } from "../../dev/matomo_sim.ts";
 import { type TestDb, testDb } from "./db.ts";
@@ -56,6 +61,9 @@ export interface StackOptions {
   forcedCommand?: string;
   /** More variables for the commands sshd runs (e.g. the gate's CLPCTL_GATE_BIN); they override the defaults. */
   sshdEnv?: Record<string, string>;
+  /** A migrated database to use instead of a fresh clone of the template (e.g. on a cluster of the test's
+   * own); the caller keeps it and closes it. */
+  db?: TestDb;
 }
 
 export interface Stack {
@@ -79,20 +87,27 @@ export interface Stack {
   deliverKicks(): Promise<Response[]>;
   /** Waits for all background work (waitUntil) to finish. */
   settle(): Promise<void>;
+  /** Background works (waitUntil) not finished yet. */
+  pendingWork(): number;
   insertSite(domain: string, fields?: { status_dns?: string; status_hosting?: string }): Promise<string>;
   site(id: string): Promise<SiteRow>;
   events(siteId: string): Promise<EventRow[]>;
   simState(): Promise<SimState>;
   /** Builds another app on the same stack (a second function instance), with env changes. */
   newApp(env?: Record<string, string | undefined>): App;
+  /**
+   * The app's HTTP handler built again with some dependencies replaced (a short `waitAnswerMs`); background
+   * work goes to the same waitUntil as the app's, so `settle()` waits for it.
+   */
+  handler(overrides?: Partial<HandlerDeps>): Handler;
   close(): Promise<void>;
 }
 
 export async function startStack(options: StackOptions = {}): Promise<Stack> {
   const cleanups: Array<() => Promise<void>> = [];
   try {
-    const db = await testDb(options.label ?? "stack");
-    cleanups.push(() => db.close());
+    const db = options.db ?? await testDb(options.label ?? "stack");
+    if (!options.db) cleanups.push(() => db.close());
     const clpctlState = await artifactDir("clpctl");
     const client = await generateClientKey("ecdsa", "pem");
     registerSecret(client.privateKey);
@@ -145,14 +160,15 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     const http = Deno.createHttpClient({ poolMaxIdlePerHost: 0 });
     cleanups.push(() => Promise.resolve(http.close()));
     const unpooled: typeof fetch = (input, init) => fetch(input, { ...init, client: http });
+    const waitUntil = (work: Promise<unknown>) => {
+      const tracked = work.finally(() => pending.delete(tracked));
+      pending.add(tracked);
+    };
     const newApp = (extra: Record<string, string | undefined> = {}) => {
       const app = createApp({ ...env, ...extra }, {
         fetch: unpooled,
         logSink: captureSink(logs),
-        waitUntil: (work) => {
-          const tracked = work.finally(() => pending.delete(tracked));
-          pending.add(tracked);
-        },
+        waitUntil,
       });
       cleanups.push(() => app.close());
       return app;
@@ -202,6 +218,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
       async settle() {
         while (pending.size > 0) await Promise.allSettled([...pending]);
       },
+      pendingWork: () => pending.size,
       async insertSite(domain, fields = {}) {
         const [row] = await db.sql`
           insert into public.sites (domain, status_dns, status_hosting)
@@ -220,6 +237,16 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
       },
       simState: () => readSimState(clpctlState),
       newApp,
+      handler(overrides = {}) {
+        return createHandler({
+          authKeys: app.config!.authKeys,
+          logger: app.logger,
+          store: app.store!,
+          newInvocation: app.newInvocation!,
+          waitUntil,
+          ...overrides,
+        });
+      },
       async close() {
         await stack.settle();
         for (const cleanup of cleanups.reverse()) await cleanup().catch(() => {});

@@ -1,0 +1,125 @@
+/** The chaos run's report: one Markdown table of figures against the targets, and the faults injected. */
+import type { ChaosResult } from "./engine.ts";
+import { FAULT_KINDS, type FaultName } from "./faults.ts";
+
+/** The targets (under 20 % transient faults). */
+export const TARGETS = {
+  /** Share of sites active with analytics, with no operator action. */
+  activeWithAnalytics: 0.995,
+};
+
+export interface Verdict {
+  name: string;
+  ok: boolean;
+}
+
+const pct = (n: number, of: number) => `${(100 * n / of).toFixed(1)} %`;
+const codes = (c: Record<string, number>) =>
+  Object.entries(c).map(([code, n]) => `${code} ×${n}`).join(", ") || "—";
+
+/** Every target, met or not. */
+export function verdicts(r: ChaosResult): Verdict[] {
+  return [
+    { name: "active with analytics", ok: r.activeWithAnalytics / r.sites >= TARGETS.activeWithAnalytics },
+    { name: "no duplicated CloudPanel site", ok: r.duplicates.cloudPanelSites === 0 },
+    { name: "no duplicated Matomo site", ok: r.duplicates.matomoSites === 0 },
+    { name: "no lost row", ok: r.lost === 0 },
+    { name: "no secret in logs or database", ok: r.secrets.found.length === 0 },
+    { name: "every site settled before the deadline", ok: r.settled && r.open === 0 },
+  ];
+}
+
+export function formatReport(r: ChaosResult, command: string): string {
+  const o = r.options;
+  const mark = (ok: boolean) => ok ? "✓" : "✗ missed";
+  const v = Object.fromEntries(verdicts(r).map((x) => [x.name, x.ok]));
+  const rows: string[][] = [
+    ["sites", String(r.sites), "", ""],
+    [
+      "active WITH analytics, no human action",
+      `${r.activeWithAnalytics} (${pct(r.activeWithAnalytics, r.sites)})`,
+      `≥ ${(TARGETS.activeWithAnalytics * 100).toFixed(1)} %`,
+      mark(v["active with analytics"]),
+    ],
+    [
+      "active without analytics (analytics step's code)",
+      `${r.activeWithoutAnalytics} (${codes(r.withoutAnalyticsCodes)})`,
+      "",
+      "",
+    ],
+    ["failed (last job error code)", `${r.failed} (${codes(r.failedCodes)})`, "", ""],
+    ["still open at the end", String(r.open), "0", mark(v["every site settled before the deadline"])],
+    ["lost rows (not active/failed, no open job)", String(r.lost), "0", mark(v["no lost row"])],
+    [
+      "duplicated CloudPanel sites (site:add:static created one twice)",
+      String(r.duplicates.cloudPanelSites),
+      "0",
+      mark(v["no duplicated CloudPanel site"]),
+    ],
+    [
+      "duplicated Matomo sites (URL held by > 1 site)",
+      String(r.duplicates.matomoSites),
+      "0",
+      mark(v["no duplicated Matomo site"]),
+    ],
+    ["domains with > 1 certificate issued", String(r.duplicates.certificates), "(reported)", ""],
+    [
+      "secrets found in logs and database",
+      r.secrets.found.length === 0
+        ? `0 (${r.secrets.needles} secrets over ${(r.secrets.scannedChars / 1e6).toFixed(1)} MB)`
+        : r.secrets.found.join("; "),
+      "0",
+      mark(v["no secret in logs or database"]),
+    ],
+    [
+      "store calls per site (PostgREST stand-in requests)",
+      `${r.storeCalls.perSite.toFixed(1)} (${r.storeCalls.total} in all)`,
+      "",
+      "",
+    ],
+    ["attempts (claims) per site", r.attemptsPerSite.toFixed(2), "", ""],
+    [
+      "kicks (pg_net) delivered / handler requests",
+      `${r.kicks.delivered} / ${r.kicks.requests} (${codes(r.kicks.byStatus)})`,
+      "",
+      "",
+    ],
+    ["sweeps", `${r.sweeps} (every ${o.sweepSeconds} s)`, "", ""],
+    [
+      "uncaught errors (drivers of the harness and stand-ins)",
+      r.uncaught.length ? `${r.uncaught.length}: ${[...new Set(r.uncaught)].slice(0, 3).join("; ")}` : "0",
+      "",
+      "",
+    ],
+    ["wall time", `${r.wallSeconds.toFixed(1)} s`, `deadline ${o.deadlineSeconds} s`, ""],
+  ];
+  const table = (head: string[], body: string[][]) =>
+    [
+      `| ${head.join(" | ")} |`,
+      `| ${head.map(() => "---").join(" | ")} |`,
+      ...body.map((r) => `| ${r.join(" | ")} |`),
+    ]
+      .join("\n");
+  const faults = Object.entries(r.injected).map(([kind, n]) => [
+    kind,
+    String(n),
+    FAULT_KINDS[kind as FaultName]?.what ?? "",
+  ]);
+  const events = r.events.map((e) => [`${e.at} s`, e.kind, `${e.seconds} s`, e.detail]);
+  return [
+    `\n\`${command}\` — seed ${o.seed}, fault rate ${o.faultRate}, cap ${o.cap}, step timeouts ${o.stepTimeoutSeconds} s, ` +
+    `kinds: ${o.kinds.join(", ")}${o.fastLeaseExpiry ? ", killed workers' leases expired at once" : ""}\n`,
+    table(["figure", "value", "target", ""], rows),
+    "\nFaults injected",
+    table(["kind", "count", "what"], faults),
+    ...(events.length ? ["\nEvents", table(["at", "kind", "took", "detail"], events)] : []),
+    ...(r.failedSamples.length
+      ? [
+        "\nFailed sites (first 5), their events",
+        table(["domain", "events"], r.failedSamples.map((f) => [f.domain, f.codes])),
+      ]
+      : []),
+    `\nstore calls by function: ${codes(r.storeCalls.byFunction)}`,
+    `targets: ${verdicts(r).filter((x) => !x.ok).map((x) => `missed: ${x.name}`).join("; ") || "all met"}\n`,
+  ].join("\n");
+}
