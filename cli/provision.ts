@@ -152,6 +152,14 @@ function report(result: RunResult): number {
   return code;
 }
 
+/** The automatic analytics retry of a site, in a few words. */
+function backfillText(job: { state?: string; attempts?: number; next_run_at?: string } | null): string {
+  if (!job) return "none (retry it)";
+  if (job.state === "queued") return `automatic, next at ${job.next_run_at ?? "?"}`;
+  if (job.state === "running") return "running";
+  return `${job.state} after ${job.attempts ?? "?"} attempt(s)`;
+}
+
 function printStatus(status: StatusReport): void {
   const counts = Object.entries(status.sites).map(([state, n]) => `${state} ${n}`).join(", ") || "none";
   const jobs = Object.entries(status.jobs).map(([state, n]) => `${state} ${n}`).join(", ") || "none";
@@ -160,6 +168,25 @@ function printStatus(status: StatusReport): void {
   out(
     `Queue: ${status.queue.depth} queued, ${status.queue.due} due, oldest ${status.queue.oldest_age_seconds} s`,
   );
+  if (status.doorbell) {
+    const bell = status.doorbell;
+    const kicks = bell.kicks as {
+      sent_last_hour?: number;
+      failing_since_last_success?: number;
+      last_failure?: { status?: number | null; at?: string } | null;
+    };
+    out(
+      `Slots: ${bell.slots_taken} of ${bell.slots} taken, ${bell.kicks_on_the_way} kick(s) on their way; ` +
+        `${kicks.sent_last_hour ?? 0} kick(s) sent in the last hour`,
+    );
+    if ((kicks.failing_since_last_success ?? 0) > 0) {
+      out(style.bad(
+        `Kicks failing: ${kicks.failing_since_last_success} since the last success, last answered ` +
+          `${kicks.last_failure?.status ?? "nothing"} at ${kicks.last_failure?.at ?? "?"}` +
+          ` (401: the key in Vault is stale; see README "Rotating the key")`,
+      ));
+    }
+  }
   const section = (title: string, rows: Array<Record<string, unknown>>, columns: string[]) => {
     out();
     out(`${title} (${rows.length})`);
@@ -173,8 +200,9 @@ function printStatus(status: StatusReport): void {
     status.missing_analytics.map((m) => ({
       ...m,
       warning: (m.warning as { message?: string } | null)?.message ?? "",
+      backfill: backfillText(m.backfill as { state?: string; attempts?: number; next_run_at?: string } | null),
     })),
-    ["domain", "site_id", "warning"],
+    ["domain", "site_id", "warning", "backfill"],
   );
 }
 

@@ -1,12 +1,13 @@
 /**
  * A simulator of CloudPanel's `clpctl` (the server side of the tests and the demo).
  *
- * It follows `shared/reference/cloudpanel.md`: the documented syntax of the three verbs this project uses, the
+ * It follows what CloudPanel's documentation, its issue tracker and independent integrations establish
+ * (docs/architecture.md §15.1, §15.2): the documented syntax of the three verbs this project uses, the
  * observed messages verbatim, Symfony Console's behaviour for unknown commands and options (the single-line
  * Monolog JSON record), and the panel's state (sites, Linux users, certificates) kept as JSON under a state
- * directory. Where the reference is silent the choice is marked "Assumption" below.
+ * directory. Where no source shows what CloudPanel does, the choice is marked "Assumption" below.
  *
- * Streams and exit codes (the reference establishes neither, §2.3): everything CloudPanel itself renders —
+ * Streams and exit codes (CloudPanel documents neither): everything CloudPanel itself renders —
  * success lines, validation lines, "An error has occurred …", Let's Encrypt errors, cURL errors, the delete
  * prompt — goes to stdout (integrations that read only stdout surface these messages); the Monolog JSON record
  * of an uncaught exception and "Aborted." go to stderr. Exit status 0 on success, 1 on every failure (Symfony's
@@ -160,7 +161,7 @@ interface Panel {
 }
 
 /**
- * Accounts of a Debian/Ubuntu CloudPanel server (reference §3.1: names in /etc/passwd collide). Not exhaustive:
+ * Accounts of a Debian/Ubuntu CloudPanel server (site user names collide with them). Not exhaustive:
  * a real server has what its packages created.
  */
 // deno-fmt-ignore
@@ -177,7 +178,7 @@ const VENDOR = "/home/clp/htdocs/app/files/vendor/symfony/console";
 const DEFAULT_HANG_MS = 120_000;
 const MAX_SITE_USER_LENGTH = 32;
 const MIN_PASSWORD_LENGTH = 8;
-/** Assumption: Linux `useradd`'s usual NAME_REGEX; CloudPanel documents no charset (reference §3.1). */
+/** Assumption: Linux `useradd`'s usual NAME_REGEX; CloudPanel documents no charset for site users. */
 const SITE_USER_RE = /^[a-z_][a-z0-9_-]*$/;
 const LABEL_RE = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
 /**
@@ -191,7 +192,7 @@ const MULTI_LABEL_SUFFIXES = new Set([
 ]);
 
 // ---------------------------------------------------------------------------------------------------------
-// Messages. Verbatim from the reference unless marked "Assumption".
+// Messages. Verbatim as observed (docs/architecture.md §15.1, §15.2) unless marked "Assumption".
 
 const msg = {
   siteAdded: (domain: string) => `Site ${domain} has been added.`,
@@ -204,9 +205,9 @@ const msg = {
     `${field}: This value is too long. It should have ${limit} characters or less.`,
   /** Assumption: no source shows the text for a domain without a site. */
   siteNotFound: (domain: string) => `Site "${domain}" does not exist.`,
-  /** Assumption: no verbatim success text is known for lets-encrypt:install:certificate (reference §2.1). */
+  /** Assumption: no verbatim success text is known for lets-encrypt:install:certificate. */
   certificateInstalled: (names: string[]) => `Certificate for ${names.join(", ")} has been installed.`,
-  /** Assumption: no verbatim success text is known for site:delete (reference §2.1). */
+  /** Assumption: no verbatim success text is known for site:delete. */
   siteDeleted: (domain: string) => `Site ${domain} has been deleted.`,
   /** The docs: "Confirm your action by entering yes"; the exact prompt rendering is an assumption. */
   confirmDelete: "Confirm your action by entering yes: ",
@@ -241,7 +242,7 @@ interface Ending {
   signal?: string;
 }
 
-/** What a failed `site:add:static` prints, by fault kind (shapes of reference §2.2 item 3). */
+/** What a failed `site:add:static` prints, by fault kind (shapes of CloudPanel's system-failure text). */
 function siteFailureText(
   kind: Exclude<SiteFailureKind, "hang">,
   user: string,
@@ -323,7 +324,7 @@ function acmeFailureLines(kind: "dns" | "unauthorized" | "connection", names: st
   const token = "Tm4vHsj87oF8XwIcN6aB3o4Ic0UmE4B2-nXuefMbcAI";
   const detail = (name: string) => {
     switch (kind) {
-      case "dns": // Let's Encrypt's wording for a missing record (reference §4.2).
+      case "dns": // Let's Encrypt's wording for a missing record (NXDOMAIN).
         return `DNS problem: NXDOMAIN looking up A for ${name} - check that a DNS record exists for this domain`;
       case "unauthorized":
         return `203.0.113.10: Invalid response from https://${name}/.well-known/acme-challenge/${token}: 404`;
@@ -446,7 +447,7 @@ function monologTime(): string {
   return new Date().toISOString().replace("Z", "000+00:00");
 }
 
-/** CloudPanel's single-line Monolog JSON record of an uncaught exception (reference §2.2 shape 2, CE#688). */
+/** CloudPanel's single-line Monolog JSON record of an uncaught exception (CE#688, CE#720). */
 function monologRecord(className: string, message: string, input: string, file: string): string {
   return JSON.stringify({
     message: `Error thrown while running command "${input}". Message: "${message}"`,
@@ -813,7 +814,7 @@ function createSite(panel: Panel, domain: string, user: string, password: string
     createdAt: now,
   };
   panel.users[user] = { userName: user, home: `/home/${user}`, kind: "site" };
-  // "By default, a self-signed certificate is generated" (reference §3.3).
+  // CloudPanel's docs: "By default, a self-signed certificate is generated" when a site is created.
   panel.certificates[domain] = { domainName: domain, type: "self-signed", names: [domain], installedAt: now };
 }
 
@@ -826,7 +827,7 @@ function validDomain(domain: string): boolean {
   return labels.length >= 2 && labels.every((l) => LABEL_RE.test(l)) && !/^[0-9]+$/.test(labels.at(-1)!);
 }
 
-/** Reference §4.1: an apex or `www.` domain gets both names; any other sub-domain is issued alone. */
+/** CloudPanel's docs: an apex or `www.` domain gets both names; any other sub-domain is issued alone. */
 export function certificateNames(domain: string): string[] {
   const labels = domain.split(".");
   const suffixLabels = MULTI_LABEL_SUFFIXES.has(labels.slice(-2).join(".")) ? 2 : 1;
@@ -918,7 +919,7 @@ const siteAddStatic: CommandDef = {
     const password = str(inv.options.get("siteUserPassword"));
     return withLock(stateDir, true, async () => {
       const panel = await readPanel(stateDir);
-      // One line per violated constraint, fields in option order (Symfony validator, reference §2.2).
+      // One line per violated constraint, fields in option order (Symfony validator: `<option>: <message>`).
       const errors = domainErrors(domain);
       if (errors.length === 0 && panel.sites[domain!]) errors.push(msg.alreadyExists("domainName"));
       const domainExists = errors.includes(msg.alreadyExists("domainName"));
@@ -1049,7 +1050,7 @@ const siteDelete: CommandDef = {
     if (errors.length > 0) return { out: errors, exitCode: 1, outcome: "rejected", ...who };
     const out: string[] = [];
     if (!inv.options.has("force")) {
-      // Reference §2.4: prompts unless --force. Assumption: anything but "yes" (or no input) aborts, exit 1.
+      // CloudPanel's docs: prompts unless --force. Assumption: anything but "yes" (or none) aborts, exit 1.
       const answer = inv.options.has("no-interaction") ? null : await io.prompt(msg.confirmDelete, out);
       if (answer?.trim() !== "yes") {
         return { out, err: ["Aborted."], exitCode: 1, outcome: "aborted", ...who };
@@ -1059,7 +1060,7 @@ const siteDelete: CommandDef = {
       const panel = await readPanel(stateDir);
       const site = panel.sites[domain!];
       if (!site) return { out: [...out, msg.siteNotFound(domain!)], exitCode: 1, outcome: "no_site", ...who };
-      // Reference §2.4: removes the vhost, the certificates and the site user with its home (userdel -r).
+      // site:delete removes the vhost, the certificates and the site user with its home (userdel -r).
       delete panel.sites[domain!];
       delete panel.certificates[domain!];
       delete panel.users[site.siteUser];

@@ -164,7 +164,7 @@ async function main(): Promise<boolean> {
     out(`▸ PostgreSQL ${version} (PGlite, in memory): Supabase's roles, then every migration in order`);
     await pg.exec(SUPABASE_ROLES_SQL + SUPABASE_DATABASE_SQL);
     await applyMigrations(pg);
-    // Retries due in about a second instead of thirty (the queue policy is a row: design §4).
+    // Retries due in about a second instead of thirty (the queue policy is a row: hosting_automator.settings).
     await pg.exec("update hosting_automator.settings set backoff_base_seconds = 1, backoff_max_seconds = 2");
     out(style.dim("  settings: retry backoff 1 s (instead of 30 s) so the demo's retry comes quickly"));
 

@@ -1,10 +1,11 @@
 // deno-lint-ignore-file no-console
 /**
- * A Matomo 5.2 HTTP API simulator for tests and the demo (Matomo cannot run here, design §10).
+ * A Matomo 5.2 HTTP API simulator for tests and the demo (Matomo cannot run here: docs/architecture.md §14).
  *
- * Behaviour follows `shared/reference/matomo.md`; every rule cites its section as "ref §n". Where the reference
- * says nothing, the choice is marked ASSUMED (and listed in the report that introduced this file). Only the
- * methods hosting-automator needs are simulated; every other method answers like an unknown one.
+ * Behaviour follows what Matomo 5.2's source and developer documentation establish (summarised in
+ * docs/architecture.md §15.3); each rule says the fact it models, naming Matomo's own class or method where
+ * that helps. Where Matomo's code and documentation say nothing, the choice is marked ASSUMED. Only the methods
+ * hosting-automator needs are simulated; every other method answers like an unknown one.
  *
  * In-process: `const sim = await startMatomoSim(); … await sim.close();`
  * Stand-alone: `deno run -A dev/matomo_sim.ts [--port=8081] [--token=…]` prints the URL and token.
@@ -12,7 +13,7 @@
 
 export const MATOMO_VERSION = "5.2.0";
 
-/** Exact Matomo 5 texts (ref §1.1, §1.4, §3). */
+/** Exact Matomo 5 texts: the API proxy's, the URL setting's, the login plugin's and the access check's. */
 export const MESSAGES = {
   tokenViaGet:
     "Unable to authenticate with the provided token. It is either invalid, expired or is required to be sent as a POST parameter.",
@@ -22,23 +23,23 @@ export const MESSAGES = {
   siteNameRequired: "Please specify a value for 'siteName'.",
   noUrl: "URLs: You must specify at least one URL for the website.",
   invalidUrl: (url: string) => `URLs: The url '${url}' is not a valid URL.`,
-  // The reference elides the module part; '\Piwik\Plugins\X\API' is what live instances print (ASSUMED from a
-  // published transcript, not the reference).
+  // Matomo's language file has a placeholder for the module; '\Piwik\Plugins\X\API' is what live instances
+  // print (ASSUMED from a published transcript).
   methodNotFound: (action: string, module: string) =>
     `The method '${action}' does not exist or is not available in the module '\\Piwik\\Plugins\\${module}\\API'.`,
-  // ASSUMED, not in the reference: viewRequired as public client tests quote it; methodRequired by analogy with
-  // the proxy's text for siteName.
+  // ASSUMED, not read in Matomo's source: viewRequired as public client tests quote it; methodRequired by
+  // analogy with the proxy's text for siteName.
   viewRequired: "You can't access this resource as it requires view access for at least one website.",
   methodRequired: "Please specify a value for 'method'.",
 } as const;
 
 export interface SimTokenOptions {
   token: string;
-  /** Default true. A super user may add sites and sees every site (ref §3 Permissions). */
+  /** Default true. A super user may add sites and sees every site; addSite needs one. */
   superUser?: boolean;
-  /** Default true: Matomo 5's UI default "Only allow secure requests" (ref §3). */
+  /** Default true: Matomo 5's UI default "Only allow secure requests" (refused in a query string). */
   secureOnly?: boolean;
-  /** Sites a non-super user can view: the only ones its lookups find (ref §2.1 Permissions). */
+  /** Sites a non-super user can view: the only ones its lookups find (super users search every site). */
   viewSites?: number[];
 }
 
@@ -64,18 +65,18 @@ export interface MatomoSimOptions {
   sites?: SimSiteInput[];
   /** Delay before each answer. */
   latencyMs?: number;
-  /** Render lookup rows' idsite as a numeric string, as older PHP/PDO does (ref §2.1, §4 "Parse leniently"). */
+  /** Render lookup rows' idsite as a numeric string, as older PHP/PDO does (newer ones give a number). */
   idsiteAsString?: boolean;
-  /** Failed token attempts before every token is refused; default 20, 0 = never (ref §3). */
+  /** Failed token attempts before every token is refused (brute-force detection); default 20, 0 = never. */
   bruteForceLimit?: number;
   version?: string;
 }
 
 /** What the next requests answer instead of the API. `down` is separate: see `down()` / `up()`. */
 export type SimFault =
-  /** `{"result":"error"}` in the requested format; HTTP 200 unless `status` is given (ref §1.4). */
+  /** `{"result":"error"}` in the requested format; HTTP 200 unless `status` is given, as for Matomo's own. */
   | { kind: "error"; message?: string; status?: number }
-  /** An HTML error page, HTTP 500 unless `status` is given (ref §1.4, §6 "Be ready for an HTML body"). */
+  /** An HTML error page, HTTP 500 unless `status` is given: how errors outside the API dispatcher look. */
   | { kind: "html"; status?: number }
   /** Text that is not JSON (a PHP warning and a cut-off body) labelled application/json; HTTP 200 by default. */
   | { kind: "garbage"; status?: number }
@@ -141,7 +142,7 @@ export interface MatomoSim {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Request parameters, PHP style (ref §4 "Where parameters are read from", §1.2 arrays)
+// Request parameters, PHP style: $_GET + $_POST, with `name[]` and `name[key]` arrays
 
 /** A PHP request value: a string, or an ordered array (`urls[0]=…`, `urls[]=…`) keyed like PHP keeps it. */
 type PhpValue = string | Map<string, string>;
@@ -149,7 +150,8 @@ type PhpParams = Map<string, PhpValue>;
 
 /**
  * `name[key]` and `name[]` build arrays in insertion order (PHP keeps order, so `urls[1]` sent before `urls[0]`
- * stays first, ref §1.2 LOGIMPORT's warning); a repeated plain name keeps the last value.
+ * stays first, which is why Matomo's log importer sends indexed parameters in order); a repeated plain name
+ * keeps the last value.
  * ASSUMED simplification: nested brackets are kept as a plain name; PHP's `.`/space → `_` mangling is not done.
  */
 function phpParams(entries: Iterable<[string, string]>): PhpParams {
@@ -179,7 +181,7 @@ function str(params: PhpParams, name: string): string | undefined {
   return typeof v === "string" ? v : undefined;
 }
 
-/** PHP fills $_POST only from form bodies (ref §4 Content-Type); anything else is read and ignored. */
+/** PHP fills $_POST only from form bodies (form-encoded or multipart); anything else is read and ignored. */
 async function bodyEntries(request: Request): Promise<[string, string][]> {
   const type = request.headers.get("content-type")?.toLowerCase() ?? "";
   if (
@@ -196,7 +198,7 @@ async function bodyEntries(request: Request): Promise<[string, string][]> {
 // ---------------------------------------------------------------------------------------------------------------
 // URL rules
 
-/** UrlHelper::isLookLikeUrl, the loose check addSite applies (ref §1.1, §1.2). */
+/** UrlHelper::isLookLikeUrl, the loose check addSite applies to each URL. */
 function isLookLikeUrl(url: string): boolean {
   const m = /^(([A-Za-z][A-Za-z0-9+.-]*)?:)?\/\/(.*)$/s.exec(url);
   return m !== null && m[3].length > 0 && !/^(javascript:|vbscript:|data:)/i.test(m[1] ?? "");
@@ -218,8 +220,8 @@ function removeTrailingSlash(url: string): string {
 }
 
 /**
- * Urls::cleanParameterUrls (ref §1.1 `urls`, §1.2): a string is ONE url (a comma list is not split); empty
- * values dropped; urldecoded; one trailing `/` removed; `http://` added when there is no scheme; trimmed;
+ * Urls::cleanParameterUrls, as addSite applies it to `urls`: a string is ONE url (a comma list is not split);
+ * empty values dropped; urldecoded; one trailing `/` removed; `http://` added when there is no scheme; trimmed;
  * de-duplicated. ASSUMED: PHP's parse_url scheme test is approximated by "letters then `:`, not a port".
  * HTML-entity sanitising is skipped: Matomo encodes on input and decodes on JSON output, a round trip.
  */
@@ -236,7 +238,7 @@ function cleanUrls(urls: string | Iterable<string>): string[] {
   return out;
 }
 
-/** The 5 variants getSitesIdFromSiteUrl looks for (ref §2.1 "How matching works"), str_replace order kept. */
+/** The 5 variants getSitesIdFromSiteUrl looks for (www., http://, https:// stripped, in str_replace order). */
 function lookupVariants(url: string): string[] {
   const u = removeTrailingSlash(url);
   const host = u.replaceAll("www.", "").replaceAll("http://", "").replaceAll("https://", "");
@@ -244,7 +246,7 @@ function lookupVariants(url: string): string[] {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Rendering (ref §1.3, §1.4, §4 format)
+// Rendering: `{"value": …}` for scalars, rows as a list, `{"result":"error"}`; xml unless format=json
 
 type ApiResult =
   | { kind: "value"; value: number | string | boolean }
@@ -259,14 +261,14 @@ function render(format: string, status: number, result: ApiResult): Response {
   if (format === "json") {
     const body = result.kind === "value" ? { value: result.value } : result.kind === "rows"
       ? result.rows
-      // Newlines in messages become spaces (ref §1.4).
+      // Newlines in messages become spaces, as Matomo's JSON renderer does.
       : { result: "error", message: result.message.replace(/\r?\n/g, " ") };
     return new Response(JSON.stringify(body), {
       status,
       headers: { "content-type": "application/json; charset=utf-8" },
     });
   }
-  // ASSUMED: every other format (xml is the default, ref §4) gets Matomo-like XML; csv/tsv/html are not modelled.
+  // ASSUMED: every other format (xml is Matomo's default) gets Matomo-like XML; csv/tsv/html are not modelled.
   const head = '<?xml version="1.0" encoding="utf-8" ?>\n';
   let xml: string;
   if (result.kind === "value") {
@@ -286,7 +288,7 @@ function render(format: string, status: number, result: ApiResult): Response {
   return new Response(head + xml, { status, headers: { "content-type": "text/xml; charset=utf-8" } });
 }
 
-/** ASSUMED layout of Matomo's error page (ExceptionHandler::dieWithHtmlErrorPage, ref §1.4). */
+/** ASSUMED layout of Matomo's error page (ExceptionHandler::dieWithHtmlErrorPage). */
 function htmlPage(status: number, title: string, message: string): Response {
   const body =
     `<!DOCTYPE html>\n<html>\n<head><meta charset="utf-8"><title>${escape(title)}</title></head>\n` +
@@ -420,7 +422,7 @@ class Sim implements MatomoSim {
 
   #insert(name: string, urls: string[], idsite?: number): number {
     const id = idsite ?? this.#sites.reduce((max, s) => Math.max(max, s.idsite), 0) + 1;
-    // Column sizes name 90, main_url 255, alias 190; non-strict MySQL truncates (ref §1.1, inferred there).
+    // Column sizes name 90, main_url 255, alias 190; Matomo's non-strict MySQL mode truncates (inferred).
     this.#sites.push({
       idsite: id,
       name: name.slice(0, 90),
@@ -436,7 +438,7 @@ class Sim implements MatomoSim {
     const bodyRaw = await bodyEntries(request);
     const query = phpParams(url.searchParams);
     const body = phpParams(bodyRaw);
-    // $_GET + $_POST: the query string wins on duplicate names (ref §4).
+    // $_GET + $_POST: the query string wins on duplicate names (PHP's array union).
     const req: Incoming = { url, query, body, params: new Map([...body, ...query]) };
     const entry: SimRequest = {
       method: request.method,
@@ -508,7 +510,7 @@ class Sim implements MatomoSim {
   }
 
   #route({ url, query, body, params }: Incoming): Response {
-    // Endpoint: /index.php or / (ref §4). ASSUMED: the web server answers 404 HTML elsewhere.
+    // Endpoint: /index.php or /. ASSUMED: the web server answers 404 HTML elsewhere.
     if (url.pathname !== "/" && url.pathname !== "/index.php") {
       return htmlPage(404, "Not Found", "The requested URL was not found on this server.");
     }
@@ -516,18 +518,18 @@ class Sim implements MatomoSim {
     if (str(params, "module") !== "API") return htmlPage(200, "Sign in - Matomo", "Sign in");
     const fmt = format(params);
 
-    // Authentication (ref §3): the token is "secure" only when in the body and absent from the query string.
+    // Authentication: the token is "secure" only when in the body and absent from the query string.
     const inGet = str(query, "token_auth") ?? "";
     const inPost = str(body, "token_auth") ?? "";
     const given = inGet !== "" ? inGet : inPost;
     const secure = inGet === "" && inPost !== "";
-    // ASSUMED: no token at all is the anonymous user, who has no access here (ref §3: Matomo 4 continued as
-    // anonymous; the reference does not say otherwise for 5).
+    // ASSUMED: no token at all is the anonymous user, who has no access here (Matomo 4 continued as anonymous
+    // after a failed token; nothing read says otherwise for 5).
     let caller: Token | null = null;
     if (given !== "") {
       const limit = this.#options.bruteForceLimit ?? 20;
-      // Brute-force detection blocks after `limit` failures (ref §3). ASSUMED: 401, rendered like a failed
-      // login; the 60-minute window is not modelled (a simulator lives shorter).
+      // Brute-force detection blocks after `limit` failures (20 within 60 minutes by default). ASSUMED: 401,
+      // rendered like a failed login; the 60-minute window is not modelled (a simulator lives shorter).
       if (limit > 0 && this.#failedLogins >= limit) {
         return this.#loginFailure(query, fmt, MESSAGES.bruteForceBlocked);
       }
@@ -550,8 +552,8 @@ class Sim implements MatomoSim {
 
   /**
    * A failed login is raised before the API dispatcher, so ExceptionHandler renders it in the API format only
-   * when module=API and method=X.y are in the query string, else as an HTML page; 401 either way (ref §1.4,
-   * marked inferred there).
+   * when module=API and method=X.y are in the query string, else as an HTML page; 401 either way (inferred
+   * from Matomo's ExceptionHandler, not observed).
    */
   #loginFailure(query: PhpParams, fmt: string, message: string): Response {
     const apiInQuery = str(query, "module") === "API" &&
@@ -566,15 +568,15 @@ class Sim implements MatomoSim {
     const noAccess = (message: string): [number, ApiResult] => [401, { kind: "error", message }];
     switch (`${module}.${action}`) {
       case "API.getMatomoVersion":
-      case "API.getPiwikVersion": // deprecated alias (ref §2.6)
-        // Requires some view access (ref §2.6); NoAccessException → 401 on 5.x (ref §1.4).
+      case "API.getPiwikVersion": // deprecated alias
+        // Requires some view access; NoAccessException → 401 on 5.x.
         if (!superUser && (user?.viewSites.length ?? 0) === 0) return noAccess(MESSAGES.viewRequired);
         return [200, { kind: "value", value: this.#options.version ?? MATOMO_VERSION }];
       case "UsersManager.hasSuperUserAccess":
-        // ref §2.6. ASSUMED: anonymous gets false rather than an error.
+        // `{"value": true|false}` for the caller's token. ASSUMED: anonymous gets false rather than an error.
         return [200, { kind: "value", value: superUser }];
       case "SitesManager.getSitesIdFromSiteUrl": {
-        // The proxy requires declared parameters without defaults (ref §1.1 siteName). ASSUMED same text for url.
+        // The proxy requires declared parameters without defaults (as for siteName). ASSUMED same text for url.
         const url = str(params, "url");
         if (url === undefined || url === "") {
           return [200, { kind: "error", message: "Please specify a value for 'url'." }];
@@ -584,40 +586,40 @@ class Sim implements MatomoSim {
         const ids = this.#sites
           .filter((s) => visible(s) && [s.main_url, ...s.alias_urls].some((u) => wanted.has(u.toLowerCase())))
           .map((s) => s.idsite); // ASSUMED: ascending idsite (SQL UNION order is unspecified)
-        // filter_limit defaults to 100 rows over HTTP; -1 means all (ref §2.1 Permissions and limits).
+        // filter_limit defaults to 100 rows over HTTP; -1 means all.
         const limit = Number(str(params, "filter_limit") ?? "100");
         const shown = Number.isInteger(limit) && limit >= 0 ? ids.slice(0, limit) : ids;
         const asString = this.#options.idsiteAsString ?? false;
         return [200, { kind: "rows", rows: shown.map((id) => ({ idsite: asString ? String(id) : id })) }];
       }
       case "SitesManager.addSite": {
-        // Required parameter checked by the proxy before the method body runs (ref §1.1): HTTP 200.
+        // Required parameter checked by the proxy before the method body runs: HTTP 200.
         const name = str(params, "siteName");
         if (name === undefined || name === "") {
           return [200, { kind: "error", message: MESSAGES.siteNameRequired }];
         }
-        // Super user required; NoAccessException → 401 on 5.x (ref §3 Permissions, §1.4).
+        // Super user required; NoAccessException → 401 on 5.x (200 on 4.x).
         if (!superUser) return noAccess(MESSAGES.superUserRequired);
         const urlsParam = params.get("urls");
         let urls: string[] = [];
         if (urlsParam !== undefined) {
-          // Validated only when present: each must look like a URL, then at least one must remain (ref §1.1).
+          // Validated only when present: each must look like a URL, then at least one must remain.
           urls = cleanUrls(typeof urlsParam === "string" ? urlsParam : urlsParam.values());
           const bad = urls.find((u) => !isLookLikeUrl(u));
           if (bad !== undefined) return [200, { kind: "error", message: MESSAGES.invalidUrl(bad) }];
           if (urls.length === 0) return [200, { kind: "error", message: MESSAGES.noUrl }];
         }
-        // Duplicates are allowed: no check of any kind (ref §1.5). Other addSite parameters are ignored.
+        // Duplicates are allowed: Matomo checks nothing of the kind. Other addSite parameters are ignored.
         return [200, { kind: "value", value: this.#insert(name, urls) }];
       }
     }
-    // Unknown method → BadRequestException, HTTP 400 (ref §1.4). ASSUMED: unknown modules answer the same way
+    // Unknown method → BadRequestException, HTTP 400. ASSUMED: unknown modules answer the same way
     // (real Matomo says "The plugin X is not enabled…" for those).
     return [400, { kind: "error", message: MESSAGES.methodNotFound(action, module) }];
   }
 }
 
-/** `format` defaults to xml and is case-insensitive (ref §4). */
+/** `format` defaults to xml and is case-insensitive. */
 function format(params: PhpParams): string {
   return (str(params, "format") ?? "xml").toLowerCase();
 }

@@ -148,7 +148,10 @@ type Case = [
   attemptLimit?: number,
 ];
 
-/** The reference's lines (§2, §4), the faults of a busy or dying server, and what the site step makes of them. */
+/**
+ * Observed clpctl lines (docs/architecture.md §15.1), the faults of a busy or dying server, and what the site
+ * step makes of them.
+ */
 const SITE_CASES: Case[] = [
   ["success (CE#351)", ok("Site example.com has been added.\n"), "site_added", "created"],
   ["domain exists", fail("domainName: This value already exists.\n"), "domain_exists", "exists"],
@@ -412,7 +415,10 @@ const SITE_CASES: Case[] = [
   ],
 ];
 
-/** The reference's lines (§4), the faults of a busy or dying server, and what the certificate step makes of them. */
+/**
+ * Observed clpctl lines (docs/architecture.md §15.2), the faults of a busy or dying server, and what the
+ * certificate step makes of them.
+ */
 const CERTIFICATE_CASES: Case[] = [
   ["exit 0, no text", ok(""), "certificate_installed", "installed"],
   [

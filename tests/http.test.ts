@@ -1,6 +1,6 @@
 /**
- * The function's HTTP contract (design §5), called in-process: authentication, refusals of bad input that
- * change nothing, the Database Webhook payload, status and retry.
+ * The function's HTTP contract (README, "The function's requests"), called in-process: authentication,
+ * refusals of bad input that change nothing, the Database Webhook payload, status and retry.
  */
 import assert from "node:assert/strict";
 import { setFaults } from "../dev/clpctl_sim.ts";

@@ -1,5 +1,6 @@
 /**
- * The Matomo client against the Matomo simulator over loopback HTTP (design §8, §10).
+ * The Matomo client against the Matomo simulator over loopback HTTP (the client's rules and Matomo's
+ * behaviour: docs/architecture.md §9 and §15.3; why a simulator: docs/architecture.md §14).
  */
 import assert from "node:assert/strict";
 import { MatomoSim, MatomoSimOptions, startMatomoSim } from "../dev/matomo_sim.ts";

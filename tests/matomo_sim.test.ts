@@ -1,6 +1,6 @@
 /**
  * The Matomo simulator's own semantics, over loopback HTTP with plain fetch: what it answers must be what
- * shared/reference/matomo.md says Matomo 5 answers, or the client tests prove nothing.
+ * Matomo 5 answers as docs/architecture.md §15.3 describes it, or the client tests prove nothing.
  */
 import assert from "node:assert/strict";
 import { MatomoSim, MatomoSimOptions, MESSAGES, startMatomoSim } from "../dev/matomo_sim.ts";
@@ -58,7 +58,7 @@ Deno.test("the simulator refuses a secure-only token sent in the query string wi
       MESSAGES.tokenViaGet,
       "Unable to authenticate with the provided token. It is either invalid, expired or is required to be sent as a POST parameter.",
     );
-    // In both places counts as insecure too (ref §3).
+    // In both places counts as insecure too: secure means in the body and absent from the query string.
     const inBoth = await call(sim, { ...q, token_auth: sim.token }, { token_auth: sim.token });
     assert.equal(inBoth.status, 401);
     assert.deepEqual(JSON.parse(inBoth.text), json(MESSAGES.tokenViaGet));
@@ -148,7 +148,8 @@ Deno.test("a JSON body is not read, so its token does not authenticate", async (
           body: JSON.stringify({ token_auth: sim.token }),
         },
       ).then(async (r) => [r.status, await r.json()]);
-    // Anonymous: the lookup sees no site, addSite needs a super user (ref §4 Content-Type, §3).
+    // PHP parses no JSON body, so the token is not seen. Anonymous: the lookup sees no site, addSite needs a
+    // super user.
     assert.deepEqual(await post("SitesManager.getSitesIdFromSiteUrl", { url: "a.example" }), [200, []]);
     assert.deepEqual(await post("SitesManager.addSite", { siteName: "b" }), [
       401,
@@ -178,7 +179,7 @@ Deno.test("addSite normalises URLs the way Matomo does and returns the new idsit
         json: { value: 1 },
       },
     );
-    // A comma-separated string is one URL, not a list (ref §1.2).
+    // A comma-separated string is one URL, not a list (Matomo wraps a string `urls` as a one-element array).
     await api(sim, "SitesManager.addSite", { siteName: "two", urls: "a.example,b.example" });
     // Arrays keep the order they were sent in; values are urldecoded once more; duplicates are dropped.
     await api(sim, "SitesManager.addSite", [

@@ -1,4 +1,4 @@
--- public.sites: the Hub's table of websites (design §4).
+-- public.sites: the Hub's table of websites (docs/architecture.md §3).
 --
 -- On a fresh database this module creates it. When the Hub's table already exists, it is only completed:
 -- missing columns are added, nothing is dropped, retyped or rewritten, and existing rows keep their values
@@ -41,7 +41,7 @@ begin
   where a.attrelid = 'public.sites'::regclass and a.attname = 'id' and not a.attisdropped;
   if v_type is distinct from 'uuid' then
     raise exception 'hosting-automator: public.sites.id must be of type uuid (found %)', coalesce(v_type, 'no id column')
-      using hint = 'See design §4: the jobs table references public.sites(id).';
+      using hint = 'The jobs table references public.sites(id), so hosting-automator needs a uuid key.';
   end if;
 end
 $$;

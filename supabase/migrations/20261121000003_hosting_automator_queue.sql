@@ -1,5 +1,5 @@
 -- The durable queue: queueing, the doorbell (pg_net kick), retry delays, lease reaping, the sweep, and the
--- row trigger on public.sites (design §3).
+-- row trigger on public.sites (docs/architecture.md §2, §6).
 --
 -- pg_net and Vault are optional: without them (plain Postgres, tests) jobs are queued all the same and wait
 -- for a worker to poll. The job row is the truth; the kick is only a doorbell.

@@ -1,4 +1,4 @@
--- The functions the Edge Function calls (design §4): `security definer`, `set search_path = ''`, executable by
+-- The functions the Edge Function calls: `security definer`, `set search_path = ''`, executable by
 -- service_role only. They live in `public` so that PostgREST's RPC endpoint (supabase-js `rpc`) reaches them;
 -- the tables they use stay in the private schema.
 --

@@ -31,11 +31,22 @@ function statusOf(code: string): number {
   return 500;
 }
 
+const QUERY_TIMEOUT_MS = 10_000;
+
 export function startPostgrest(
   databaseUrl: string,
   keys: Record<string, "service_role" | "anon" | "authenticated">,
 ): PostgrestStandIn {
-  const sql = postgres(databaseUrl, { max: 8, onnotice: () => {} });
+  const connect = () => postgres(databaseUrl, { max: 8, onnotice: () => {} });
+  let sql = connect();
+  // Real PostgREST reconnects after a database restart. postgres.js can leave a transaction waiting forever on
+  // a connection that died mid-way; a call that outlives QUERY_TIMEOUT_MS, or meets a broken connection, gets
+  // 503 and the pool is replaced.
+  const renew = () => {
+    const old = sql;
+    sql = connect();
+    old.end({ timeout: 0 }).catch(() => {});
+  };
   const calls: PostgrestStandIn["calls"] = [];
   const returnsSet = new Map<string, boolean | null>();
 
@@ -99,22 +110,36 @@ export function startPostgrest(
         ? `select coalesce(jsonb_agg(t), '[]'::jsonb) as body from public.${fn}(${list}) t`
         : `select to_jsonb(public.${fn}(${list})) as body`;
       const values = names.map((n) => args[n]) as postgres.ParameterOrJSON<never>[];
+      let timer: number | undefined;
       try {
-        const rows = await sql.begin(async (tx) => {
+        const work = sql.begin(async (tx) => {
           await tx.unsafe(`set local role ${role}`);
           return await tx.unsafe(query, values);
         });
+        work.catch(() => {});
+        const rows = await Promise.race([
+          work,
+          new Promise<never>((_, reject) => {
+            timer = setTimeout(
+              () => reject(Object.assign(new Error("no answer from the database"), { code: "08006" })),
+              QUERY_TIMEOUT_MS,
+            );
+          }),
+        ]);
         const body = rows[0]?.body;
         return body === null || body === undefined ? new Response(null, { status: 204 }) : reply(200, body);
       } catch (error) {
         const e = error as { code?: string; message?: string; detail?: string; hint?: string };
-        const code = e.code ?? "XX000";
+        const code = /^[0-9A-Z]{5}$/.test(e.code ?? "") ? e.code! : "08006";
+        if (code.startsWith("08") || code === "57P01") renew();
         return reply(statusOf(code), {
           code,
           message: e.message ?? "error",
           details: e.detail ?? null,
           hint: e.hint ?? null,
         });
+      } finally {
+        clearTimeout(timer);
       }
     };
     const response = await answer();

@@ -54,7 +54,7 @@ export interface Outcome {
   result: "created" | "exists" | "installed" | ErrorCode;
   /** Retry with backoff. Always the code's own setting in ERROR_CODES (a test checks): one code, one policy. */
   transient?: boolean;
-  /** For transient rows that nobody recognised: retry only while the job's attempt number is below this. */
+  /** For transient rows that nobody recognised: the same code this many times in a row fails the job. */
   attemptLimit?: number;
   /** Public text, when the code's default text is not the best one; never holds values or output. */
   publicMessage?: string | ((seen: Seen) => string);
@@ -64,7 +64,7 @@ export interface Outcome {
   basis: string;
 }
 
-/** Attempts a job may spend on an answer that no row recognises. */
+/** Times in a row a job may meet the same answer that no row recognises before it fails. */
 export const UNRECOGNISED_ATTEMPT_LIMIT = 3;
 
 /** Signals that end a process from outside (OOM killer, a restart, an operator), and their shell statuses. */

@@ -51,7 +51,7 @@ export const ERROR_CODES = {
       "CloudPanel was unavailable (its internal database timed out or was busy, or the command was killed before it answered); will retry.",
   },
   cloudpanel_busy: { transient: true, text: "CloudPanel timed out; will retry." },
-  // Unrecognised answers: retried, but only for a few attempts (the error's attemptLimit), then the job fails.
+  // Unrecognised answers: retried, but the same one attemptLimit times in a row fails the job.
   cloudpanel_failed: {
     transient: true,
     text:
@@ -88,8 +88,8 @@ export interface HostingErrorOptions {
   /** Overrides the code's default retry classification. */
   transient?: boolean;
   /**
-   * A transient failure that may be retried only while the job's attempt number is below this: for failures
-   * nobody recognised, so a command that is broken for good cannot be retried for hours.
+   * A transient failure whose code, met this many times in a row, fails the job: for failures nobody
+   * recognised, so a command that is broken for good cannot be retried for hours.
    */
   attemptLimit?: number;
   cause?: unknown;
@@ -100,7 +100,7 @@ export class HostingError extends Error {
   readonly code: ErrorCode;
   readonly transient: boolean;
   readonly publicMessage: string;
-  /** Set only on transient failures: retry only while the job's attempt number is below it. */
+  /** Set only on transient failures: the same code this many times in a row fails the job. */
   readonly attemptLimit?: number;
 
   constructor(code: ErrorCode, message: string, options: HostingErrorOptions = {}) {

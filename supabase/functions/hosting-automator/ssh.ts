@@ -1,9 +1,9 @@
 /**
- * The SSH transport: one connection to the CloudPanel server, reused for every command (design §7).
+ * The SSH transport: one connection to the CloudPanel server per invocation, reused for every command.
  *
- * Built on dev-tunnels-ssh because it runs on the hosted runtime's Deno 2.1 (ssh2 does not; see
- * reference/verified.md). The TCP socket is Deno's own (`Deno.connect`), so every resource is closed by this
- * module and Deno's test sanitizers can check that.
+ * Built on dev-tunnels-ssh because it runs on the hosted runtime's Deno 2.1, where ssh2 fails on its first
+ * encrypted packet (docs/architecture.md §15.5). The TCP socket is Deno's own (`Deno.connect`), so every
+ * resource is closed by this module and Deno's test sanitizers can check that.
  *
  * Order of a connection: TCP → key exchange → the server's host key is compared with the pinned fingerprint
  * (a mismatch closes the session before the client authenticates, so nothing can run) → public-key

@@ -29,6 +29,11 @@ export function storeError(fn: string, code: unknown, message: string, cause?: u
 }
 
 const FUNCTION_RE = /^hosting_[a-z_]+$/;
+/**
+ * A call that has not answered in this long counts as failed (`store_failed`): a connection that died without
+ * closing (a database restart, a stalled proxy) must not hold a worker until the platform kills it.
+ */
+export const STORE_CALL_TIMEOUT_MS = 15_000;
 /** Pauses before a worker's write is tried again when the database cannot be reached (about 4 s in all). */
 export const STORE_RETRY_DELAYS_MS: readonly number[] = [250, 1_000, 3_000];
 

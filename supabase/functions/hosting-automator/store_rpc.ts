@@ -4,7 +4,7 @@
  */
 import { createClient } from "@supabase/supabase-js";
 import { HostingError } from "./errors.ts";
-import { type SqlCaller, Store, storeError } from "./store.ts";
+import { type SqlCaller, Store, STORE_CALL_TIMEOUT_MS, storeError } from "./store.ts";
 
 export function rpcStore(url: string, key: string, options: { fetch?: typeof fetch } = {}): Store {
   const client = createClient(url, key, {
@@ -15,7 +15,7 @@ export function rpcStore(url: string, key: string, options: { fetch?: typeof fet
   const call: SqlCaller = async (fn, args) => {
     let answer;
     try {
-      answer = await client.rpc(fn, args);
+      answer = await client.rpc(fn, args).abortSignal(AbortSignal.timeout(STORE_CALL_TIMEOUT_MS));
     } catch (error) {
       throw new HostingError("store_failed", `${fn} failed: ${(error as Error).message}`, { cause: error });
     }
