@@ -35,7 +35,7 @@ import {
 } from "../dev/clpctl_sim.ts";
 import { connectSsh } from "../supabase/functions/hosting-automator/ssh.ts";
 import { DEV_BIN, localShell } from "./support/local_shell.ts";
-import { generateClientKey, startSshd } from "./support/sshd.ts";
+import { generateClientKey, type Sshd, startSshd } from "./support/sshd.ts";
 
 const DOMAIN = parseDomain("example.com");
 const USER = siteUserFor(DOMAIN);
@@ -905,7 +905,7 @@ Deno.test("the password is never in the call log nor in the client's errors", as
 
 /** CloudPanel over a real SSH connection to an sshd on loopback that runs the clpctl simulator on `dir`. */
 async function withSshPanel(
-  fn: (panel: CloudPanel, dir: string, shell: RemoteShell) => Promise<void>,
+  fn: (panel: CloudPanel, dir: string, shell: RemoteShell, sshd: Sshd) => Promise<void>,
 ): Promise<void> {
   await withState(async (dir) => {
     const key = await generateClientKey("ecdsa", "pem");
@@ -924,7 +924,7 @@ async function withSshPanel(
       });
       try {
         const { logger } = collectingLogger();
-        await fn(new CloudPanel(() => Promise.resolve(shell), logger), dir, shell);
+        await fn(new CloudPanel(() => Promise.resolve(shell), logger), dir, shell, sshd);
       } finally {
         await shell.close();
       }
@@ -1019,40 +1019,17 @@ Deno.test("over SSH: an unrecognised failure is retried with an attempt limit, a
 });
 
 Deno.test("over SSH: a connection dropped mid-command is ssh_unreachable, not a CloudPanel failure", async () => {
-  await withState(async (dir) => {
-    const key = await generateClientKey("ecdsa", "pem");
-    const sshd = await startSshd({
-      authorizedKey: key.publicKeyLine,
-      env: { PATH: `${DEV_BIN}:/usr/local/bin:/usr/bin:/bin`, CLPCTL_SIM_STATE: dir },
-    });
-    try {
-      const shell = await connectSsh({
-        host: sshd.host,
-        port: sshd.port,
-        user: sshd.user,
-        privateKey: key.privateKey,
-        hostKey: sshd.hostKeyFingerprint,
-        connectTimeoutMs: 10_000,
-      });
-      try {
-        const { logger } = collectingLogger();
-        const panel = new CloudPanel(() => Promise.resolve(shell), logger);
-        await setFaults(dir, { hang: 1, hangMs: 30_000 });
-        const running = rejection(panel.addStaticSite(DOMAIN, TIMEOUT));
-        // Wait until the simulator has taken its hang: the command is running, past the login shell's startup.
-        const deadline = Date.now() + TIMEOUT.timeoutMs;
-        while ((await readSimState(dir)).faults.hang !== 0) {
-          assert.ok(Date.now() < deadline, "the command never started");
-          await new Promise((resolve) => setTimeout(resolve, 50));
-        }
-        await sshd.stop(); // the server goes away with the command
-        const error = await running;
-        assert.deepEqual([error.code, error.transient], ["ssh_unreachable", true]);
-      } finally {
-        await shell.close();
-      }
-    } finally {
-      await sshd.stop();
+  await withSshPanel(async (panel, dir, _shell, sshd) => {
+    await setFaults(dir, { hang: 1, hangMs: 30_000 });
+    const running = rejection(panel.addStaticSite(DOMAIN, TIMEOUT));
+    // Wait until the simulator has taken its hang: the command is running, past the login shell's startup.
+    const deadline = Date.now() + TIMEOUT.timeoutMs;
+    while ((await readSimState(dir)).faults.hang !== 0) {
+      assert.ok(Date.now() < deadline, "the command never started");
+      await new Promise((resolve) => setTimeout(resolve, 50));
     }
+    await sshd.stop(); // the server goes away with the command
+    const error = await running;
+    assert.deepEqual([error.code, error.transient], ["ssh_unreachable", true]);
   });
 });

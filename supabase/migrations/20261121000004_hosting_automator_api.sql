@@ -525,27 +525,24 @@ $$;
 
 -- Only service_role, the Edge Function's role, may call these. Named one by one, with their signatures: the
 -- Hub may have functions of its own whose names start with `hosting_`, and their grants are not ours to change.
-revoke all on function
-  public.hosting_claim_jobs(text, text, integer, integer, uuid),
-  public.hosting_heartbeat(bigint, uuid, integer, text),
-  public.hosting_record_step(bigint, uuid, text, text, jsonb, text, text, text),
-  public.hosting_complete_job(bigint, uuid, text, integer, text),
-  public.hosting_fail_job(bigint, uuid, text, text, text, boolean),
-  public.hosting_release_job(bigint, uuid, text),
-  public.hosting_enqueue(uuid),
-  public.hosting_retry(uuid, boolean),
-  public.hosting_log_event(uuid, bigint, text, text, text, text),
-  public.hosting_status(integer)
-from public, anon, authenticated;
-grant execute on function
-  public.hosting_claim_jobs(text, text, integer, integer, uuid),
-  public.hosting_heartbeat(bigint, uuid, integer, text),
-  public.hosting_record_step(bigint, uuid, text, text, jsonb, text, text, text),
-  public.hosting_complete_job(bigint, uuid, text, integer, text),
-  public.hosting_fail_job(bigint, uuid, text, text, text, boolean),
-  public.hosting_release_job(bigint, uuid, text),
-  public.hosting_enqueue(uuid),
-  public.hosting_retry(uuid, boolean),
-  public.hosting_log_event(uuid, bigint, text, text, text, text),
-  public.hosting_status(integer)
-to service_role;
+do $$
+declare
+  v_fn text;
+begin
+  foreach v_fn in array array[
+    'public.hosting_claim_jobs(text, text, integer, integer, uuid)',
+    'public.hosting_heartbeat(bigint, uuid, integer, text)',
+    'public.hosting_record_step(bigint, uuid, text, text, jsonb, text, text, text)',
+    'public.hosting_complete_job(bigint, uuid, text, integer, text)',
+    'public.hosting_fail_job(bigint, uuid, text, text, text, boolean)',
+    'public.hosting_release_job(bigint, uuid, text)',
+    'public.hosting_enqueue(uuid)',
+    'public.hosting_retry(uuid, boolean)',
+    'public.hosting_log_event(uuid, bigint, text, text, text, text)',
+    'public.hosting_status(integer)'
+  ] loop
+    execute format('revoke all on function %s from public, anon, authenticated', v_fn);
+    execute format('grant execute on function %s to service_role', v_fn);
+  end loop;
+end
+$$;

@@ -275,26 +275,6 @@ create trigger hosting_automator_ring_update
   referencing new table as ready_rows
   for each statement execute function hosting_automator.on_sites_changed();
 
--- Every minute (pg_cron): reap expired leases, ring once per free slot while jobs are due, forget old rings.
-create or replace function hosting_automator.sweep()
-returns jsonb
-language plpgsql
-security definer
-set search_path = ''
-as $$
-declare
-  v_reaped integer;
-  v_due integer;
-  v_kicks integer;
-begin
-  v_reaped := hosting_automator.reap_expired_leases();
-  select count(*)::integer into v_due from hosting_automator.jobs j where j.state = 'queued' and j.run_at <= now();
-  v_kicks := hosting_automator.ring(v_due);
-  return jsonb_build_object('reaped', v_reaped, 'due', v_due, 'running', hosting_automator.slots_taken(),
-    'kicks', v_kicks);
-end
-$$;
-
 -- ---------------------------------------------------------------------------------------------------------
 -- The worker's API.
 
@@ -788,20 +768,22 @@ end
 $$;
 
 -- Only service_role, the Edge Function's role, may call the worker's API; nothing internal is for API roles.
-revoke all on function public.hosting_claim_jobs(text, text, integer, integer, uuid, integer, jsonb, integer, boolean)
-  from public, anon, authenticated;
-revoke all on function public.hosting_advance(bigint, uuid, integer, jsonb, text, text) from public, anon, authenticated;
-revoke all on function public.hosting_complete_job(bigint, uuid, text, integer, text, jsonb, boolean)
-  from public, anon, authenticated;
-revoke all on function public.hosting_fail_job(bigint, uuid, text, text, text, boolean, integer, jsonb)
-  from public, anon, authenticated;
-revoke all on function public.hosting_release_job(bigint, uuid, text, jsonb) from public, anon, authenticated;
-grant execute on function public.hosting_claim_jobs(text, text, integer, integer, uuid, integer, jsonb, integer, boolean)
-  to service_role;
-grant execute on function public.hosting_advance(bigint, uuid, integer, jsonb, text, text) to service_role;
-grant execute on function public.hosting_complete_job(bigint, uuid, text, integer, text, jsonb, boolean) to service_role;
-grant execute on function public.hosting_fail_job(bigint, uuid, text, text, text, boolean, integer, jsonb) to service_role;
-grant execute on function public.hosting_release_job(bigint, uuid, text, jsonb) to service_role;
+do $$
+declare
+  v_fn text;
+begin
+  foreach v_fn in array array[
+    'public.hosting_claim_jobs(text, text, integer, integer, uuid, integer, jsonb, integer, boolean)',
+    'public.hosting_advance(bigint, uuid, integer, jsonb, text, text)',
+    'public.hosting_complete_job(bigint, uuid, text, integer, text, jsonb, boolean)',
+    'public.hosting_fail_job(bigint, uuid, text, text, text, boolean, integer, jsonb)',
+    'public.hosting_release_job(bigint, uuid, text, jsonb)'
+  ] loop
+    execute format('revoke all on function %s from public, anon, authenticated', v_fn);
+    execute format('grant execute on function %s to service_role', v_fn);
+  end loop;
+end
+$$;
 revoke all on all functions in schema hosting_automator from public, anon, authenticated, service_role;
 
 -- Hosted pg_cron (1.5 and later) runs jobs every few seconds; a sweep every 20 s brings a dead worker's slot

@@ -147,7 +147,8 @@ begin
 end
 $$;
 
--- The sweep, now also applying the retention (a bounded batch per run).
+-- The sweep: reap expired leases, ring once per free slot while jobs are due (the doorbell's rules), apply the
+-- retention (a bounded batch per run).
 create or replace function hosting_automator.sweep()
 returns jsonb
 language plpgsql

@@ -430,15 +430,29 @@ async function killWorker(
       await sleep(1000);
       continue;
     }
+    const killedAt = performance.now();
     let warped = "";
     if (options.fastLeaseExpiry) {
       const rows = await stack.sql`update hosting_automator.jobs set lease_expires_at = now()
         where lease_owner = ${worker} and state = 'running' returning id`;
       warped = `; lease of ${rows.length} job(s) expired at once (time warp)`;
     }
+    // How long the dead worker's job kept its slot: until another worker runs it (or it finished).
+    const ids = jobs.map((j) => Number(j.id));
+    let back = "not back within 120 s";
+    while (performance.now() - killedAt < 120_000 && !stopping()) {
+      const rows = await stack.sql<{ n: number }[]>`select count(*)::int as n from hosting_automator.jobs
+        where id = any(${ids}) and (state in ('succeeded', 'failed')
+          or (state = 'running' and lease_owner is distinct from ${worker}))`.catch(() => [{ n: 0 }]);
+      if (rows[0].n === ids.length) {
+        back = `running again after ${((performance.now() - killedAt) / 1000).toFixed(1)} s`;
+        break;
+      }
+      await sleep(250);
+    }
     return `worker ${worker} killed (SIGKILL) during ${jobs.map((j) => j.current_step).join(", ")} of job ${
       jobs.map((j) => j.id).join(", ")
-    }, attempt ${attempt}${warped}`;
+    }, attempt ${attempt}${warped}; its job ${back}`;
   }
   return "no worker got a job to kill";
 }

@@ -15,7 +15,7 @@
  */
 import { PGlite } from "npm:@electric-sql/pglite@0.4.6";
 import { PGLiteSocketServer } from "npm:@electric-sql/pglite-socket@0.1.6";
-import { PLATFORM_STANDINS_SQL, SUPABASE_BASE_SQL, SUPABASE_DATABASE_SQL } from "./cluster.ts";
+import { freePort, PLATFORM_STANDINS_SQL, SUPABASE_BASE_SQL, SUPABASE_DATABASE_SQL } from "./cluster.ts";
 import { ROOT } from "./env.ts";
 
 export const PGLITE_LABEL = "PGlite 0.4.6";
@@ -26,13 +26,6 @@ export interface PgliteServer {
   port: number;
   url(user?: string): string;
   stop(): Promise<void>;
-}
-
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
-  listener.close();
-  return port;
 }
 
 /** pgTAP's install script, from the pgTAP package of the PostgreSQL binaries in use (`pgtap.control` names it). */
