@@ -35,7 +35,7 @@ Deno.test("a valid configuration gets the documented defaults", () => {
   assert.equal(config.ssh.user, "root");
   assert.equal(config.store.kind, "rpc");
   assert.equal(config.budgetMs, 130_000);
-  assert.equal(config.wallClockMs, 150_000, "the free plan's worker limit");
+  assert.equal(config.wallClockMs, null, "unset: the free plan's limit on the Edge Runtime, none elsewhere");
   assert.equal(config.leaseSeconds, 30);
   assert.equal(config.timeouts.certificateMs, 120_000);
   assert.equal(config.matomo?.timeoutMs, 15_000);

@@ -245,3 +245,33 @@ Deno.test("the same unrecognised failure a few times in a row fails the job; oth
     assert.equal((await stack.site(id)).status_hosting, "failed");
   });
 });
+
+Deno.test("off the Edge Runtime no worker limit applies unless set: a long-lived server keeps claiming after 150 s", async () => {
+  await withStack({ label: "long_lived" }, async (stack) => {
+    let now = 0;
+    const env = { ...stack.env, HOSTING_WALL_CLOCK_SECONDS: undefined };
+    const server = createApp(env, { store: stack.app.store!, clock: () => now });
+    now = 10 * 60_000; // ten minutes after the worker started
+    const id = await stack.insertSite("long-lived.example", { status_dns: "active" });
+    const result = await server.newInvocation!().run({ siteId: id, drain: false });
+    assert.equal(
+      result.outcomes[0]?.status,
+      "active",
+      "a local server or the CLI is not stopped by a platform",
+    );
+
+    // On the Edge Runtime the free plan's limit applies when nothing is set.
+    const global = globalThis as { EdgeRuntime?: unknown };
+    global.EdgeRuntime = {};
+    try {
+      now = 0;
+      const edge = createApp(env, { store: stack.app.store!, clock: () => now });
+      now = 10 * 60_000;
+      const late = await stack.insertSite("edge-late.example", { status_dns: "active" });
+      const edgeResult = await edge.newInvocation!().run({ siteId: late, drain: false });
+      assert.deepEqual(edgeResult.outcomes, [], "a worker past its 150 s takes nothing");
+    } finally {
+      delete global.EdgeRuntime;
+    }
+  });
+});

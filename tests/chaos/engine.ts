@@ -437,22 +437,22 @@ async function killWorker(
         where lease_owner = ${worker} and state = 'running' returning id`;
       warped = `; lease of ${rows.length} job(s) expired at once (time warp)`;
     }
-    // How long the dead worker's job kept its slot: until another worker runs it (or it finished).
+    // How long the dead worker kept its slot: until its job is no longer held under its lease (the lease
+    // expired and a claim or the sweep re-queued it, ringing for the freed slot).
     const ids = jobs.map((j) => Number(j.id));
-    let back = "not back within 120 s";
+    let back = "still held after 120 s";
     while (performance.now() - killedAt < 120_000 && !stopping()) {
       const rows = await stack.sql<{ n: number }[]>`select count(*)::int as n from hosting_automator.jobs
-        where id = any(${ids}) and (state in ('succeeded', 'failed')
-          or (state = 'running' and lease_owner is distinct from ${worker}))`.catch(() => [{ n: 0 }]);
+        where id = any(${ids}) and lease_owner is distinct from ${worker}`.catch(() => [{ n: 0 }]);
       if (rows[0].n === ids.length) {
-        back = `running again after ${((performance.now() - killedAt) / 1000).toFixed(1)} s`;
+        back = `slot free again after ${((performance.now() - killedAt) / 1000).toFixed(1)} s`;
         break;
       }
       await sleep(250);
     }
     return `worker ${worker} killed (SIGKILL) during ${jobs.map((j) => j.current_step).join(", ")} of job ${
       jobs.map((j) => j.id).join(", ")
-    }, attempt ${attempt}${warped}; its job ${back}`;
+    }, attempt ${attempt}${warped}; ${back}`;
   }
   return "no worker got a job to kill";
 }

@@ -47,6 +47,15 @@ function edgeRuntimeWaitUntil(): ((work: Promise<unknown>) => void) | undefined 
   return runtime?.waitUntil ? (work) => runtime.waitUntil!(work) : undefined;
 }
 
+/** Supabase's free-plan worker limit, applied on the Edge Runtime when HOSTING_WALL_CLOCK_SECONDS is not set. */
+export const EDGE_RUNTIME_WALL_CLOCK_MS = 150_000;
+
+/** The worker's wall-clock limit: as configured; else the free plan's on the Edge Runtime; else none. */
+function wallClockMs(config: Config): number | null {
+  if (config.wallClockMs !== null) return config.wallClockMs;
+  return "EdgeRuntime" in globalThis ? EDGE_RUNTIME_WALL_CLOCK_MS : null;
+}
+
 export function storeFor(config: Config, options: { fetch?: typeof fetch } = {}): Store {
   return config.store.kind === "rpc"
     ? rpcStore(config.store.url, config.store.key, { fetch: options.fetch })
@@ -72,7 +81,9 @@ export function workflowDeps(
       matomoMs: config.matomo?.timeoutMs ?? 15_000,
     },
     budgetMs: config.budgetMs,
-    workerDeadline: worker.startedAt === undefined ? undefined : worker.startedAt + config.wallClockMs,
+    workerDeadline: worker.startedAt === undefined || wallClockMs(config) === null
+      ? undefined
+      : worker.startedAt + wallClockMs(config)!,
     leaseSeconds: config.leaseSeconds,
     clock: overrides.clock,
     registry: worker.registry,

@@ -37,8 +37,12 @@ export interface Config {
   timeouts: { siteMs: number; certificateMs: number };
   /** Wall-clock time one invocation may spend on jobs before it stops claiming. */
   budgetMs: number;
-  /** The worker's own wall-clock limit, counted from its start (Supabase: 150 s free, 400 s paid). */
-  wallClockMs: number;
+  /**
+   * The worker's own wall-clock limit, counted from its start (Supabase: 150 s free, 400 s paid). Null when not
+   * set: the app then applies Supabase's free-plan limit on the Edge Runtime and none elsewhere (a local
+   * server or the CLI is not stopped by a platform).
+   */
+  wallClockMs: number | null;
   /** How long a claimed job's lease lasts; renewed every third of it while a step runs. */
   leaseSeconds: number;
   logLevel: LogLevel;
@@ -111,7 +115,7 @@ const env = z.object({
   MATOMO_API_URL: z.string().optional(),
   MATOMO_API_TOKEN: z.string().optional(),
   HOSTING_TIME_BUDGET_SECONDS: seconds("HOSTING_TIME_BUDGET_SECONDS", 130, 10, 3600),
-  HOSTING_WALL_CLOCK_SECONDS: seconds("HOSTING_WALL_CLOCK_SECONDS", 150, 30, 86400),
+  HOSTING_WALL_CLOCK_SECONDS: seconds("HOSTING_WALL_CLOCK_SECONDS", 0, 30, 86400),
   HOSTING_LEASE_SECONDS: seconds("HOSTING_LEASE_SECONDS", 30, 5, 600),
   HOSTING_SSH_CONNECT_TIMEOUT_SECONDS: seconds("HOSTING_SSH_CONNECT_TIMEOUT_SECONDS", 10, 1, 120),
   HOSTING_SITE_TIMEOUT_SECONDS: seconds("HOSTING_SITE_TIMEOUT_SECONDS", 90, 5, 900),
@@ -237,7 +241,7 @@ export function loadConfig(source: Record<string, string | undefined>): Config {
       certificateMs: e.HOSTING_CERTIFICATE_TIMEOUT_SECONDS,
     },
     budgetMs: e.HOSTING_TIME_BUDGET_SECONDS,
-    wallClockMs: e.HOSTING_WALL_CLOCK_SECONDS,
+    wallClockMs: e.HOSTING_WALL_CLOCK_SECONDS || null,
     leaseSeconds: e.HOSTING_LEASE_SECONDS / 1000,
     logLevel: e.HOSTING_LOG_LEVEL,
   };
