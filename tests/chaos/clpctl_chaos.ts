@@ -87,9 +87,14 @@ async function killSession(): Promise<void> {
     chain.push({ pid, name });
     pid = ppid;
   }
-  const sshds = chain.filter((p) => p.name === "sshd");
-  // The topmost sshd is the listener, which must stay up.
-  for (const p of sshds.slice(0, -1)) {
+  // The listener must stay up. It is the sshd whose title says `[listener]` (OpenSSH 9 retitles it): not
+  // simply the topmost one, since a session that outlived its listener (sshd restarted) hangs under init.
+  const sessions: typeof chain = [];
+  for (const p of chain.filter((p) => p.name === "sshd")) {
+    const title = await Deno.readTextFile(`/proc/${p.pid}/cmdline`).catch(() => "");
+    if (!title.includes("[listener]")) sessions.push(p);
+  }
+  for (const p of sessions) {
     try {
       Deno.kill(p.pid, "SIGKILL");
     } catch {
