@@ -1,0 +1,657 @@
+/**
+ * The workflow on its own, for paths the end-to-end tests reach slowly or not at all: the store is the real
+ * `Store` over a fake SQL caller that answers the `hosting_*` functions as the migrations do (and records every
+ * call), CloudPanel is a fake remote shell answering as clpctl does, Matomo a fake client, and time a fake
+ * clock (lease renewals use real timers, made short). Each test asserts the exact sequence of store calls.
+ */
+import assert from "node:assert/strict";
+import { UNRECOGNISED_ATTEMPT_LIMIT } from "../supabase/functions/hosting-automator/cloudpanel_outcomes.ts";
+import {
+  docRootFor,
+  type Domain,
+  parseDomain,
+  siteUserFor,
+} from "../supabase/functions/hosting-automator/domain.ts";
+import { HostingError } from "../supabase/functions/hosting-automator/errors.ts";
+import { Logger, Redactor } from "../supabase/functions/hosting-automator/log.ts";
+import type { MatomoClient, MatomoSite } from "../supabase/functions/hosting-automator/matomo.ts";
+import type { ExecResult, RemoteShell } from "../supabase/functions/hosting-automator/remote.ts";
+import { PLANS } from "../supabase/functions/hosting-automator/steps.ts";
+import { type SqlCaller, Store } from "../supabase/functions/hosting-automator/store.ts";
+import {
+  DEFAULT_STEP_MS,
+  Invocation,
+  RESERVE_MS,
+  type RunOptions,
+  WALL_CLOCK_MARGIN_MS,
+  type WorkflowDeps,
+} from "../supabase/functions/hosting-automator/workflow.ts";
+import { captureSink, registerSecret } from "./support/env.ts";
+
+const RAW_DOMAIN = "Bücher.Example.com";
+const DOMAIN = parseDomain(RAW_DOMAIN); // xn--bcher-kva.example.com: what CloudPanel and the owner table see
+const USER = siteUserFor(DOMAIN);
+const DOC_ROOT = docRootFor(USER, DOMAIN);
+const BUDGET_MS = 100_000;
+/** Step timeouts for tests where the step must be stopped long before its own timeout would stop it. */
+const SHORT = { siteMs: 10_000, certificateMs: 10_000, matomoMs: 10_000 };
+const T0 = 1_000_000;
+
+type Row = Record<string, unknown>;
+let nextJobId = 1;
+
+/** A row of `hosting_claim_jobs` (its column names); `domain_chars`/`domain_bytes` measure the text given. */
+function claimRow(over: Row = {}): Row {
+  const domain = (over.domain ?? RAW_DOMAIN) as string;
+  return {
+    job_id: nextJobId++,
+    lease_token: crypto.randomUUID(),
+    site_id: crypto.randomUUID(),
+    domain,
+    domain_chars: [...domain].length,
+    domain_bytes: new TextEncoder().encode(domain).length,
+    kind: "provision",
+    site_active: false,
+    attempt: 1,
+    max_attempts: 10,
+    lease_expires_at: new Date(Date.now() + 30_000).toISOString(),
+    steps: {},
+    estimates: {},
+    ...over,
+  };
+}
+
+const JOURNALED_SITE = { state: "done", result: { site_user: USER, doc_root: DOC_ROOT, created: true } };
+const JOURNALED_CERT = { state: "done", result: { installed_at: "2026-01-01T00:00:00.000Z" } };
+
+interface Call {
+  fn: string;
+  args: Row;
+}
+
+/**
+ * A Store whose SQL caller answers as the migrations' functions do: one live lease (the last claimed job's);
+ * a write with another token, or after the job was completed, failed or released, finds no row (lease lost).
+ * `answer` overrides the answer of the n-th call of a function (it may throw, or return undefined for the
+ * default). Not modelled: the fail function's error streak (`p_attempt_limit` counts over attempts).
+ */
+function fakeStore(script: { jobs?: Row[]; answer?: (fn: string, n: number, args: Row) => unknown } = {}) {
+  const calls: Call[] = [];
+  const queue = [...(script.jobs ?? [])];
+  const counts = new Map<string, number>();
+  let held: Row | null = null;
+  const call: SqlCaller = async (fn, args) => {
+    calls.push({ fn, args: structuredClone(args) });
+    const n = (counts.get(fn) ?? 0) + 1;
+    counts.set(fn, n);
+    const live = held !== null && args.p_lease_token === held.lease_token;
+    const scripted = live || fn === "hosting_claim_jobs" ? await script.answer?.(fn, n, args) : undefined;
+    switch (fn) {
+      case "hosting_claim_jobs": {
+        held = queue.shift() ?? null;
+        return held ? [held] : [];
+      }
+      case "hosting_advance": {
+        if (!live) return { ok: false, reason: "lease_lost" };
+        const answer = (scripted ?? { ok: true }) as { ok: boolean };
+        if (!answer.ok) held = null; // domain_taken: the SQL failed the job itself
+        return answer;
+      }
+      case "hosting_heartbeat": {
+        const renewed = live && (scripted ?? true) === true;
+        if (!renewed) held = null;
+        return renewed;
+      }
+      case "hosting_complete_job":
+      case "hosting_release_job": {
+        held = null;
+        return live;
+      }
+      case "hosting_fail_job": {
+        if (!live) return null;
+        const job = held!;
+        held = null;
+        const attempts = job.attempt as number;
+        return args.p_permanent || attempts >= (job.max_attempts as number)
+          ? { state: "failed", attempts }
+          : { state: "queued", run_at: new Date(Date.now() + 30_000).toISOString(), attempts };
+      }
+    }
+    throw new Error(`fake store: unexpected call ${fn}`);
+  };
+  return { store: new Store(call, undefined, { retryDelaysMs: [] }), calls, brief: () => calls.map(brief) };
+}
+
+type End = { step: string; state: string; code?: string };
+const ends = (done: unknown) =>
+  done === null ? null : ([done].flat() as End[]).map((e) => `${e.step}:${e.state}:${e.code}`);
+
+/** A call with what each test checks: the arguments that decide the job's fate, step ends as step:state:code. */
+function brief({ fn, args: a }: Call): Row {
+  switch (fn) {
+    case "hosting_claim_jobs":
+      return { fn: "claim", first: a.p_first, time_left_ms: a.p_time_left_ms, site_id: a.p_site_id };
+    case "hosting_advance":
+      return { fn: "advance", done: ends(a.p_done), start: a.p_start, domain: a.p_domain };
+    case "hosting_heartbeat":
+      return { fn: "heartbeat", step: a.p_step };
+    case "hosting_complete_job":
+      return {
+        fn: "complete",
+        done: ends(a.p_done),
+        doc_root: a.p_doc_root,
+        matomo_site_id: a.p_matomo_site_id,
+        backfill: a.p_backfill_analytics,
+      };
+    case "hosting_fail_job":
+      return {
+        fn: "fail",
+        code: a.p_code,
+        permanent: a.p_permanent,
+        attempt_limit: a.p_attempt_limit,
+        done: ends(a.p_done),
+      };
+    case "hosting_release_job":
+      return { fn: "release", done: ends(a.p_done) };
+  }
+  return { fn, args: a };
+}
+
+const claim = (first: boolean, timeLeftMs = BUDGET_MS - RESERVE_MS, siteId: unknown = null) => ({
+  fn: "claim",
+  first,
+  time_left_ms: timeLeftMs,
+  site_id: siteId,
+});
+const advance = (done: string[] | null, start: string, domain: string | null = null) => ({
+  fn: "advance",
+  done,
+  start,
+  domain,
+});
+
+type Exec = (command: string, options: { timeoutMs: number; signal?: AbortSignal }) => Promise<ExecResult>;
+
+/** CloudPanel as its clpctl answers: the site added (exit 0, its one line), the certificate installed (exit 0, silent). */
+const clpctl: Exec = (command) => {
+  const domain = /--domainName='([^']+)'/.exec(command)![1];
+  return Promise.resolve(
+    command.startsWith("clpctl site:add:static")
+      ? { stdout: `Site ${domain} has been added.\n`, stderr: "", exitCode: 0 }
+      : { stdout: "", stderr: "", exitCode: 0 },
+  );
+};
+/** A command that never answers: rejects when its timeout passes (ssh_timeout) or its signal aborts. */
+const hang: Exec = (_command, { timeoutMs, signal }) =>
+  new Promise((_, reject) => {
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(new HostingError("interrupted", "fake shell: aborted"));
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      reject(new HostingError("ssh_timeout", `fake shell: no answer within ${timeoutMs} ms`));
+    }, timeoutMs);
+    if (signal?.aborted) onAbort();
+    else signal?.addEventListener("abort", onAbort, { once: true });
+  });
+/** A command that exits with this output. */
+const answers = (stdout: string, exitCode: number): Exec => () =>
+  Promise.resolve({ stdout, stderr: "", exitCode });
+
+/** The remote shell; records each command (its password registered for the secret scan) and how it was run. */
+function fakeShell(exec: Exec) {
+  const seen: { command: string; timeoutMs: number; signal?: AbortSignal }[] = [];
+  const shell: RemoteShell = {
+    exec(command, options) {
+      const password = /--siteUserPassword='([^']+)'/.exec(command)?.[1];
+      if (password) registerSecret(password);
+      seen.push({ command: command.split(" --")[0], ...options });
+      return exec(command, options);
+    },
+    close: () => Promise.resolve(),
+  };
+  return { shell, seen, commands: () => seen.map((s) => s.command) };
+}
+
+/** Matomo's client as the workflow uses it: `ensureSite` only. */
+function fakeMatomo(answer: (domain: Domain) => MatomoSite | HostingError) {
+  const domains: string[] = [];
+  const client = {
+    ensureSite(domain: Domain) {
+      domains.push(domain);
+      const result = answer(domain);
+      return result instanceof HostingError ? Promise.reject(result) : Promise.resolve(result);
+    },
+  };
+  return { client: client as unknown as MatomoClient, domains };
+}
+
+interface Setup {
+  store: Store;
+  exec?: Exec;
+  matomo?: MatomoClient | null;
+  clock?: { t: number };
+  deps?: Partial<WorkflowDeps>;
+}
+
+/** An invocation over the fakes; `connects` counts SSH connections opened. */
+function setup(
+  {
+    store,
+    exec = clpctl,
+    matomo = fakeMatomo(() => ({ idSite: 7, reused: false })).client,
+    clock = { t: T0 },
+    deps,
+  }: Setup,
+) {
+  const shell = fakeShell(exec);
+  const state = { connects: 0 };
+  const invocation = new Invocation({
+    store,
+    logger: new Logger(new Redactor(), { sink: captureSink(), level: "debug" }),
+    connect: () => {
+      state.connects++;
+      return Promise.resolve(shell.shell);
+    },
+    matomo,
+    server: "cloudpanel.test:22",
+    timeouts: { siteMs: 90_000, certificateMs: 120_000, matomoMs: 15_000 },
+    budgetMs: BUDGET_MS,
+    clock: () => clock.t,
+    ...deps,
+  });
+  const run = (options: Partial<RunOptions> = {}) => invocation.run({ drain: false, ...options });
+  return { invocation, run, shell, state };
+}
+
+Deno.test("a provision job runs cloudpanel_site, ssl_certificate, matomo_site in order in five statements", async () => {
+  const row = claimRow();
+  const fake = fakeStore({ jobs: [row] });
+  const matomo = fakeMatomo(() => ({ idSite: 7, reused: false }));
+  const { run, shell, state } = setup({ store: fake.store, matomo: matomo.client });
+  const { outcomes } = await run();
+
+  assert.deepEqual(fake.brief(), [
+    claim(true),
+    advance(null, "cloudpanel_site", DOMAIN),
+    advance(["cloudpanel_site:done:cloudpanel_site_done"], "ssl_certificate"),
+    advance(["ssl_certificate:done:ssl_certificate_done"], "matomo_site"),
+    {
+      fn: "complete",
+      done: ["matomo_site:done:matomo_site_done"],
+      doc_root: DOC_ROOT,
+      matomo_site_id: 7,
+      backfill: false,
+    },
+  ]);
+  for (const { args } of fake.calls.slice(1)) {
+    assert.equal(args.p_job_id, row.job_id);
+    assert.equal(args.p_lease_token, row.lease_token);
+  }
+  // The site step's end, whole, as the next transition journals it (the fake clock stood still: 0 ms).
+  assert.deepEqual(fake.calls[2].args.p_done, [{
+    step: "cloudpanel_site",
+    state: "done",
+    result: { site_user: USER, doc_root: DOC_ROOT, created: true },
+    code: "cloudpanel_site_done",
+    message: "Site created on CloudPanel. (0 ms)",
+    level: "info",
+    duration_ms: 0,
+  }]);
+  assert.deepEqual(shell.commands(), [
+    "clpctl site:add:static",
+    "clpctl lets-encrypt:install:certificate",
+  ]);
+  assert.equal(state.connects, 1, "one SSH connection for both commands");
+  assert.deepEqual(matomo.domains, [DOMAIN]);
+  assert.equal(outcomes[0].status, "active");
+  assert.equal(outcomes[0].doc_root, DOC_ROOT);
+  assert.deepEqual(outcomes[0].steps.map((s) => `${s.step}:${s.status}`), [
+    "cloudpanel_site:done",
+    "ssl_certificate:done",
+    "matomo_site:done",
+  ]);
+});
+
+Deno.test("an analytics job runs only matomo_site: claim, one transition, completion", async () => {
+  const fake = fakeStore({ jobs: [claimRow({ kind: "analytics", site_active: true })] });
+  const matomo = fakeMatomo(() => ({ idSite: 12, reused: true }));
+  const { run, shell, state } = setup({ store: fake.store, matomo: matomo.client });
+  const { outcomes } = await run();
+  assert.deepEqual(fake.brief(), [
+    claim(true),
+    advance(null, "matomo_site"),
+    {
+      fn: "complete",
+      done: ["matomo_site:done:matomo_site_done"],
+      doc_root: DOC_ROOT,
+      matomo_site_id: 12,
+      backfill: false,
+    },
+  ]);
+  assert.deepEqual(shell.commands(), []);
+  assert.equal(state.connects, 0, "no SSH connection for an analytics job");
+  assert.equal(outcomes[0].status, "active");
+});
+
+Deno.test("steps the journal shows done are skipped without a statement or a command", async () => {
+  const doneRoot = "/home/someone-else/htdocs/" + DOMAIN; // the journaled doc root wins over the derived one
+  const fake = fakeStore({
+    jobs: [
+      claimRow({
+        attempt: 2,
+        steps: { cloudpanel_site: { ...JOURNALED_SITE, result: { doc_root: doneRoot } } },
+      }),
+    ],
+  });
+  const { run, shell } = setup({ store: fake.store });
+  const { outcomes } = await run();
+  assert.deepEqual(fake.brief(), [
+    claim(true),
+    advance(null, "ssl_certificate"),
+    advance(["ssl_certificate:done:ssl_certificate_done"], "matomo_site"),
+    {
+      fn: "complete",
+      done: ["matomo_site:done:matomo_site_done"],
+      doc_root: doneRoot,
+      matomo_site_id: 7,
+      backfill: false,
+    },
+  ]);
+  assert.deepEqual(shell.commands(), ["clpctl lets-encrypt:install:certificate"]);
+  assert.equal(outcomes[0].steps[0].status, "already_done");
+});
+
+Deno.test("a job whose time runs out before a step is released with the last end, and the step never runs", async () => {
+  // Before the first step: the claim itself took long (the clock moves while the database answers).
+  const clock = { t: T0 };
+  const first = fakeStore({
+    jobs: [claimRow({ estimates: { cloudpanel_site: 20_000 } })],
+    answer: (fn) => void (fn === "hosting_claim_jobs" && (clock.t += BUDGET_MS - RESERVE_MS - 10_000)),
+  });
+  const a = setup({ store: first.store, clock });
+  const { outcomes: [released] } = await a.run();
+  assert.deepEqual(first.brief(), [claim(true), { fn: "release", done: null }]);
+  assert.match(first.calls[1].args.p_reason as string, /Time budget spent before cloudpanel_site/);
+  assert.equal(released.status, "released");
+  assert.equal(a.state.connects, 0, "nothing reaches the server");
+
+  // Between steps: the site step took the time the certificate step needs; the site's end goes with the release.
+  const later = { t: T0 };
+  const second = fakeStore({
+    jobs: [claimRow({ estimates: { cloudpanel_site: 5_000, ssl_certificate: 10_000 } })],
+  });
+  const b = setup({
+    store: second.store,
+    clock: later,
+    exec: (command, options) => (later.t += BUDGET_MS - RESERVE_MS - 9_000, clpctl(command, options)),
+  });
+  const { outcomes: [cut] } = await b.run();
+  assert.deepEqual(second.brief(), [
+    claim(true),
+    advance(null, "cloudpanel_site", DOMAIN),
+    { fn: "release", done: ["cloudpanel_site:done:cloudpanel_site_done"] },
+  ]);
+  assert.deepEqual(b.shell.commands(), ["clpctl site:add:static"], "no certificate command");
+  assert.equal(cut.status, "released");
+  assert.deepEqual(cut.steps.map((s) => `${s.step}:${s.status}`), ["cloudpanel_site:done"]);
+});
+
+Deno.test("a step's timeout is cut to the deadline, and a timeout so cut releases the job instead of failing it", async () => {
+  const left = 200; // time left after the reserve: above the step's estimate, far below its own 90 s timeout
+  const fake = fakeStore({ jobs: [claimRow({ estimates: { cloudpanel_site: 100 } })] });
+  const { run, shell } = setup({ store: fake.store, exec: hang, deps: { budgetMs: RESERVE_MS + left } });
+  const { outcomes: [outcome] } = await run();
+  assert.equal(shell.seen[0].timeoutMs, left, "the shell was given the time left, not the step's timeout");
+  assert.deepEqual(fake.brief(), [
+    claim(true, left),
+    advance(null, "cloudpanel_site", DOMAIN),
+    { fn: "release", done: ["cloudpanel_site:failed:interrupted"] },
+  ]);
+  assert.match(fake.calls[2].args.p_reason as string, /Time budget spent during cloudpanel_site/);
+  assert.equal(outcome.status, "released");
+
+  // The control: the step's own timeout passing is the server's slowness, and spends the attempt.
+  const own = fakeStore({ jobs: [claimRow({ estimates: { cloudpanel_site: 100 } })] });
+  const slow = setup({
+    store: own.store,
+    exec: hang,
+    deps: { timeouts: { siteMs: left, certificateMs: 120_000, matomoMs: 15_000 } },
+  });
+  const { outcomes: [failed] } = await slow.run();
+  assert.equal(slow.shell.seen[0].timeoutMs, left);
+  assert.deepEqual(own.brief(), [
+    claim(true),
+    advance(null, "cloudpanel_site", DOMAIN),
+    {
+      fn: "fail",
+      code: "ssh_timeout",
+      permanent: false,
+      attempt_limit: null,
+      done: ["cloudpanel_site:failed:ssh_timeout"],
+    },
+  ]);
+  assert.equal(failed.status, "retrying");
+});
+
+Deno.test("a renewal the database refuses aborts the running step at once, and nothing is written after", async () => {
+  const fake = fakeStore({
+    jobs: [claimRow()],
+    answer: (fn) => fn === "hosting_heartbeat" ? false : undefined,
+  });
+  const { run, shell } = setup({ store: fake.store, exec: hang, deps: { leaseSeconds: 1, timeouts: SHORT } });
+  const started = performance.now();
+  const { outcomes: [outcome] } = await run({ drain: true });
+  const elapsed = performance.now() - started;
+  assert.deepEqual(fake.brief(), [
+    claim(true),
+    advance(null, "cloudpanel_site", DOMAIN),
+    { fn: "heartbeat", step: "cloudpanel_site" },
+    claim(false), // draining: the worker goes on to the next due job (there is none)
+  ]);
+  assert.equal(outcome.status, "lease_lost");
+  assert.ok(shell.seen[0].signal?.aborted, "the command's signal was aborted");
+  // Renewals every third of the 1 s lease: the first refused one stops the step, not the shell's 10 s timeout.
+  assert.ok(elapsed < 3_000, `stopped after ${Math.round(elapsed)} ms`);
+});
+
+Deno.test("renewals that cannot reach the database abort the step once the lease would have expired", async () => {
+  const clock = { t: T0 };
+  const fake = fakeStore({
+    jobs: [claimRow()],
+    answer: (fn, n) => {
+      if (fn !== "hosting_heartbeat") return undefined;
+      // The first two fail while the lease (1 s from the step's start, on the fake clock) still holds; by the
+      // third, 900 ms have passed: too close to its end to go on.
+      if (n === 3) clock.t += 900;
+      throw new HostingError("store_failed", "hosting_heartbeat failed: connection refused");
+    },
+  });
+  const { run, shell } = setup({
+    store: fake.store,
+    exec: hang,
+    clock,
+    deps: { leaseSeconds: 1, timeouts: SHORT },
+  });
+  const started = performance.now();
+  const { outcomes: [outcome] } = await run();
+  assert.deepEqual(fake.brief(), [
+    claim(true),
+    advance(null, "cloudpanel_site", DOMAIN),
+    { fn: "heartbeat", step: "cloudpanel_site" },
+    { fn: "heartbeat", step: "cloudpanel_site" },
+    { fn: "heartbeat", step: "cloudpanel_site" },
+  ]);
+  assert.equal(outcome.status, "lease_lost");
+  assert.ok(shell.seen[0].signal?.aborted);
+  assert.ok(performance.now() - started < 5_000);
+});
+
+Deno.test("a shutdown while a step runs releases the job with the step cut short and claims nothing more", async () => {
+  const fake = fakeStore({ jobs: [claimRow(), claimRow()] });
+  const s = setup({
+    store: fake.store,
+    exec: (command, options) => {
+      queueMicrotask(() => s.invocation.shutdown("wall_clock"));
+      return hang(command, options);
+    },
+  });
+  const result = await s.run({ drain: true });
+  assert.deepEqual(fake.brief(), [
+    claim(true),
+    advance(null, "cloudpanel_site", DOMAIN),
+    { fn: "release", done: ["cloudpanel_site:failed:interrupted"] },
+  ]);
+  assert.match((fake.calls[2].args.p_done as { message: string }[])[0].message, /shutdown/);
+  assert.equal(result.outcomes.length, 1, "the second due job is left for another worker");
+  assert.equal(result.outcomes[0].status, "released");
+  assert.equal(result.stopped?.code, "interrupted");
+});
+
+Deno.test("Matomo failing in a provision job: transient → active with a backfill, permanent → active without", async () => {
+  const journaled = { cloudpanel_site: JOURNALED_SITE, ssl_certificate: JOURNALED_CERT };
+  for (
+    const [error, backfill] of [
+      [new HostingError("matomo_unreachable", "Matomo could not be reached: connection refused"), true],
+      [new HostingError("matomo_error", "Matomo refused: you can't access this resource"), false],
+    ] as const
+  ) {
+    const fake = fakeStore({ jobs: [claimRow({ steps: journaled })] });
+    const { run } = setup({ store: fake.store, matomo: fakeMatomo(() => error).client });
+    const { outcomes: [outcome] } = await run();
+    assert.deepEqual(fake.brief(), [
+      claim(true),
+      advance(null, "matomo_site"),
+      {
+        fn: "complete",
+        done: [`matomo_site:failed:${error.code}`],
+        doc_root: DOC_ROOT,
+        matomo_site_id: null,
+        backfill,
+      },
+    ], error.code);
+    assert.equal(outcome.status, "active");
+    assert.equal(outcome.warning?.code, error.code);
+  }
+});
+
+Deno.test("Matomo not configured: the step is journaled skipped with the completion, with a warning", async () => {
+  const fake = fakeStore({ jobs: [claimRow({ steps: { cloudpanel_site: JOURNALED_SITE } })] });
+  const { run } = setup({ store: fake.store, matomo: null });
+  const { outcomes: [outcome] } = await run();
+  assert.deepEqual(fake.brief(), [
+    claim(true),
+    advance(null, "ssl_certificate"),
+    {
+      fn: "complete",
+      done: ["ssl_certificate:done:ssl_certificate_done", "matomo_site:skipped:matomo_not_configured"],
+      doc_root: DOC_ROOT,
+      matomo_site_id: null,
+      backfill: false,
+    },
+  ]);
+  assert.equal(outcome.warning?.code, "matomo_not_configured");
+});
+
+Deno.test("Matomo unreachable in an analytics job fails the attempt instead of completing", async () => {
+  const fake = fakeStore({ jobs: [claimRow({ kind: "analytics", site_active: true })] });
+  const matomo = fakeMatomo(() => new HostingError("matomo_unreachable", "Matomo could not be reached"));
+  const { run } = setup({ store: fake.store, matomo: matomo.client });
+  const { outcomes: [outcome] } = await run();
+  assert.deepEqual(fake.brief(), [
+    claim(true),
+    advance(null, "matomo_site"),
+    {
+      fn: "fail",
+      code: "matomo_unreachable",
+      permanent: false,
+      attempt_limit: null,
+      done: ["matomo_site:failed:matomo_unreachable"],
+    },
+  ]);
+  assert.equal(outcome.status, "retrying");
+});
+
+Deno.test("a CloudPanel failure fails the attempt as the outcome table says: permanent, retryable, or limited", async () => {
+  const cases = [
+    { output: "domainName: This value is not a valid domain.", code: "cloudpanel_rejected", permanent: true },
+    {
+      output: "An error has occurred, error message: Connection to the internal database timed out.",
+      code: "cloudpanel_unavailable",
+      permanent: false,
+    },
+    {
+      output: "Something went sideways.",
+      code: "cloudpanel_failed",
+      permanent: false,
+      limit: UNRECOGNISED_ATTEMPT_LIMIT,
+    },
+  ];
+  for (const { output, code, permanent, limit } of cases) {
+    const fake = fakeStore({ jobs: [claimRow()] });
+    const { run } = setup({ store: fake.store, exec: answers(output, 1) });
+    const { outcomes: [outcome] } = await run();
+    assert.deepEqual(fake.brief(), [
+      claim(true),
+      advance(null, "cloudpanel_site", DOMAIN),
+      { fn: "fail", code, permanent, attempt_limit: limit ?? null, done: [`cloudpanel_site:failed:${code}`] },
+    ], code);
+    assert.equal(outcome.status, permanent ? "failed" : "retrying", code);
+    assert.equal(outcome.error?.code, code);
+  }
+});
+
+Deno.test("a domain another site owns fails at the first transition: nothing reaches the server, nothing more is written", async () => {
+  const message = `The domain ${DOMAIN} is already hosted for another row of public.sites.`;
+  const fake = fakeStore({
+    jobs: [claimRow()],
+    answer: (fn) => fn === "hosting_advance" ? { ok: false, reason: "domain_taken", message } : undefined,
+  });
+  const { run, state } = setup({ store: fake.store });
+  const { outcomes: [outcome] } = await run();
+  assert.deepEqual(fake.brief(), [claim(true), advance(null, "cloudpanel_site", DOMAIN)]);
+  assert.equal(outcome.status, "failed");
+  assert.deepEqual(outcome.error, { code: "domain_taken", message });
+  assert.equal(state.connects, 0);
+});
+
+Deno.test("a domain read differently from the stored text fails as invalid_domain before any connection", async () => {
+  // The database counts a byte order mark the driver dropped: 12 characters stored, 11 read.
+  const fake = fakeStore({ jobs: [claimRow({ domain: "example.com", domain_chars: 12, domain_bytes: 14 })] });
+  const { run, state } = setup({ store: fake.store });
+  const { outcomes: [outcome] } = await run();
+  assert.deepEqual(fake.brief(), [
+    claim(true),
+    { fn: "fail", code: "invalid_domain", permanent: true, attempt_limit: null, done: null },
+  ]);
+  assert.equal(outcome.status, "failed");
+  assert.equal(state.connects, 0);
+});
+
+Deno.test("claims pass the time left, the plan and `first` only on the invocation's first claim", async () => {
+  const clock = { t: T0 };
+  const fake = fakeStore({ jobs: [claimRow({ kind: "analytics" }), claimRow({ kind: "analytics" })] });
+  const matomo = fakeMatomo(() => (clock.t += 1_500, { idSite: 3, reused: false }));
+  const { run } = setup({ store: fake.store, matomo: matomo.client, clock });
+  const siteId = crypto.randomUUID();
+  const result = await run({ drain: true, siteId });
+  assert.equal(result.outcomes.length, 2);
+  await run({ drain: false }); // a second request served by the same invocation
+  const left = BUDGET_MS - RESERVE_MS;
+  assert.deepEqual(fake.brief().filter((c) => c.fn === "claim"), [
+    claim(true, left, siteId),
+    claim(false, left - 1_500),
+    claim(false, left - 3_000),
+    claim(false, left - 3_000),
+  ]);
+  const args = fake.calls[0].args;
+  assert.deepEqual(args.p_plan, { provision: [...PLANS.provision], analytics: [...PLANS.analytics] });
+  assert.equal(args.p_default_step_ms, DEFAULT_STEP_MS);
+  assert.equal(args.p_limit, 1);
+
+  // The worker's own wall-clock limit, less its margin, bounds the time left when it comes first.
+  const bounded = fakeStore();
+  await setup({ store: bounded.store, deps: { workerDeadline: T0 + 50_000 } }).run();
+  assert.deepEqual(bounded.brief(), [claim(true, 50_000 - WALL_CLOCK_MARGIN_MS - RESERVE_MS)]);
+});
