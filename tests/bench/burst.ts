@@ -33,6 +33,39 @@ const MATOMO_MS = Number(Deno.env.get("BENCH_BURST_MATOMO_MS") ?? 100);
 /** The budget phase: as large as the burst by default, so every invocation meets its 15 s budget mid-burst. */
 const BUDGET_N = Number(Deno.env.get("BENCH_BURST_BUDGET_SITES") ?? N);
 const SEQUENTIAL_SAMPLE = 10;
+/** Sites the function drains alone in a process of its own, for its own CPU and memory. */
+const ALONE_N = Number(Deno.env.get("BENCH_ALONE_SITES") ?? 20);
+const WORKER = new URL("../support/worker_process.ts", import.meta.url).pathname;
+
+/** Runs one invocation in its own process until `ids` are active; its peak RSS (VmHWM) and CPU from /proc. */
+async function functionProcess(stack: Stack, ids: string[]) {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", WORKER],
+    env: { ...stack.env, HOSTING_LOG_LEVEL: "warn" } as Record<string, string>,
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  let peakBytes = 0;
+  let cpuSeconds = 0;
+  let exited = false;
+  const status = child.status.then(() => (exited = true));
+  while (!exited) {
+    const mem = await Deno.readTextFile(`/proc/${child.pid}/status`).catch(() => "");
+    const hwm = /VmHWM:\s+(\d+) kB/.exec(mem);
+    if (hwm) peakBytes = Math.max(peakBytes, Number(hwm[1]) * 1024);
+    const stat = await Deno.readTextFile(`/proc/${child.pid}/stat`).catch(() => "");
+    if (stat) {
+      const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      cpuSeconds = (Number(f[11]) + Number(f[12])) / 100;
+    }
+    await sleep(50);
+  }
+  await status;
+  const [{ active }] = await stack.sql<{ active: number }[]>`
+    select count(*)::int as active from public.sites where id = any(${ids}::uuid[]) and status_hosting = 'active'`;
+  assert.equal(active, ids.length, "the function process made every site active");
+  return { peakBytes, cpuSeconds };
+}
 const SWEEP_MS = 2000;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -211,6 +244,13 @@ Deno.test({
         select count(*)::int as released from hosting_automator.events e
         where e.site_id = any(${budgeted}::uuid[]) and e.code = 'job_released'`;
 
+      // The function alone, in a process of its own (as a worker runs it): it drains ALONE_N sites, one at a
+      // time, while its peak memory (VmHWM) and CPU are read from /proc.
+      const loneIds = await insertSites(stack, "lone", ALONE_N);
+      await stack.sql`update public.sites set status_dns = 'active' where id = any(${loneIds}::uuid[])`;
+      await stack.sql`delete from net.http_request_queue`;
+      const lone = await functionProcess(stack, loneIds);
+
       const rounds = Math.ceil(N / CAP);
       const ideal = rounds * tSite;
       const idealBudget = Math.ceil(BUDGET_N / CAP) * tSite;
@@ -254,6 +294,10 @@ Deno.test({
           } ms`,
         ],
         ["peak RSS of this process during the burst", `${(result.peakRss / 2 ** 20).toFixed(0)} MiB`],
+        [
+          `the function alone in its own process, ${ALONE_N} sites one after another: CPU per site (start-up included), peak RSS`,
+          `${(lone.cpuSeconds / ALONE_N * 1000).toFixed(0)} ms, ${(lone.peakBytes / 2 ** 20).toFixed(0)} MiB`,
+        ],
       ];
       console.log(`\n${command}\n`);
       console.log("| figure | value |\n| --- | --- |");
