@@ -64,10 +64,9 @@ function claimRow(over: Row = {}): Row {
 const JOURNALED_SITE = { state: "done", result: { site_user: USER, doc_root: DOC_ROOT, created: true } };
 const JOURNALED_CERT = { state: "done", result: { installed_at: "2026-01-01T00:00:00.000Z" } };
 
-interface Call {
-  fn: string;
-  args: Row;
-}
+type Call = { fn: string; args: Row };
+/** A step's end as `brief` shows it: step, state, code. */
+const ended = (step: string) => `${step}:done:${step}_done`;
 
 /**
  * A Store whose SQL caller answers as the migrations' functions do: one live lease (the last claimed job's);
@@ -99,12 +98,12 @@ function fakeStore(script: { jobs?: Row[]; answer?: (fn: string, n: number, args
       }
       case "hosting_heartbeat": {
         const renewed = live && (scripted ?? true) === true;
-        if (!renewed) held = null;
+        if (live && !renewed) held = null;
         return renewed;
       }
       case "hosting_complete_job":
       case "hosting_release_job": {
-        held = null;
+        if (live) held = null;
         return live;
       }
       case "hosting_fail_job": {
@@ -126,53 +125,46 @@ type End = { step: string; state: string; code?: string };
 const ends = (done: unknown) =>
   done === null ? null : ([done].flat() as End[]).map((e) => `${e.step}:${e.state}:${e.code}`);
 
+// The calls as the tests expect them (and as `brief` renders the recorded ones).
+type V = unknown;
+const claim = (first: V, time_left_ms: V = BUDGET_MS - RESERVE_MS, site_id: V = null) => ({
+  fn: "claim",
+  ...{ first, time_left_ms, site_id },
+});
+const advance = (done: V, start: V, domain: V = null) => ({ fn: "advance", done, start, domain });
+const heartbeat = (step: V = "cloudpanel_site") => ({ fn: "heartbeat", step });
+const complete = (done: V, matomo_site_id: V, backfill: V, doc_root: V = DOC_ROOT) => ({
+  fn: "complete",
+  ...{ done, doc_root, matomo_site_id, backfill },
+});
+const fail = (code: V, permanent: V, done: V, attempt_limit: V = null) => ({
+  fn: "fail",
+  ...{ code, permanent, attempt_limit, done },
+});
+const release = (done: V) => ({ fn: "release", done });
+
 /** A call with what each test checks: the arguments that decide the job's fate, step ends as step:state:code. */
 function brief({ fn, args: a }: Call): Row {
   switch (fn) {
     case "hosting_claim_jobs":
-      return { fn: "claim", first: a.p_first, time_left_ms: a.p_time_left_ms, site_id: a.p_site_id };
+      return claim(a.p_first, a.p_time_left_ms, a.p_site_id);
     case "hosting_advance":
-      return { fn: "advance", done: ends(a.p_done), start: a.p_start, domain: a.p_domain };
+      return advance(ends(a.p_done), a.p_start, a.p_domain);
     case "hosting_heartbeat":
-      return { fn: "heartbeat", step: a.p_step };
+      return heartbeat(a.p_step);
     case "hosting_complete_job":
-      return {
-        fn: "complete",
-        done: ends(a.p_done),
-        doc_root: a.p_doc_root,
-        matomo_site_id: a.p_matomo_site_id,
-        backfill: a.p_backfill_analytics,
-      };
+      return complete(ends(a.p_done), a.p_matomo_site_id, a.p_backfill_analytics, a.p_doc_root);
     case "hosting_fail_job":
-      return {
-        fn: "fail",
-        code: a.p_code,
-        permanent: a.p_permanent,
-        attempt_limit: a.p_attempt_limit,
-        done: ends(a.p_done),
-      };
+      return fail(a.p_code, a.p_permanent, ends(a.p_done), a.p_attempt_limit);
     case "hosting_release_job":
-      return { fn: "release", done: ends(a.p_done) };
+      return release(ends(a.p_done));
   }
   return { fn, args: a };
 }
 
-const claim = (first: boolean, timeLeftMs = BUDGET_MS - RESERVE_MS, siteId: unknown = null) => ({
-  fn: "claim",
-  first,
-  time_left_ms: timeLeftMs,
-  site_id: siteId,
-});
-const advance = (done: string[] | null, start: string, domain: string | null = null) => ({
-  fn: "advance",
-  done,
-  start,
-  domain,
-});
-
 type Exec = (command: string, options: { timeoutMs: number; signal?: AbortSignal }) => Promise<ExecResult>;
 
-/** CloudPanel as its clpctl answers: the site added (exit 0, its one line), the certificate installed (exit 0, silent). */
+/** clpctl's answers: the site added (exit 0, its one line), the certificate installed (exit 0, silent). */
 const clpctl: Exec = (command) => {
   const domain = /--domainName='([^']+)'/.exec(command)![1];
   return Promise.resolve(
@@ -215,13 +207,14 @@ function fakeShell(exec: Exec) {
 }
 
 /** Matomo's client as the workflow uses it: `ensureSite` only. */
-function fakeMatomo(answer: (domain: Domain) => MatomoSite | HostingError) {
+function fakeMatomo(answer: (domain: Domain) => MatomoSite | HostingError | Promise<MatomoSite>) {
   const domains: string[] = [];
   const client = {
-    ensureSite(domain: Domain) {
+    async ensureSite(domain: Domain) {
       domains.push(domain);
-      const result = answer(domain);
-      return result instanceof HostingError ? Promise.reject(result) : Promise.resolve(result);
+      const result = await answer(domain);
+      if (result instanceof HostingError) throw result;
+      return result;
     },
   };
   return { client: client as unknown as MatomoClient, domains };
@@ -235,16 +228,9 @@ interface Setup {
   deps?: Partial<WorkflowDeps>;
 }
 
-/** An invocation over the fakes; `connects` counts SSH connections opened. */
-function setup(
-  {
-    store,
-    exec = clpctl,
-    matomo = fakeMatomo(() => ({ idSite: 7, reused: false })).client,
-    clock = { t: T0 },
-    deps,
-  }: Setup,
-) {
+/** An invocation over the fakes (Matomo answers site 7 unless given); `connects` counts SSH connections. */
+function setup({ store, exec = clpctl, matomo, clock = { t: T0 }, deps }: Setup) {
+  if (matomo === undefined) matomo = fakeMatomo(() => ({ idSite: 7, reused: false })).client;
   const shell = fakeShell(exec);
   const state = { connects: 0 };
   const invocation = new Invocation({
@@ -275,15 +261,9 @@ Deno.test("a provision job runs cloudpanel_site, ssl_certificate, matomo_site in
   assert.deepEqual(fake.brief(), [
     claim(true),
     advance(null, "cloudpanel_site", DOMAIN),
-    advance(["cloudpanel_site:done:cloudpanel_site_done"], "ssl_certificate"),
-    advance(["ssl_certificate:done:ssl_certificate_done"], "matomo_site"),
-    {
-      fn: "complete",
-      done: ["matomo_site:done:matomo_site_done"],
-      doc_root: DOC_ROOT,
-      matomo_site_id: 7,
-      backfill: false,
-    },
+    advance([ended("cloudpanel_site")], "ssl_certificate"),
+    advance([ended("ssl_certificate")], "matomo_site"),
+    complete([ended("matomo_site")], 7, false),
   ]);
   for (const { args } of fake.calls.slice(1)) {
     assert.equal(args.p_job_id, row.job_id);
@@ -299,19 +279,12 @@ Deno.test("a provision job runs cloudpanel_site, ssl_certificate, matomo_site in
     level: "info",
     duration_ms: 0,
   }]);
-  assert.deepEqual(shell.commands(), [
-    "clpctl site:add:static",
-    "clpctl lets-encrypt:install:certificate",
-  ]);
+  assert.deepEqual(shell.commands(), ["clpctl site:add:static", "clpctl lets-encrypt:install:certificate"]);
   assert.equal(state.connects, 1, "one SSH connection for both commands");
   assert.deepEqual(matomo.domains, [DOMAIN]);
   assert.equal(outcomes[0].status, "active");
   assert.equal(outcomes[0].doc_root, DOC_ROOT);
-  assert.deepEqual(outcomes[0].steps.map((s) => `${s.step}:${s.status}`), [
-    "cloudpanel_site:done",
-    "ssl_certificate:done",
-    "matomo_site:done",
-  ]);
+  assert.deepEqual(outcomes[0].steps.map((s) => s.status), ["done", "done", "done"]);
 });
 
 Deno.test("an analytics job runs only matomo_site: claim, one transition, completion", async () => {
@@ -322,13 +295,7 @@ Deno.test("an analytics job runs only matomo_site: claim, one transition, comple
   assert.deepEqual(fake.brief(), [
     claim(true),
     advance(null, "matomo_site"),
-    {
-      fn: "complete",
-      done: ["matomo_site:done:matomo_site_done"],
-      doc_root: DOC_ROOT,
-      matomo_site_id: 12,
-      backfill: false,
-    },
+    complete([ended("matomo_site")], 12, false),
   ]);
   assert.deepEqual(shell.commands(), []);
   assert.equal(state.connects, 0, "no SSH connection for an analytics job");
@@ -350,14 +317,8 @@ Deno.test("steps the journal shows done are skipped without a statement or a com
   assert.deepEqual(fake.brief(), [
     claim(true),
     advance(null, "ssl_certificate"),
-    advance(["ssl_certificate:done:ssl_certificate_done"], "matomo_site"),
-    {
-      fn: "complete",
-      done: ["matomo_site:done:matomo_site_done"],
-      doc_root: doneRoot,
-      matomo_site_id: 7,
-      backfill: false,
-    },
+    advance([ended("ssl_certificate")], "matomo_site"),
+    complete([ended("matomo_site")], 7, false, doneRoot),
   ]);
   assert.deepEqual(shell.commands(), ["clpctl lets-encrypt:install:certificate"]);
   assert.equal(outcomes[0].steps[0].status, "already_done");
@@ -372,16 +333,15 @@ Deno.test("a job whose time runs out before a step is released with the last end
   });
   const a = setup({ store: first.store, clock });
   const { outcomes: [released] } = await a.run();
-  assert.deepEqual(first.brief(), [claim(true), { fn: "release", done: null }]);
+  assert.deepEqual(first.brief(), [claim(true), release(null)]);
   assert.match(first.calls[1].args.p_reason as string, /Time budget spent before cloudpanel_site/);
   assert.equal(released.status, "released");
   assert.equal(a.state.connects, 0, "nothing reaches the server");
 
   // Between steps: the site step took the time the certificate step needs; the site's end goes with the release.
   const later = { t: T0 };
-  const second = fakeStore({
-    jobs: [claimRow({ estimates: { cloudpanel_site: 5_000, ssl_certificate: 10_000 } })],
-  });
+  const estimates = { cloudpanel_site: 5_000, ssl_certificate: 10_000 };
+  const second = fakeStore({ jobs: [claimRow({ estimates })] });
   const b = setup({
     store: second.store,
     clock: later,
@@ -391,7 +351,7 @@ Deno.test("a job whose time runs out before a step is released with the last end
   assert.deepEqual(second.brief(), [
     claim(true),
     advance(null, "cloudpanel_site", DOMAIN),
-    { fn: "release", done: ["cloudpanel_site:done:cloudpanel_site_done"] },
+    release([ended("cloudpanel_site")]),
   ]);
   assert.deepEqual(b.shell.commands(), ["clpctl site:add:static"], "no certificate command");
   assert.equal(cut.status, "released");
@@ -407,7 +367,7 @@ Deno.test("a step's timeout is cut to the deadline, and a timeout so cut release
   assert.deepEqual(fake.brief(), [
     claim(true, left),
     advance(null, "cloudpanel_site", DOMAIN),
-    { fn: "release", done: ["cloudpanel_site:failed:interrupted"] },
+    release(["cloudpanel_site:failed:interrupted"]),
   ]);
   assert.match(fake.calls[2].args.p_reason as string, /Time budget spent during cloudpanel_site/);
   assert.equal(outcome.status, "released");
@@ -424,13 +384,7 @@ Deno.test("a step's timeout is cut to the deadline, and a timeout so cut release
   assert.deepEqual(own.brief(), [
     claim(true),
     advance(null, "cloudpanel_site", DOMAIN),
-    {
-      fn: "fail",
-      code: "ssh_timeout",
-      permanent: false,
-      attempt_limit: null,
-      done: ["cloudpanel_site:failed:ssh_timeout"],
-    },
+    fail("ssh_timeout", false, ["cloudpanel_site:failed:ssh_timeout"]),
   ]);
   assert.equal(failed.status, "retrying");
 });
@@ -447,7 +401,7 @@ Deno.test("a renewal the database refuses aborts the running step at once, and n
   assert.deepEqual(fake.brief(), [
     claim(true),
     advance(null, "cloudpanel_site", DOMAIN),
-    { fn: "heartbeat", step: "cloudpanel_site" },
+    heartbeat(),
     claim(false), // draining: the worker goes on to the next due job (there is none)
   ]);
   assert.equal(outcome.status, "lease_lost");
@@ -468,20 +422,16 @@ Deno.test("renewals that cannot reach the database abort the step once the lease
       throw new HostingError("store_failed", "hosting_heartbeat failed: connection refused");
     },
   });
-  const { run, shell } = setup({
-    store: fake.store,
-    exec: hang,
-    clock,
-    deps: { leaseSeconds: 1, timeouts: SHORT },
-  });
+  const deps = { leaseSeconds: 1, timeouts: SHORT };
+  const { run, shell } = setup({ store: fake.store, exec: hang, clock, deps });
   const started = performance.now();
   const { outcomes: [outcome] } = await run();
   assert.deepEqual(fake.brief(), [
     claim(true),
     advance(null, "cloudpanel_site", DOMAIN),
-    { fn: "heartbeat", step: "cloudpanel_site" },
-    { fn: "heartbeat", step: "cloudpanel_site" },
-    { fn: "heartbeat", step: "cloudpanel_site" },
+    heartbeat(),
+    heartbeat(),
+    heartbeat(),
   ]);
   assert.equal(outcome.status, "lease_lost");
   assert.ok(shell.seen[0].signal?.aborted);
@@ -501,7 +451,7 @@ Deno.test("a shutdown while a step runs releases the job with the step cut short
   assert.deepEqual(fake.brief(), [
     claim(true),
     advance(null, "cloudpanel_site", DOMAIN),
-    { fn: "release", done: ["cloudpanel_site:failed:interrupted"] },
+    release(["cloudpanel_site:failed:interrupted"]),
   ]);
   assert.match((fake.calls[2].args.p_done as { message: string }[])[0].message, /shutdown/);
   assert.equal(result.outcomes.length, 1, "the second due job is left for another worker");
@@ -523,13 +473,7 @@ Deno.test("Matomo failing in a provision job: transient → active with a backfi
     assert.deepEqual(fake.brief(), [
       claim(true),
       advance(null, "matomo_site"),
-      {
-        fn: "complete",
-        done: [`matomo_site:failed:${error.code}`],
-        doc_root: DOC_ROOT,
-        matomo_site_id: null,
-        backfill,
-      },
+      complete([`matomo_site:failed:${error.code}`], null, backfill),
     ], error.code);
     assert.equal(outcome.status, "active");
     assert.equal(outcome.warning?.code, error.code);
@@ -543,13 +487,11 @@ Deno.test("Matomo not configured: the step is journaled skipped with the complet
   assert.deepEqual(fake.brief(), [
     claim(true),
     advance(null, "ssl_certificate"),
-    {
-      fn: "complete",
-      done: ["ssl_certificate:done:ssl_certificate_done", "matomo_site:skipped:matomo_not_configured"],
-      doc_root: DOC_ROOT,
-      matomo_site_id: null,
-      backfill: false,
-    },
+    complete(
+      [ended("ssl_certificate"), "matomo_site:skipped:matomo_not_configured"],
+      null,
+      false,
+    ),
   ]);
   assert.equal(outcome.warning?.code, "matomo_not_configured");
 });
@@ -562,40 +504,30 @@ Deno.test("Matomo unreachable in an analytics job fails the attempt instead of c
   assert.deepEqual(fake.brief(), [
     claim(true),
     advance(null, "matomo_site"),
-    {
-      fn: "fail",
-      code: "matomo_unreachable",
-      permanent: false,
-      attempt_limit: null,
-      done: ["matomo_site:failed:matomo_unreachable"],
-    },
+    fail("matomo_unreachable", false, ["matomo_site:failed:matomo_unreachable"]),
   ]);
   assert.equal(outcome.status, "retrying");
 });
 
 Deno.test("a CloudPanel failure fails the attempt as the outcome table says: permanent, retryable, or limited", async () => {
   const cases = [
-    { output: "domainName: This value is not a valid domain.", code: "cloudpanel_rejected", permanent: true },
-    {
-      output: "An error has occurred, error message: Connection to the internal database timed out.",
-      code: "cloudpanel_unavailable",
-      permanent: false,
-    },
-    {
-      output: "Something went sideways.",
-      code: "cloudpanel_failed",
-      permanent: false,
-      limit: UNRECOGNISED_ATTEMPT_LIMIT,
-    },
-  ];
-  for (const { output, code, permanent, limit } of cases) {
+    ["domainName: This value is not a valid domain.", "cloudpanel_rejected", true, null],
+    [
+      "An error has occurred, error message: Connection to the internal database timed out.",
+      "cloudpanel_unavailable",
+      false,
+      null,
+    ],
+    ["Something went sideways.", "cloudpanel_failed", false, UNRECOGNISED_ATTEMPT_LIMIT],
+  ] as const;
+  for (const [output, code, permanent, limit] of cases) {
     const fake = fakeStore({ jobs: [claimRow()] });
     const { run } = setup({ store: fake.store, exec: answers(output, 1) });
     const { outcomes: [outcome] } = await run();
     assert.deepEqual(fake.brief(), [
       claim(true),
       advance(null, "cloudpanel_site", DOMAIN),
-      { fn: "fail", code, permanent, attempt_limit: limit ?? null, done: [`cloudpanel_site:failed:${code}`] },
+      fail(code, permanent, [`cloudpanel_site:failed:${code}`], limit),
     ], code);
     assert.equal(outcome.status, permanent ? "failed" : "retrying", code);
     assert.equal(outcome.error?.code, code);
@@ -623,7 +555,7 @@ Deno.test("a domain read differently from the stored text fails as invalid_domai
   const { outcomes: [outcome] } = await run();
   assert.deepEqual(fake.brief(), [
     claim(true),
-    { fn: "fail", code: "invalid_domain", permanent: true, attempt_limit: null, done: null },
+    fail("invalid_domain", true, null),
   ]);
   assert.equal(outcome.status, "failed");
   assert.equal(state.connects, 0);
@@ -654,4 +586,51 @@ Deno.test("claims pass the time left, the plan and `first` only on the invocatio
   const bounded = fakeStore();
   await setup({ store: bounded.store, deps: { workerDeadline: T0 + 50_000 } }).run();
   assert.deepEqual(bounded.brief(), [claim(true, 50_000 - WALL_CLOCK_MARGIN_MS - RESERVE_MS)]);
+});
+
+// A renewal stuck on a stalled connection does not keep the step running past the lease it may have lost.
+Deno.test({
+  name: "a renewal that hangs does not keep the step running past its lease",
+  async fn() {
+    const fake = fakeStore({
+      jobs: [claimRow()],
+      answer: (fn) => fn === "hosting_heartbeat" ? new Promise(() => {}) : undefined,
+    });
+    const clock = () => performance.now(); // the lease's end must come while the renewal hangs
+    const { run } = setup({
+      store: fake.store,
+      exec: hang,
+      deps: { leaseSeconds: 1, timeouts: SHORT, clock },
+    });
+    const started = performance.now();
+    const { outcomes: [outcome] } = await run();
+    assert.deepEqual(fake.brief().slice(1), [advance(null, "cloudpanel_site", DOMAIN), heartbeat()]);
+    assert.equal(outcome.status, "lease_lost");
+    assert.ok(performance.now() - started < 3_000);
+  },
+});
+
+// Any step started with less time than its timeout is cut at the deadline and gives the job back (attempt kept),
+// the Matomo step as much as the SSH steps.
+Deno.test({
+  name: "the Matomo step is cut to the deadline like the CloudPanel steps",
+  async fn() {
+    const left = 200;
+    const fake = fakeStore({ jobs: [claimRow({ kind: "analytics", estimates: { matomo_site: 100 } })] });
+    let timer: number | undefined;
+    const slow = fakeMatomo(() =>
+      new Promise((resolve) => timer = setTimeout(() => resolve({ idSite: 3, reused: false }), 1_500))
+    );
+    const { run } = setup({ store: fake.store, matomo: slow.client, deps: { budgetMs: RESERVE_MS + left } });
+    const started = performance.now();
+    const { outcomes: [outcome] } = await run();
+    clearTimeout(timer);
+    assert.ok(performance.now() - started < 1_000, "stopped at the deadline");
+    assert.deepEqual(fake.brief(), [
+      claim(true, left),
+      advance(null, "matomo_site"),
+      release(["matomo_site:failed:interrupted"]),
+    ]);
+    assert.equal(outcome.status, "released");
+  },
 });

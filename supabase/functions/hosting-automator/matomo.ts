@@ -65,6 +65,11 @@ export function requestUrl(endpoint: string, method: string): string {
   return `${endpoint}?module=API&method=${encodeURIComponent(method)}&format=json`;
 }
 
+/** An abort signal (the step's: lease lost, shutdown, deadline) stops the request. */
+export interface CallOptions {
+  signal?: AbortSignal;
+}
+
 export class MatomoClient {
   readonly #config: MatomoConfig;
   readonly #logger: Logger;
@@ -98,12 +103,13 @@ export class MatomoClient {
    * http:// and www. variants of it, and the literal string is exactly the URL `addSite` stores, which a
    * bare host would not match when Matomo's `www.` stripping mangles it (e.g. `awww.example.com`).
    */
-  async findSite(domain: Domain): Promise<number | null> {
+  async findSite(domain: Domain, options: CallOptions = {}): Promise<number | null> {
     const rows = await this.#call(
       "SitesManager.getSitesIdFromSiteUrl",
       lookupParams(domain),
       lookupAnswer,
       LOOKUP_RETRY,
+      options,
     );
     if (rows.length === 0) return null;
     const ids = rows.map((row) => row.idsite);
@@ -117,12 +123,13 @@ export class MatomoClient {
    * Registers the domain as a new site and returns its idsite. Adds a duplicate if one exists: Matomo never
    * checks.
    */
-  async addSite(domain: Domain): Promise<number> {
+  async addSite(domain: Domain, options: CallOptions = {}): Promise<number> {
     const answer = await this.#call(
       "SitesManager.addSite",
       addSiteParams(domain),
       addAnswer,
       NO_RETRY,
+      options,
     );
     return answer.value;
   }
@@ -138,13 +145,13 @@ export class MatomoClient {
   }
 
   /** The domain's site: an existing one is reused, a new one is added only when none exists. */
-  async ensureSite(domain: Domain): Promise<MatomoSite> {
-    const existing = await this.findSite(domain);
+  async ensureSite(domain: Domain, options: CallOptions = {}): Promise<MatomoSite> {
+    const existing = await this.findSite(domain, options);
     if (existing !== null) {
       this.#logger.info("matomo: site exists, reusing it", { domain, matomo_site_id: existing });
       return { idSite: existing, reused: true };
     }
-    const created = await this.addSite(domain);
+    const created = await this.addSite(domain, options);
     this.#logger.info("matomo: site added", { domain, matomo_site_id: created });
     return { idSite: created, reused: false };
   }
@@ -154,10 +161,11 @@ export class MatomoClient {
     params: Record<string, string>,
     schema: z.ZodType<T>,
     retry: RetryOptions,
+    options: CallOptions = {},
   ): Promise<T> {
     const started = performance.now();
     try {
-      const { status, text } = await this.#post(method, params, retry);
+      const { status, text } = await this.#post(method, params, retry, options);
       const result = this.#interpret(method, status, text, schema);
       this.#logger.debug("matomo: call done", { matomo_method: method, status, duration_ms: since(started) });
       return result;
@@ -173,6 +181,7 @@ export class MatomoClient {
     method: string,
     params: Record<string, string>,
     retry: RetryOptions,
+    options: CallOptions = {},
   ): Promise<{ status: number; text: string }> {
     const { timeoutMs } = this.#config;
     let response: Response;
@@ -184,6 +193,7 @@ export class MatomoClient {
         {
           method: "POST",
           body: new URLSearchParams({ token_auth: this.#config.token, ...params }),
+          signal: options.signal,
         },
       );
       response = await this.#http(request, { retry });

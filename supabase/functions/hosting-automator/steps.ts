@@ -82,8 +82,8 @@ export const STEPS: Record<StepName, StepDef> = {
         code: "matomo_not_configured",
         message: "Matomo is not configured (MATOMO_API_URL, MATOMO_API_TOKEN); the site has no analytics.",
       },
-    run: async ({ matomo, domain }) => {
-      const site = await matomo!.ensureSite(domain);
+    run: async ({ matomo, domain, signal }) => {
+      const site = await matomo!.ensureSite(domain, { signal });
       return {
         result: { matomo_site_id: site.idSite, reused: site.reused },
         message: site.reused ? `Matomo site ${site.idSite} reused.` : `Matomo site ${site.idSite} added.`,

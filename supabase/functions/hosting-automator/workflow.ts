@@ -470,7 +470,9 @@ export class Invocation {
 
     const started = this.#clock();
     const lost = new AbortController();
-    const signal = AbortSignal.any([lost.signal, this.#shutdown.signal]);
+    // A step whose time was cut to the deadline stops there, whatever its client does with the timeout.
+    const atDeadline = effective < timeoutMs ? AbortSignal.timeout(Math.max(0, effective)) : null;
+    const signal = AbortSignal.any([lost.signal, this.#shutdown.signal, ...(atDeadline ? [atDeadline] : [])]);
     const renewal = this.#renewWhileRunning(lease, step, lost);
     try {
       const done = await abortable(
@@ -508,7 +510,7 @@ export class Invocation {
       }
       const failure = toHostingError(error);
       // A timeout shortened by our own deadline says nothing about the server: continue elsewhere, attempt kept.
-      if (failure.code === "ssh_timeout" && effective < timeoutMs) {
+      if (atDeadline?.aborted || (failure.code === "ssh_timeout" && effective < timeoutMs)) {
         await this.#release(lease, `Time budget spent during ${step}; queued to continue.`, [
           cut("time budget"),
         ]);
@@ -547,7 +549,12 @@ export class Invocation {
     let expiresAt = this.#clock() + leaseMs;
     let inFlight = false;
     return setInterval(async () => {
-      if (inFlight || lost.signal.aborted) return;
+      if (lost.signal.aborted) return;
+      if (inFlight) {
+        // A renewal stuck on a stalled connection must not keep the step running past the lease it may have lost.
+        if (this.#clock() >= expiresAt - leaseMs / 6) lost.abort(new LeaseLost());
+        return;
+      }
       inFlight = true;
       const sent = this.#clock();
       try {
