@@ -200,7 +200,9 @@ function printStatus(status: StatusReport): void {
     status.missing_analytics.map((m) => ({
       ...m,
       warning: (m.warning as { message?: string } | null)?.message ?? "",
-      backfill: backfillText(m.backfill as { state?: string; attempts?: number; next_run_at?: string } | null),
+      backfill: backfillText(
+        m.backfill as { state?: string; attempts?: number; next_run_at?: string } | null,
+      ),
     })),
     ["domain", "site_id", "warning", "backfill"],
   );
