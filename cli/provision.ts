@@ -352,7 +352,7 @@ export async function main(args: string[]): Promise<number> {
   for (const secret of secretsOf(config)) redactor.add(secret);
   const level: LogLevel = options.verbose ? "debug" : "error";
   const logger = new Logger(redactor, { level, sink: (line) => console.error(style.dim(line)) });
-  const store = storeFor(config);
+  const store = storeFor(config, { redactor });
   let stopListening = () => {};
 
   try {

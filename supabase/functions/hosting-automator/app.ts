@@ -56,10 +56,11 @@ function wallClockMs(config: Config): number | null {
   return "EdgeRuntime" in globalThis ? EDGE_RUNTIME_WALL_CLOCK_MS : null;
 }
 
-export function storeFor(config: Config, options: { fetch?: typeof fetch } = {}): Store {
+/** The store, writing every text through `redactor` (the one that knows every secret of this process). */
+export function storeFor(config: Config, options: { fetch?: typeof fetch; redactor?: Redactor } = {}): Store {
   return config.store.kind === "rpc"
-    ? rpcStore(config.store.url, config.store.key, { fetch: options.fetch })
-    : postgresStore(config.store.dbUrl);
+    ? rpcStore(config.store.url, config.store.key, { fetch: options.fetch, redactor: options.redactor })
+    : postgresStore(config.store.dbUrl, { redactor: options.redactor });
 }
 
 export function workflowDeps(
@@ -115,7 +116,8 @@ export function createApp(env: Record<string, string | undefined>, overrides: Ap
   }
   for (const secret of secretsOf(config)) redactor.add(secret);
   const logger = new Logger(redactor, { sink: overrides.logSink, level: config.logLevel });
-  const store = overrides.store ?? storeFor(config, { fetch: overrides.fetch });
+  const store = overrides.store?.withRedactor(redactor) ??
+    storeFor(config, { fetch: overrides.fetch, redactor });
   // The worker starts with this module; its wall-clock limit counts from here, not from each request.
   const startedAt = (overrides.clock ?? (() => performance.now()))();
   const registry = new Set<Invocation>();

@@ -5,6 +5,7 @@
  */
 import { z } from "zod";
 import { HostingError } from "./errors.ts";
+import { Redactor } from "./log.ts";
 
 export const STEP_NAMES = ["cloudpanel_site", "ssl_certificate", "matomo_site"] as const;
 export type StepName = (typeof STEP_NAMES)[number];
@@ -219,12 +220,12 @@ export interface StepRecord {
   state: StepState;
   result?: Record<string, unknown>;
   code?: string;
-  /** Already redacted. */
+  /** Redacted by the store. */
   message?: string;
   level?: EventLevel;
 }
 
-/** How a step ended, journaled with the next transition. Messages already redacted. */
+/** How a step ended, journaled with the next transition. Messages are redacted by the store. */
 export interface StepEnd {
   step: StepName;
   state: Exclude<StepState, "started">;
@@ -235,14 +236,14 @@ export interface StepEnd {
   durationMs?: number;
 }
 
-function endJson(ends: StepEnd | StepEnd[] | undefined): unknown {
+function endJson(ends: StepEnd | StepEnd[] | undefined, redact: (text: string) => string): unknown {
   if (ends === undefined) return null;
   const one = (e: StepEnd) => ({
     step: e.step,
     state: e.state,
     result: e.result ?? {},
     ...(e.code !== undefined ? { code: e.code } : {}),
-    ...(e.message !== undefined ? { message: e.message } : {}),
+    ...(e.message !== undefined ? { message: redact(e.message) } : {}),
     level: e.level ?? "info",
     ...(e.durationMs !== undefined ? { duration_ms: Math.round(e.durationMs) } : {}),
   });
@@ -263,7 +264,7 @@ export interface Completion {
 export interface Failure {
   code: string;
   publicMessage: string;
-  /** Already redacted. */
+  /** Redacted by the store. */
   internalMessage: string;
   permanent: boolean;
   /** The same code this many times in a row fails the job. */
@@ -276,6 +277,8 @@ export class Store {
   readonly #call: SqlCaller;
   readonly #close: () => Promise<void>;
   readonly #retryDelaysMs: readonly number[];
+  readonly #redact: (text: string) => string;
+  readonly #options: { retryDelaysMs?: readonly number[]; redactor?: Redactor };
 
   /**
    * `retryDelaysMs`: a worker's writes that could not reach the database (a restart, a dropped connection) are
@@ -284,11 +287,22 @@ export class Store {
   constructor(
     call: SqlCaller,
     close: () => Promise<void> = () => Promise.resolve(),
-    options: { retryDelaysMs?: readonly number[] } = {},
+    options: { retryDelaysMs?: readonly number[]; redactor?: Redactor } = {},
   ) {
     this.#call = call;
     this.#close = close;
+    this.#options = options;
     this.#retryDelaysMs = options.retryDelaysMs ?? STORE_RETRY_DELAYS_MS;
+    // The database's one redaction point: every text this store writes (event messages, errors, reasons) passes
+    // it, so no caller can forget. Structured values (journal results, doc roots) are built by code and hold no
+    // secret; redacting them could cut a domain that happens to contain a short secret's text.
+    const redactor = options.redactor ?? new Redactor();
+    this.#redact = (text) => redactor.redact(text);
+  }
+
+  /** The same store (same connection), writing through `redactor`: the app's, which knows every secret. */
+  withRedactor(redactor: Redactor): Store {
+    return new Store(this.#call, this.#close, { ...this.#options, redactor });
   }
 
   /**
@@ -354,7 +368,7 @@ export class Store {
         p_job_id: lease.jobId,
         p_lease_token: lease.leaseToken,
         p_lease_seconds: leaseSeconds,
-        p_done: endJson(transition.done),
+        p_done: endJson(transition.done, this.#redact),
         p_start: transition.start ?? null,
         p_domain: transition.domain ?? null,
       }, "value"),
@@ -370,7 +384,7 @@ export class Store {
         p_state: record.state,
         p_result: record.result ?? {},
         p_code: record.code ?? null,
-        p_message: record.message ?? null,
+        p_message: record.message === undefined ? null : this.#redact(record.message),
         p_level: record.level ?? "info",
       }, "value"),
     );
@@ -383,8 +397,8 @@ export class Store {
         p_lease_token: lease.leaseToken,
         p_doc_root: completion.docRoot,
         p_matomo_site_id: completion.matomoSiteId,
-        p_message: completion.message ?? null,
-        p_done: endJson(completion.done),
+        p_message: completion.message === undefined ? null : this.#redact(completion.message),
+        p_done: endJson(completion.done, this.#redact),
         p_backfill_analytics: completion.backfillAnalytics ?? false,
       }, "value"),
     );
@@ -397,11 +411,11 @@ export class Store {
         p_job_id: lease.jobId,
         p_lease_token: lease.leaseToken,
         p_code: failure.code,
-        p_public_message: failure.publicMessage,
-        p_internal_message: failure.internalMessage,
+        p_public_message: this.#redact(failure.publicMessage),
+        p_internal_message: this.#redact(failure.internalMessage),
         p_permanent: failure.permanent,
         p_attempt_limit: failure.attemptLimit ?? null,
-        p_done: endJson(failure.done),
+        p_done: endJson(failure.done, this.#redact),
       }, "value"),
     );
   }
@@ -412,13 +426,13 @@ export class Store {
       await this.#write("hosting_release_job", {
         p_job_id: lease.jobId,
         p_lease_token: lease.leaseToken,
-        p_reason: reason,
-        p_done: endJson(done),
+        p_reason: this.#redact(reason),
+        p_done: endJson(done, this.#redact),
       }, "value"),
     );
   }
 
-  /** `message` must already be redacted. */
+  /** `message` is redacted by the store. */
   async logEvent(
     event: {
       siteId: string;
@@ -435,7 +449,7 @@ export class Store {
       p_step: event.step,
       p_level: event.level,
       p_code: event.code,
-      p_message: event.message,
+      p_message: this.#redact(event.message),
     }, "value");
   }
 

@@ -4,9 +4,10 @@
  */
 import postgres from "postgres";
 import { HostingError } from "./errors.ts";
+import type { Redactor } from "./log.ts";
 import { functionCall, type SqlCaller, Store, STORE_CALL_TIMEOUT_MS, storeError } from "./store.ts";
 
-export function postgresStore(url: string, options: { max?: number } = {}): Store {
+export function postgresStore(url: string, options: { max?: number; redactor?: Redactor } = {}): Store {
   const sql = postgres(url, {
     max: options.max ?? 4,
     idle_timeout: 20,
@@ -37,5 +38,5 @@ export function postgresStore(url: string, options: { max?: number } = {}): Stor
     }
   };
 
-  return new Store(call, () => sql.end({ timeout: 5 }));
+  return new Store(call, () => sql.end({ timeout: 5 }), { redactor: options.redactor });
 }

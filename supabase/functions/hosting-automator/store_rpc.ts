@@ -4,9 +4,14 @@
  */
 import { createClient } from "@supabase/supabase-js";
 import { HostingError } from "./errors.ts";
+import type { Redactor } from "./log.ts";
 import { type SqlCaller, Store, STORE_CALL_TIMEOUT_MS, storeError } from "./store.ts";
 
-export function rpcStore(url: string, key: string, options: { fetch?: typeof fetch } = {}): Store {
+export function rpcStore(
+  url: string,
+  key: string,
+  options: { fetch?: typeof fetch; redactor?: Redactor } = {},
+): Store {
   const client = createClient(url, key, {
     auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
     global: options.fetch ? { fetch: options.fetch } : undefined,
@@ -24,5 +29,5 @@ export function rpcStore(url: string, key: string, options: { fetch?: typeof fet
     return data;
   };
 
-  return new Store(call);
+  return new Store(call, undefined, { redactor: options.redactor });
 }

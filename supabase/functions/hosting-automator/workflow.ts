@@ -404,7 +404,7 @@ export class Invocation {
       const next = await this.#deps.store.fail(lease, {
         code: failure.code,
         publicMessage: failure.publicMessage,
-        internalMessage: log.redact(failure.message),
+        internalMessage: failure.message,
         permanent: !failure.transient,
         attemptLimit: failure.attemptLimit,
         done: error instanceof StepFailed ? error.end : undefined,
@@ -519,7 +519,7 @@ export class Invocation {
         step,
         state: "failed",
         code: failure.code,
-        message: `${step} failed after ${duration} ms: ${log.redact(failure.message)}`,
+        message: `${step} failed after ${duration} ms: ${failure.message}`,
         level: failure.transient ? "warn" : "error",
         durationMs: duration,
       };
