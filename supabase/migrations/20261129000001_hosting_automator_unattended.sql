@@ -242,13 +242,18 @@ security definer
 set search_path = ''
 as $$
 begin
-  perform hosting_automator.queue_job(new.id);
+  -- Counted for the statement trigger below (a setting local to the transaction): how many jobs it queued.
+  if (hosting_automator.queue_job(new.id)).created then
+    perform set_config('hosting_automator.queued',
+      (coalesce(nullif(current_setting('hosting_automator.queued', true), ''), '0')::integer + 1)::text, true);
+  end if;
   return null;
 end
 $$;
 
--- After a statement on public.sites: one ring for as many rows as it made ready, capped by the free slots.
--- (Row triggers run first, so the jobs are there.) A bulk DNS flip of 500 rows sends at most `cap` kicks.
+-- After a statement that inserts sites or changes their status columns (row triggers run first): ring for the
+-- jobs it queued, once per free slot. A bulk DNS flip of 500 rows sends at most `cap` kicks. The row trigger
+-- counts, so a Hub statement over many rows costs no copy of its rows (as a transition table would).
 create function hosting_automator.on_sites_changed()
 returns trigger
 language plpgsql
@@ -256,23 +261,18 @@ security definer
 set search_path = ''
 as $$
 declare
-  v_ready integer;
+  v_queued integer := coalesce(nullif(current_setting('hosting_automator.queued', true), ''), '0')::integer;
 begin
-  select count(*)::integer into v_ready from ready_rows r
-  where r.status_dns = 'active' and r.status_hosting = 'pending';
-  perform hosting_automator.ring(v_ready, false);
+  if v_queued > 0 then
+    perform set_config('hosting_automator.queued', '0', true);
+    perform hosting_automator.ring(v_queued, false);
+  end if;
   return null;
 end
 $$;
 
--- Transition tables allow neither column lists nor (portably) two events per trigger: one trigger per event.
-create trigger hosting_automator_ring_insert
-  after insert on public.sites
-  referencing new table as ready_rows
-  for each statement execute function hosting_automator.on_sites_changed();
-create trigger hosting_automator_ring_update
-  after update on public.sites
-  referencing new table as ready_rows
+create trigger hosting_automator_ring
+  after insert or update of status_dns, status_hosting on public.sites
   for each statement execute function hosting_automator.on_sites_changed();
 
 -- ---------------------------------------------------------------------------------------------------------
