@@ -38,12 +38,12 @@ export function installCertificateCommand(domain: Domain): string {
   return `clpctl lets-encrypt:install:certificate --domainName=${shellQuote(domain)}`;
 }
 
-/** Pattern redaction for callers that pass raw output (the class redacts known secrets before this). */
-const patterns = new Redactor();
+/** For callers without the app's redactor (tests of the classifiers): the secret shapes only. */
+const PATTERNS_ONLY = new Redactor();
 
-/** The output for internal messages: how it ended, redacted by pattern, trimmed, bounded. */
-function outputOf(result: ExecResult): string {
-  const text = patterns.redact(linesOf(result).join("\n"));
+/** The output for internal messages: how it ended, redacted, trimmed, bounded. */
+function outputOf(result: ExecResult, redactor: Redactor): string {
+  const text = redactor.redact(linesOf(result).join("\n"));
   const bounded = text.length > MAX_OUTPUT_CHARS ? `${text.slice(0, MAX_OUTPUT_CHARS)} …[truncated]` : text;
   const ended = result.exitCode !== null
     ? `exit ${result.exitCode}`
@@ -57,28 +57,40 @@ function outputOf(result: ExecResult): string {
  * The step's answer by the outcome table: the finished row's result, or the row's HostingError (code, retry,
  * attempt limit, public text; the internal message names the row and keeps the output).
  */
-function classify(verb: Verb, result: ExecResult, domain: Domain, siteUser?: SiteUser) {
+function classify(verb: Verb, result: ExecResult, domain: Domain, redactor: Redactor, siteUser?: SiteUser) {
   const row = outcomeOf(verb, result, domain);
   if (row.result === "created" || row.result === "exists" || row.result === "installed") return row.result;
   const publicMessage = typeof row.publicMessage === "function"
     ? row.publicMessage({ lines: linesOf(result), domain, siteUser })
     : row.publicMessage;
-  throw new HostingError(row.result, `clpctl ${verb} (${row.id}): ${outputOf(result)}`, {
+  throw new HostingError(row.result, `clpctl ${verb} (${row.id}): ${outputOf(result, redactor)}`, {
     transient: row.transient,
     attemptLimit: row.attemptLimit,
     publicMessage,
   });
 }
 
-/** The site step's answer: created, already there, or a HostingError saying whether a retry can help. */
-export function classifyAddSite(result: ExecResult, domain: Domain, user: SiteUser): SiteResult {
-  const done = classify("site:add:static", result, domain, user);
+/**
+ * The site step's answer: created, already there, or a HostingError saying whether a retry can help. Its
+ * internal message passes `redactor` (the app's, which knows the generated password).
+ */
+export function classifyAddSite(
+  result: ExecResult,
+  domain: Domain,
+  user: SiteUser,
+  redactor: Redactor = PATTERNS_ONLY,
+): SiteResult {
+  const done = classify("site:add:static", result, domain, redactor, user);
   return { siteUser: user, docRoot: docRootFor(user, domain), created: done === "created" };
 }
 
 /** The certificate step's answer; returns on success. */
-export function classifyCertificate(result: ExecResult, domain: Domain): void {
-  classify("lets-encrypt:install:certificate", result, domain);
+export function classifyCertificate(
+  result: ExecResult,
+  domain: Domain,
+  redactor: Redactor = PATTERNS_ONLY,
+): void {
+  classify("lets-encrypt:install:certificate", result, domain, redactor);
 }
 
 export interface StepOptions {
@@ -104,7 +116,11 @@ export class CloudPanel {
     this.#logger.redactor.add(password);
     const command = addStaticSiteCommand(domain, user, password);
     const result = await this.#exec(command, options);
-    const site = this.#classified("site", domain, () => classifyAddSite(result, domain, user));
+    const site = this.#classified(
+      "site",
+      domain,
+      () => classifyAddSite(result, domain, user, this.#logger.redactor),
+    );
     if (!site.created && !linesOf(result).includes(SITE_USER_EXISTS)) {
       // The domain exists but our site user does not: someone made the site with another user by hand.
       this.#logger.warn("cloudpanel site exists with another site user; the recorded doc root may differ", {
@@ -122,32 +138,24 @@ export class CloudPanel {
   /** Issues the Let's Encrypt certificate for a site that exists. */
   async installCertificate(domain: Domain, options: StepOptions): Promise<void> {
     const result = await this.#exec(installCertificateCommand(domain), options);
-    this.#classified("certificate", domain, () => classifyCertificate(result, domain));
+    this.#classified("certificate", domain, () => classifyCertificate(result, domain, this.#logger.redactor));
     this.#logger.info("let's encrypt certificate installed", { domain });
   }
 
-  /**
-   * Passes a classification failure on with its internal message redacted against every known secret (the
-   * output may hold the password, e.g. in CloudPanel's exception record), and logs it.
-   */
+  /** Logs a classification failure and passes it on (its internal message is redacted by the classifier). */
   #classified<T>(step: string, domain: Domain, classify: () => T): T {
     try {
       return classify();
     } catch (error) {
       if (!(error instanceof HostingError)) throw error;
-      const redacted = new HostingError(error.code, this.#logger.redact(error.message), {
-        publicMessage: error.publicMessage,
-        transient: error.transient,
-        attemptLimit: error.attemptLimit,
-      });
       this.#logger.warn(`cloudpanel ${step} step failed`, {
         domain,
-        code: redacted.code,
-        transient: redacted.transient,
-        ...(redacted.attemptLimit ? { attempt_limit: redacted.attemptLimit } : {}),
-        detail: redacted.message,
+        code: error.code,
+        transient: error.transient,
+        ...(error.attemptLimit ? { attempt_limit: error.attemptLimit } : {}),
+        detail: error.message,
       });
-      throw redacted;
+      throw error;
     }
   }
 

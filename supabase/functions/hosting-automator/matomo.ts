@@ -77,6 +77,8 @@ export class MatomoClient {
   readonly #http: KyInstance;
 
   constructor(config: MatomoConfig, logger: Logger, options: { fetch?: typeof fetch } = {}) {
+    // The token is a secret of the app's one redactor, whoever built this client.
+    logger.redactor.add(config.token);
     this.#config = config;
     this.#logger = logger;
     this.#endpoint = endpointOf(config.url);
@@ -314,9 +316,9 @@ export class MatomoClient {
     );
   }
 
-  /** A short, single-line excerpt for internal messages; the token is cut out should an answer echo it. */
+  /** A short, single-line excerpt for internal messages, through the app's redactor (it knows the token). */
   #excerpt(text: string): string {
-    const line = text.replaceAll(this.#config.token, "[REDACTED]").replace(/\s+/g, " ").trim();
+    const line = this.#logger.redact(text).replace(/\s+/g, " ").trim();
     return line.length > EXCERPT_CHARS ? `${line.slice(0, EXCERPT_CHARS)}…` : line;
   }
 }
