@@ -51,7 +51,6 @@ function claimRow(over: Row = {}): Row {
     domain_chars: [...domain].length,
     domain_bytes: new TextEncoder().encode(domain).length,
     kind: "provision",
-    site_active: false,
     attempt: 1,
     max_attempts: 10,
     lease_expires_at: new Date(Date.now() + 30_000).toISOString(),
@@ -288,7 +287,7 @@ Deno.test("a provision job runs cloudpanel_site, ssl_certificate, matomo_site in
 });
 
 Deno.test("an analytics job runs only matomo_site: claim, one transition, completion", async () => {
-  const fake = fakeStore({ jobs: [claimRow({ kind: "analytics", site_active: true })] });
+  const fake = fakeStore({ jobs: [claimRow({ kind: "analytics" })] });
   const matomo = fakeMatomo(() => ({ idSite: 12, reused: true }));
   const { run, shell, state } = setup({ store: fake.store, matomo: matomo.client });
   const { outcomes } = await run();
@@ -497,7 +496,7 @@ Deno.test("Matomo not configured: the step is journaled skipped with the complet
 });
 
 Deno.test("Matomo unreachable in an analytics job fails the attempt instead of completing", async () => {
-  const fake = fakeStore({ jobs: [claimRow({ kind: "analytics", site_active: true })] });
+  const fake = fakeStore({ jobs: [claimRow({ kind: "analytics" })] });
   const matomo = fakeMatomo(() => new HostingError("matomo_unreachable", "Matomo could not be reached"));
   const { run } = setup({ store: fake.store, matomo: matomo.client });
   const { outcomes: [outcome] } = await run();

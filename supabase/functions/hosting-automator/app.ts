@@ -70,6 +70,7 @@ export function workflowDeps(
   overrides: AppOverrides = {},
   worker: { startedAt?: number; registry?: Set<Invocation> } = {},
 ): WorkflowDeps {
+  const wallClock = wallClockMs(config);
   return {
     store,
     logger,
@@ -82,9 +83,9 @@ export function workflowDeps(
       matomoMs: config.matomo?.timeoutMs ?? 15_000,
     },
     budgetMs: config.budgetMs,
-    workerDeadline: worker.startedAt === undefined || wallClockMs(config) === null
+    workerDeadline: worker.startedAt === undefined || wallClock === null
       ? undefined
-      : worker.startedAt + wallClockMs(config)!,
+      : worker.startedAt + wallClock,
     leaseSeconds: config.leaseSeconds,
     clock: overrides.clock,
     registry: worker.registry,

@@ -74,7 +74,6 @@ const claimedRow = z.object({
   domain_chars: z.number().int().nullable().default(null),
   domain_bytes: z.number().int().nullable().default(null),
   kind: z.enum(JOB_KINDS).default("provision"),
-  site_active: z.boolean().nullable().default(false),
   attempt: z.number().int(),
   max_attempts: z.number().int(),
   lease_expires_at: z.union([z.string(), z.date()]).transform((v) => new Date(v)),
@@ -90,7 +89,6 @@ const claimedRow = z.object({
     ([...r.domain].length === r.domain_chars &&
       new TextEncoder().encode(r.domain).length === r.domain_bytes),
   kind: r.kind,
-  siteActive: r.site_active === true,
   attempt: r.attempt,
   maxAttempts: r.max_attempts,
   leaseExpiresAt: r.lease_expires_at,
@@ -213,16 +211,6 @@ export interface ClaimArgs {
 export interface Lease {
   jobId: number;
   leaseToken: string;
-}
-
-export interface StepRecord {
-  step: StepName;
-  state: StepState;
-  result?: Record<string, unknown>;
-  code?: string;
-  /** Redacted by the store. */
-  message?: string;
-  level?: EventLevel;
 }
 
 /** How a step ended, journaled with the next transition. Messages are redacted by the store. */
@@ -371,21 +359,6 @@ export class Store {
         p_done: endJson(transition.done, this.#redact),
         p_start: transition.start ?? null,
         p_domain: transition.domain ?? null,
-      }, "value"),
-    );
-  }
-
-  async recordStep(lease: Lease, record: StepRecord): Promise<boolean> {
-    return z.boolean().parse(
-      await this.#call("hosting_record_step", {
-        p_job_id: lease.jobId,
-        p_lease_token: lease.leaseToken,
-        p_step: record.step,
-        p_state: record.state,
-        p_result: record.result ?? {},
-        p_code: record.code ?? null,
-        p_message: record.message === undefined ? null : this.#redact(record.message),
-        p_level: record.level ?? "info",
       }, "value"),
     );
   }

@@ -111,6 +111,7 @@ export const RESERVE_MS = 3_000;
 /** Kept back from the worker's wall-clock limit: the runtime stops the worker at the limit itself. */
 export const WALL_CLOCK_MARGIN_MS = 5_000;
 export const DEFAULT_LEASE_SECONDS = 30;
+const SHUTDOWN_REASON = "The worker is shutting down; queued to continue.";
 /** Errors after which no further job is claimed in this invocation: the next would fail the same way. */
 const CONNECTION_CODES = new Set([
   "ssh_unreachable",
@@ -448,9 +449,7 @@ export class Invocation {
     const timeoutMs = def.timeoutMs(this.#deps.timeouts);
     const expected = job.estimates[step] ?? DEFAULT_STEP_MS;
     const left = this.#remaining() - RESERVE_MS;
-    if (this.#shutdown.signal.aborted) {
-      await this.#release(lease, "The worker is shutting down; queued to continue.", pending);
-    }
+    if (this.#shutdown.signal.aborted) await this.#release(lease, SHUTDOWN_REASON, pending);
     if (left < Math.min(expected, timeoutMs)) {
       await this.#release(lease, `Time budget spent before ${step}; queued to continue.`, pending);
     }
@@ -505,9 +504,7 @@ export class Invocation {
         level: "warn" as const,
         durationMs: duration,
       });
-      if (this.#shutdown.signal.aborted) {
-        await this.#release(lease, "The worker is shutting down; queued to continue.", [cut("shutdown")]);
-      }
+      if (this.#shutdown.signal.aborted) await this.#release(lease, SHUTDOWN_REASON, [cut("shutdown")]);
       const failure = toHostingError(error);
       // A timeout shortened by our own deadline says nothing about the server: continue elsewhere, attempt kept.
       if (atDeadline?.aborted || (failure.code === "ssh_timeout" && effective < timeoutMs)) {
@@ -548,13 +545,14 @@ export class Invocation {
     const leaseMs = this.#leaseSeconds * 1000;
     let expiresAt = this.#clock() + leaseMs;
     let inFlight = false;
+    /** Gives the step up shortly before the lease could have expired unrenewed. */
+    const giveUpIfExpiring = () => {
+      if (this.#clock() >= expiresAt - leaseMs / 6) lost.abort(new LeaseLost());
+    };
     return setInterval(async () => {
       if (lost.signal.aborted) return;
-      if (inFlight) {
-        // A renewal stuck on a stalled connection must not keep the step running past the lease it may have lost.
-        if (this.#clock() >= expiresAt - leaseMs / 6) lost.abort(new LeaseLost());
-        return;
-      }
+      // A renewal stuck on a stalled connection must not keep the step running past the lease it may have lost.
+      if (inFlight) return giveUpIfExpiring();
       inFlight = true;
       const sent = this.#clock();
       try {
@@ -562,7 +560,7 @@ export class Invocation {
         else lost.abort(new LeaseLost());
       } catch (error) {
         this.#log.warn("lease renewal failed", { step, code: toHostingError(error).code });
-        if (this.#clock() >= expiresAt - leaseMs / 6) lost.abort(new LeaseLost());
+        giveUpIfExpiring();
       } finally {
         inFlight = false;
       }
@@ -570,7 +568,7 @@ export class Invocation {
   }
 
   async #release(lease: Lease, reason: string, ends: StepEnd[]): Promise<never> {
-    if (!await this.#deps.store.release(lease, reason, ends.length ? ends : undefined)) throw new LeaseLost();
+    if (!await this.#deps.store.release(lease, reason, ends)) throw new LeaseLost();
     throw new Released(reason);
   }
 }
