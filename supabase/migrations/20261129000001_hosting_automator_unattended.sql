@@ -41,6 +41,15 @@ alter table hosting_automator.steps
 -- squawk-ignore require-concurrent-index-creation
 create index steps_recent_done on hosting_automator.steps (step, updated_at desc) where state = 'done';
 
+-- The doorbell's requests, for /status to join with pg_net's responses (kept for a day; pg_net keeps 6 hours).
+create table hosting_automator.kick_log (
+  request_id bigint primary key,
+  sent_at timestamptz not null default now()
+);
+comment on table hosting_automator.kick_log is 'pg_net request ids of the kicks this module sent.';
+create index kick_log_sent on hosting_automator.kick_log (sent_at);
+revoke all on hosting_automator.kick_log from public, anon, authenticated, service_role;
+
 -- Kicks on their way: each reserves a free slot until a worker's first claim consumes it or it expires.
 create table hosting_automator.rings (
   id bigint generated always as identity primary key,
@@ -80,6 +89,7 @@ declare
   v_due integer;
   v_on_the_way integer;
   v_kicks integer := 0;
+  v_request bigint;
 begin
   if coalesce(p_max, 0) <= 0 then
     return 0;
@@ -94,8 +104,10 @@ begin
   select count(*)::integer into v_due from hosting_automator.jobs j where j.state = 'queued' and j.run_at <= now();
   -- Each kick on its way will take a free slot and a due job.
   for i in 1 .. least(p_max, v_free - v_on_the_way, v_due - v_on_the_way) loop
-    exit when hosting_automator.kick('{}'::jsonb) is null;
+    v_request := hosting_automator.kick('{}'::jsonb);
+    exit when v_request is null;
     insert into hosting_automator.rings default values;
+    insert into hosting_automator.kick_log (request_id) values (v_request) on conflict do nothing;
     v_kicks := v_kicks + 1;
   end loop;
   return v_kicks;
@@ -305,7 +317,6 @@ returns table (
   domain_chars integer,
   domain_bytes integer,
   kind text,
-  site_active boolean,
   attempt integer,
   max_attempts integer,
   lease_expires_at timestamptz,
@@ -406,7 +417,7 @@ begin
       returning 1
     )
     select c.id, c.lease_token, c.site_id, s.domain, char_length(s.domain), octet_length(s.domain), c.kind,
-      s.status_hosting = 'active', c.attempts,
+      c.attempts,
       c.max_attempts, c.lease_expires_at,
       coalesce((
         select jsonb_object_agg(st.step, jsonb_build_object('state', st.state, 'result', st.result))

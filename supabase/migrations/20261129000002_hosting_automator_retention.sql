@@ -3,8 +3,8 @@
 --   * retention_days (default 90): the sweep deletes, in bounded batches, events older than that (the last
 --     event of each site's latest job stays), finished jobs older than that (each site's latest job stays), the
 --     sweep's own rows of cron.job_run_details, and the kick log;
---   * every kick's pg_net request id is logged, so /status can tell failing kicks (a rotated key answers 401)
---     from the responses pg_net records, which otherwise only net._http_response shows.
+--   * /status tells failing kicks (a rotated key answers 401) from the responses pg_net records for the kicks
+--     the doorbell logged, which otherwise only net._http_response shows.
 
 -- As in every migration of this module: fail rather than queue the Hub's traffic behind a lock.
 set local lock_timeout = '5s';
@@ -13,54 +13,6 @@ alter table hosting_automator.settings
   add column retention_days integer not null default 90 check (retention_days between 1 and 3650);
 comment on column hosting_automator.settings.retention_days is
   'Days the event log, finished jobs and the sweep''s cron history are kept; the sweep deletes older rows in batches.';
-
--- The doorbell's requests, for /status to join with pg_net's responses (kept for a day; pg_net keeps 6 hours).
-create table hosting_automator.kick_log (
-  request_id bigint primary key,
-  sent_at timestamptz not null default now()
-);
-comment on table hosting_automator.kick_log is 'pg_net request ids of the kicks this module sent.';
-create index kick_log_sent on hosting_automator.kick_log (sent_at);
-revoke all on hosting_automator.kick_log from public, anon, authenticated, service_role;
-
--- The kick, as before, now logging its request id.
-create or replace function hosting_automator.kick(p_body jsonb)
-returns bigint
-language plpgsql
-security definer
-set search_path = ''
-as $$
-declare
-  v_url text;
-  v_key text;
-  v_timeout integer;
-  v_request bigint;
-begin
-  if to_regprocedure('net.http_post(text,jsonb,jsonb,jsonb,integer)') is null
-    or to_regclass('vault.decrypted_secrets') is null then
-    return null;
-  end if;
-  -- Dynamic SQL: these schemas may not exist when the function is created.
-  execute $sql$
-    select max(decrypted_secret) filter (where name = 'hosting_automator_url'),
-           max(decrypted_secret) filter (where name = 'hosting_automator_key')
-    from vault.decrypted_secrets
-    where name in ('hosting_automator_url', 'hosting_automator_key')
-  $sql$ into v_url, v_key;
-  if v_url is null or v_key is null then
-    return null;
-  end if;
-  select s.kick_timeout_ms into v_timeout from hosting_automator.settings s;
-  execute 'select net.http_post(url => $1, body => $2, headers => $3, timeout_milliseconds => $4)'
-    into v_request
-    using v_url, p_body, jsonb_build_object('Content-Type', 'application/json', 'apikey', v_key), v_timeout;
-  insert into hosting_automator.kick_log (request_id) values (v_request) on conflict do nothing;
-  return v_request;
-exception when others then
-  raise warning 'hosting-automator: kick not sent (%); the sweep will pick the job up', sqlstate;
-  return null;
-end
-$$;
 
 -- The event log stays append-only for everyone; only the retention below may delete, and only in its own
 -- transaction (it sets hosting_automator.retention for that transaction).
