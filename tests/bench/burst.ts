@@ -53,11 +53,7 @@ async function functionProcess(stack: Stack, ids: string[]) {
     const mem = await Deno.readTextFile(`/proc/${child.pid}/status`).catch(() => "");
     const hwm = /VmHWM:\s+(\d+) kB/.exec(mem);
     if (hwm) peakBytes = Math.max(peakBytes, Number(hwm[1]) * 1024);
-    const stat = await Deno.readTextFile(`/proc/${child.pid}/stat`).catch(() => "");
-    if (stat) {
-      const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      cpuSeconds = (Number(f[11]) + Number(f[12])) / 100;
-    }
+    cpuSeconds = await ownCpuSeconds(child.pid) ?? cpuSeconds;
     await sleep(50);
   }
   await status;
@@ -69,16 +65,29 @@ async function functionProcess(stack: Stack, ids: string[]) {
 const SWEEP_MS = 2000;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
+const TICKS_PER_SECOND = 100; // USER_HZ on Linux
+
+/** The fields of /proc/<pid>/stat after the process name: state(0) ppid(1) … utime(11) stime(12) cutime(13) cstime(14). */
+function statFields(stat: string): string[] {
+  return stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+}
+
+/** CPU seconds a process has used itself (Deno 2.1 has no process.cpuUsage()); null once it is gone. */
+async function ownCpuSeconds(pid: number | "self"): Promise<number | null> {
+  const stat = await Deno.readTextFile(`/proc/${pid}/stat`).catch(() => "");
+  if (!stat) return null;
+  const f = statFields(stat);
+  return (Number(f[11]) + Number(f[12])) / TICKS_PER_SECOND;
+}
+
 /** CPU seconds of a process and its children (reaped and alive), from /proc. */
 async function treeCpuSeconds(root: number): Promise<number> {
-  const ticks = 100; // USER_HZ on Linux
   const stats = new Map<number, { ppid: number; own: number; children: number }>();
   for await (const entry of Deno.readDir("/proc")) {
     if (!/^\d+$/.test(entry.name)) continue;
     const text = await Deno.readTextFile(`/proc/${entry.name}/stat`).catch(() => "");
     if (!text) continue;
-    const f = text.slice(text.lastIndexOf(")") + 2).split(" ");
-    // After the name: state(0) ppid(1) … utime(11) stime(12) cutime(13) cstime(14).
+    const f = statFields(text);
     stats.set(Number(entry.name), {
       ppid: Number(f[1]),
       own: Number(f[11]) + Number(f[12]),
@@ -93,7 +102,7 @@ async function treeCpuSeconds(root: number): Promise<number> {
     for (const [child, c] of stats) if (c.ppid === pid) walk(child);
   };
   walk(root);
-  return total / ticks;
+  return total / TICKS_PER_SECOND;
 }
 
 interface Meters {
@@ -103,17 +112,10 @@ interface Meters {
   calls: number;
 }
 
-/** This process's own CPU seconds (Deno 2.1 has no process.cpuUsage()). */
-async function selfCpuSeconds(): Promise<number> {
-  const stat = await Deno.readTextFile("/proc/self/stat");
-  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(f[11]) + Number(f[12])) / 100;
-}
-
 async function meters(stack: Stack, postmaster: number): Promise<Meters> {
   const sshdPid = Number((await Deno.readTextFile(`${stack.sshd.dir}/sshd.pid`)).trim());
   return {
-    self: await selfCpuSeconds(),
+    self: (await ownCpuSeconds("self"))!,
     sshd: await treeCpuSeconds(sshdPid),
     postgres: await treeCpuSeconds(postmaster),
     calls: stack.postgrest!.calls.length,
@@ -201,7 +203,7 @@ Deno.test({
         backoff_base_seconds = 1, backoff_max_seconds = 4`;
       const [{ pid }] = await stack.sql<{ pid: number }[]>`select pg_backend_pid() as pid`;
       const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
-      const postmaster = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+      const postmaster = Number(statFields(stat)[1]);
 
       // One site alone (after a warm-up site that loads modules and opens the first SSH connection).
       const alone: number[] = [];
