@@ -67,7 +67,7 @@ export interface CallRecord {
 }
 
 /**
- * Faults either command can meet, whatever it was doing:
+ * Faults every command that changes the panel (add, certificate, delete) can meet, whatever it was doing:
  * - `timeout`: CloudPanel reports one of its steps exceeded its timeout (CE#390's shape);
  * - `database`: "An error has occurred, error message: Connection to the internal database timed out.";
  * - `locked`: CloudPanel's SQLite database is busy (Assumption: PDO's text for SQLite's busy error; not
@@ -96,10 +96,13 @@ export const COMMON_FAULT_KINDS: readonly CommonFaultKind[] = [
 ];
 export type SiteFailureKind = "system" | "network" | "exception" | CommonFaultKind;
 export type CertificateFailureKind = "dns" | "unauthorized" | "connection" | "account" | CommonFaultKind;
+export type DeleteFailureKind = CommonFaultKind;
+/** The commands faults apply to, as `RandomFaults.commands` names them. */
+export type FaultCommand = "site" | "certificate" | "delete";
 
 /**
- * A seeded fault mix for chaos runs: each site:add:static or certificate request that passes validation
- * (and meets no counted fault) fails with probability `rate`, with a kind drawn from `kinds`; with probability
+ * A seeded fault mix for chaos runs: each site:add:static, certificate request or site:delete that passes
+ * validation (and meets no counted fault) fails with probability `rate`, with a kind drawn from `kinds`; with probability
  * `afterWorkRate` (default 0) it does its work first. Drawn under the panel's lock; the generator's state is
  * kept in `seed`, so one seed gives one sequence of draws.
  */
@@ -108,8 +111,8 @@ export interface RandomFaults {
   rate: number;
   kinds: readonly CommonFaultKind[];
   afterWorkRate?: number;
-  /** Which commands it applies to (default both). */
-  commands?: ReadonlyArray<"site" | "certificate">;
+  /** Which commands it applies to (default all three). */
+  commands?: readonly FaultCommand[];
 }
 
 /** `faults.json`: counters are decremented under the lock as faults are used. */
@@ -121,7 +124,7 @@ export interface Faults {
   /** How long a hang lasts (default 120 000 ms: long enough for any client timeout, short enough to end). */
   hangMs?: number;
   /**
-   * How long the work of a valid site:add:static or certificate request takes, spent holding the panel's lock
+   * How long the work of a valid site:add:static, certificate request or site:delete takes, spent holding the panel's lock
    * (so concurrent calls queue, and a race would show). Unlike `delayMs`, which all calls sleep in parallel.
    */
   workMs?: number;
@@ -142,6 +145,12 @@ export interface Faults {
   certificateFailureKind?: CertificateFailureKind;
   /** The failing certificate request installs the certificate first, then fails as its kind says. */
   certificateFailureAfterWork?: boolean;
+  /** The next n `site:delete` calls that pass validation (and confirmation) fail, whether the site exists or not. */
+  deleteFailures?: number;
+  /** How they fail (default "timeout"): a `CommonFaultKind`. */
+  deleteFailureKind?: DeleteFailureKind;
+  /** The failing delete removes the site first (when there is one), then fails as its kind says. */
+  deleteFailureAfterWork?: boolean;
   /** A seeded probabilistic mix of common faults (see RandomFaults). */
   randomFaults?: RandomFaults;
 }
@@ -318,6 +327,19 @@ function certificateFailureText(kind: Exclude<CertificateFailureKind, "hang">, n
     default:
       return commonFailure(kind);
   }
+}
+
+/** What a failed `site:delete` prints: a common fault. */
+function deleteFailureText(kind: Exclude<DeleteFailureKind, "hang">, user: string | undefined): Ending {
+  if (kind !== "timeout") return commonFailure(kind);
+  // Assumption: CE#390's shape, for the removal of the site user with its home.
+  const cmd = `/usr/bin/sudo /usr/sbin/userdel -r '${user ?? "unknown"}'`;
+  return {
+    out: [
+      `An error has occurred, error message: Command " : ${cmd}" failed, error message: The process "${cmd}" exceeded the timeout of 90 seconds.`,
+    ],
+    exitCode: 1,
+  };
 }
 
 function acmeFailureLines(kind: "dns" | "unauthorized" | "connection", names: string[]): string[] {
@@ -842,6 +864,8 @@ function domainErrors(value: string | true | undefined): string[] {
   return validDomain(value.toLowerCase()) ? [] : [msg.notValid("domainName")];
 }
 
+const ALL_FAULT_COMMANDS: readonly FaultCommand[] = ["site", "certificate", "delete"];
+
 type Fault<K> = { kind: Exclude<K, "hang">; afterWork: boolean } | {
   kind: "hang";
   afterWork: true;
@@ -849,7 +873,7 @@ type Fault<K> = { kind: Exclude<K, "hang">; afterWork: boolean } | {
 };
 
 /**
- * The fault a valid site or certificate command meets now, if any: a counted one first, else a random draw.
+ * The fault a valid site, certificate or delete command meets now, if any: a counted one first, else a random draw.
  * Called under the panel's lock with `faults` just read; writes back what it used up (counter, generator).
  */
 async function takeFault(
@@ -865,7 +889,12 @@ async function takeFault(
 async function takeFault(
   stateDir: string,
   faults: Faults,
-  command: "site" | "certificate",
+  command: "delete",
+): Promise<Fault<DeleteFailureKind> | null>;
+async function takeFault(
+  stateDir: string,
+  faults: Faults,
+  command: FaultCommand,
 ): Promise<Fault<SiteFailureKind | CertificateFailureKind> | null> {
   let kind: SiteFailureKind | CertificateFailureKind | undefined;
   let afterWork = false;
@@ -877,9 +906,11 @@ async function takeFault(
     faults.certificateFailures! -= 1;
     kind = faults.certificateFailureKind ?? "dns";
     afterWork = faults.certificateFailureAfterWork ?? false;
-  } else if (
-    faults.randomFaults && (faults.randomFaults.commands ?? ["site", "certificate"]).includes(command)
-  ) {
+  } else if (command === "delete" && (faults.deleteFailures ?? 0) > 0) {
+    faults.deleteFailures! -= 1;
+    kind = faults.deleteFailureKind ?? "timeout";
+    afterWork = faults.deleteFailureAfterWork ?? false;
+  } else if (faults.randomFaults && (faults.randomFaults.commands ?? ALL_FAULT_COMMANDS).includes(command)) {
     const random = faults.randomFaults;
     if (draw(random) < random.rate && random.kinds.length > 0) {
       kind = random.kinds[Math.floor(draw(random) * random.kinds.length)];
@@ -1059,13 +1090,33 @@ const siteDelete: CommandDef = {
     return withLock(stateDir, true, async () => {
       const panel = await readPanel(stateDir);
       const site = panel.sites[domain!];
-      if (!site) return { out: [...out, msg.siteNotFound(domain!)], exitCode: 1, outcome: "no_site", ...who };
-      // site:delete removes the vhost, the certificates and the site user with its home (userdel -r).
-      delete panel.sites[domain!];
-      delete panel.certificates[domain!];
-      delete panel.users[site.siteUser];
-      await writePanel(stateDir, panel);
-      return { out: [...out, msg.siteDeleted(domain!)], exitCode: 0, outcome: "deleted", ...who };
+      const faults = await readFaults(stateDir);
+      await sleep(faults.workMs ?? 0);
+      // Faults meet a delete whether the site is there or not: a retry of a delete that did its work meets
+      // them too, so a client's "already absent" path is exercised under faults as well.
+      const fault = await takeFault(stateDir, faults, "delete");
+      // After a confirmed prompt its line comes first, then the failure.
+      const failed = (kind: Exclude<DeleteFailureKind, "hang">, outcome: string): Outcome => {
+        const ending = deleteFailureText(kind, site?.siteUser);
+        return { ...ending, out: [...out, ...ending.out], outcome, ...who };
+      };
+      if (fault && !fault.afterWork) return failed(fault.kind, `failed_${fault.kind}`);
+      let answer: Outcome;
+      if (!site) {
+        answer = { out: [...out, msg.siteNotFound(domain!)], exitCode: 1, outcome: "no_site", ...who };
+      } else {
+        // site:delete removes the vhost, the certificates and the site user with its home (userdel -r).
+        delete panel.sites[domain!];
+        delete panel.certificates[domain!];
+        delete panel.users[site.siteUser];
+        await writePanel(stateDir, panel);
+        answer = { out: [...out, msg.siteDeleted(domain!)], exitCode: 0, outcome: "deleted", ...who };
+      }
+      if (!fault) return answer;
+      if (fault.kind === "hang") {
+        return { ...answer, answerAfterMs: fault.hangMs, outcome: `${answer.outcome}_then_hang` };
+      }
+      return failed(fault.kind, `${answer.outcome}_then_${fault.kind}`);
     });
   },
 };

@@ -7,7 +7,9 @@ import {
   addStaticSiteCommand,
   classifyAddSite,
   classifyCertificate,
+  classifyDeleteSite,
   CloudPanel,
+  deleteSiteCommand,
   installCertificateCommand,
 } from "../supabase/functions/hosting-automator/cloudpanel.ts";
 import {
@@ -18,6 +20,8 @@ import {
 } from "../supabase/functions/hosting-automator/domain.ts";
 import {
   CLOUDPANEL_OUTCOMES,
+  type Finished,
+  isFinished,
   outcomeOf,
   UNRECOGNISED_ATTEMPT_LIMIT,
   type Verb,
@@ -29,6 +33,7 @@ import type { ExecResult, RemoteShell } from "../supabase/functions/hosting-auto
 import {
   addExistingSite,
   addOrphanUser,
+  type CommonFaultKind,
   readSimState,
   setFaults,
   type SiteFailureKind,
@@ -100,6 +105,7 @@ Deno.test("commands quote every value", async () => {
     installCertificateCommand(DOMAIN),
     "clpctl lets-encrypt:install:certificate --domainName='example.com'",
   );
+  assert.equal(deleteSiteCommand(DOMAIN), "clpctl site:delete --domainName='example.com' --force");
   // Values that would be dangerous unquoted reach the program as one argument each, unchanged.
   const nasty = ["a'b; touch /tmp/pwned", "$(id)", "`id`", "x y\nz", "!event", "*"];
   for (const value of nasty) {
@@ -143,7 +149,7 @@ type Case = [
   label: string,
   result: ExecResult,
   row: string,
-  expected: ErrorCode | "created" | "exists" | "installed",
+  expected: ErrorCode | Finished,
   transient?: boolean,
   attemptLimit?: number,
 ];
@@ -576,6 +582,159 @@ const CERTIFICATE_CASES: Case[] = [
   ["no exit status, no signal", ok("", null), "no_exit_status", "ssh_unreachable", true],
 ];
 
+/**
+ * What the removal step makes of clpctl's answers. No source shows site:delete's success text nor its text for
+ * a domain without a site: the success is exit 0 without a failure marker, the missing site is assumed to read
+ * as the certificate command's does.
+ */
+const DELETE_CASES: Case[] = [
+  ["exit 0, no text", ok(""), "site_deleted", "deleted"],
+  ["exit 0, the simulator's text", ok("Site example.com has been deleted.\n"), "site_deleted", "deleted"],
+  [
+    "exit 0 after the confirmation prompt's text",
+    ok("Confirm your action by entering yes: \nSite example.com has been deleted.\n"),
+    "site_deleted",
+    "deleted",
+  ],
+  [
+    "exit 0 with the missing-site line: the site is not there either way",
+    ok('Site "example.com" does not exist.\n'),
+    "site_deleted",
+    "deleted",
+  ],
+  ["no site (assumed text)", fail('Site "example.com" does not exist.\n'), "delete_site_absent", "absent"],
+  ["no site, bare domain", fail("Site example.com does not exist.\n"), "delete_site_absent", "absent"],
+  [
+    "no site, on stderr, exit 2",
+    fail("", "Site example.com does not exist\n", 2),
+    "delete_site_absent",
+    "absent",
+  ],
+  [
+    "domain not valid",
+    fail("domainName: This value is not valid.\n"),
+    "delete_refused",
+    "cloudpanel_rejected",
+    false,
+  ],
+  [
+    "exit 0 with a validation line",
+    ok("domainName: This value should not be blank.\n"),
+    "delete_refused",
+    "cloudpanel_rejected",
+    false,
+  ],
+  [
+    "internal database timed out",
+    fail(`${DATABASE_TIMEOUT}\n`),
+    "internal_database_timeout",
+    "cloudpanel_unavailable",
+    true,
+  ],
+  [
+    "internal database timed out, exit 0",
+    ok(`${DATABASE_TIMEOUT}\n`),
+    "internal_database_timeout",
+    "cloudpanel_unavailable",
+    true,
+  ],
+  [
+    "SQLite busy (plausible)",
+    fail("An error has occurred, error message: SQLSTATE[HY000]: General error: 5 database is locked\n"),
+    "database_locked",
+    "cloudpanel_unavailable",
+    true,
+  ],
+  [
+    "timeout removing the site user",
+    fail(
+      `An error has occurred, error message: Command " : /usr/bin/sudo /usr/sbin/userdel -r 'example-user'" failed, error message: The process "/usr/bin/sudo /usr/sbin/userdel -r 'example-user'" exceeded the timeout of 90 seconds.`,
+    ),
+    "process_timeout",
+    "cloudpanel_busy",
+    true,
+  ],
+  ["killed by SIGKILL, no output", killedBy("KILL"), "killed", "cloudpanel_unavailable", true],
+  ["exit 137 without output", silentExit(137), "killed", "cloudpanel_unavailable", true],
+  [
+    "exit 143 with a bare Terminated line",
+    fail("", "Terminated\n", 143),
+    "killed",
+    "cloudpanel_unavailable",
+    true,
+  ],
+  [
+    "the gate refused the command",
+    fail("", "clpctl-gate: refused: --force is required for site:delete\n", 64),
+    "gate_refused",
+    "cloudpanel_rejected",
+    false,
+  ],
+  [
+    "clpctl not found",
+    fail("", "bash: line 1: clpctl: command not found\n", 127),
+    "not_runnable",
+    "cloudpanel_misconfigured",
+    false,
+  ],
+  [
+    "sudo refuses",
+    fail("", "sudo: sorry, you are not allowed to run /usr/bin/clpctl\n"),
+    "not_runnable",
+    "cloudpanel_misconfigured",
+    false,
+  ],
+  [
+    "unknown command or option, Monolog JSON record",
+    fail("", MONOLOG_NAMESPACE),
+    "unknown_command_or_option",
+    "cloudpanel_misconfigured",
+    false,
+  ],
+  [
+    "the confirmation prompt was not answered",
+    fail("Confirm your action by entering yes: \n", "Aborted.\n"),
+    "delete_unrecognised",
+    "cloudpanel_delete_failed",
+    true,
+    3,
+  ],
+  [
+    "exit 0 with an error",
+    ok("An error has occurred, error message: something\n"),
+    "delete_unrecognised",
+    "cloudpanel_delete_failed",
+    true,
+    3,
+  ],
+  [
+    "an uncaught exception inside the command",
+    fail("", MONOLOG_RUNTIME),
+    "delete_unrecognised",
+    "cloudpanel_delete_failed",
+    true,
+    3,
+  ],
+  [
+    "unknown text, exit 1",
+    fail("Something else went wrong.\n"),
+    "delete_unrecognised",
+    "cloudpanel_delete_failed",
+    true,
+    3,
+  ],
+  ["exit 1 without output", silentExit(1), "delete_unrecognised", "cloudpanel_delete_failed", true, 3],
+  [
+    "a crash (SIGSEGV) is not a kill",
+    killedBy("SEGV"),
+    "delete_unrecognised",
+    "cloudpanel_delete_failed",
+    true,
+    3,
+  ],
+  ["no exit status, no signal", ok("", null), "no_exit_status", "ssh_unreachable", true],
+];
+
 /** Public messages: no command lines, paths, hosts, addresses or values. */
 function assertPublicSafe(message: string, label: string): void {
   for (
@@ -610,8 +769,16 @@ function checkCase(verb: Verb, [label, result, row, expected, transient, attempt
     assert.equal(classifyCertificate(result, DOMAIN), undefined, label);
     return;
   }
+  if (expected === "deleted" || expected === "absent") {
+    assert.deepEqual(classifyDeleteSite(result, DOMAIN), { deleted: expected === "deleted" }, label);
+    return;
+  }
   const error = catchError(() =>
-    verb === "site:add:static" ? classifyAddSite(result, DOMAIN, USER) : classifyCertificate(result, DOMAIN)
+    verb === "site:add:static"
+      ? classifyAddSite(result, DOMAIN, USER)
+      : verb === "site:delete"
+      ? classifyDeleteSite(result, DOMAIN)
+      : classifyCertificate(result, DOMAIN)
   );
   assert.equal(error.code, expected, label);
   assert.equal(error.transient, transient, `${label}: transient`);
@@ -623,12 +790,14 @@ function checkCase(verb: Verb, [label, result, row, expected, transient, attempt
 Deno.test("classification of each reference message and fault, row by row", () => {
   for (const c of SITE_CASES) checkCase("site:add:static", c);
   for (const c of CERTIFICATE_CASES) checkCase("lets-encrypt:install:certificate", c);
+  for (const c of DELETE_CASES) checkCase("site:delete", c);
 });
 
 Deno.test("every row of the outcome table is exercised by a case above, for each of its commands", () => {
   const seen = new Set([
     ...SITE_CASES.map(([, , row]) => `site:add:static ${row}`),
     ...CERTIFICATE_CASES.map(([, , row]) => `lets-encrypt:install:certificate ${row}`),
+    ...DELETE_CASES.map(([, , row]) => `site:delete ${row}`),
   ]);
   for (const row of CLOUDPANEL_OUTCOMES) {
     for (const verb of row.verbs) assert.ok(seen.has(`${verb} ${row.id}`), `no case for ${verb} ${row.id}`);
@@ -640,7 +809,7 @@ Deno.test("the outcome table is consistent with the error codes", () => {
   assert.equal(new Set(ids).size, ids.length, "row ids are unique");
   for (const row of CLOUDPANEL_OUTCOMES) {
     assert.ok(row.meaning.length > 0 && row.basis.length > 0, `${row.id}: meaning and basis`);
-    if (row.result === "created" || row.result === "exists" || row.result === "installed") {
+    if (isFinished(row.result)) {
       assert.equal(row.transient, undefined, `${row.id}: a finished step is not retried`);
       assert.equal(row.attemptLimit, undefined, row.id);
       continue;
@@ -741,6 +910,73 @@ Deno.test("a new site is created through the simulator, and found again on a ret
     assert.equal(state.sites["example.com"].docRoot, first.docRoot);
     await panel.installCertificate(DOMAIN, TIMEOUT);
     assert.equal((await readSimState(dir)).certificates["example.com"].type, "lets-encrypt");
+  });
+});
+
+Deno.test("a site is deleted through the simulator, and a second removal finds it absent, which is done too", async () => {
+  await withState(async (dir) => {
+    const { logger, lines } = collectingLogger();
+    const panel = new CloudPanel(() => Promise.resolve(localShell(dir)), logger);
+    await panel.addStaticSite(DOMAIN, TIMEOUT);
+    await panel.installCertificate(DOMAIN, TIMEOUT);
+    assert.deepEqual(await panel.deleteSite(DOMAIN, TIMEOUT), { deleted: true });
+    const state = await readSimState(dir);
+    assert.deepEqual([state.sites, state.users, state.certificates], [{}, {}, {}]);
+    assert.deepEqual(await panel.deleteSite(DOMAIN, TIMEOUT), { deleted: false });
+    assert.deepEqual(
+      (await readSimState(dir)).calls.filter((c) => c.verb === "site:delete").map((c) => c.outcome),
+      ["deleted", "no_site"],
+    );
+    const infos = lines.map((l) => JSON.parse(l)).filter((l) => l.level === "info").map((l) =>
+      l.msg ?? l.message
+    );
+    assert.ok(infos.includes("cloudpanel site deleted"), lines.join("\n"));
+    assert.ok(infos.includes("cloudpanel site already absent"), lines.join("\n"));
+  });
+});
+
+Deno.test("a removal CloudPanel refuses fails permanently and names the field; an unrecognised one is retried a few times", async () => {
+  await withState(async (dir) => {
+    const { logger, lines } = collectingLogger();
+    const panel = new CloudPanel(() => Promise.resolve(localShell(dir)), logger);
+    // The client never sends an invalid domain: this one comes as a Domain only to show the validator's answer.
+    const refused = await rejection(panel.deleteSite("exa_mple.com" as Domain, TIMEOUT));
+    assert.deepEqual([refused.code, refused.transient, refused.attemptLimit], [
+      "cloudpanel_rejected",
+      false,
+      undefined,
+    ]);
+    assert.equal(
+      refused.publicMessage,
+      "CloudPanel rejected the site removal: domainName: This value is not valid.",
+    );
+    assert.match(refused.message, /^clpctl site:delete \(delete_refused\): exit 1: /);
+
+    await panel.addStaticSite(DOMAIN, TIMEOUT);
+    await setFaults(dir, { deleteFailures: 1, deleteFailureKind: "unrecognised" });
+    const failed = await rejection(panel.deleteSite(DOMAIN, TIMEOUT));
+    assert.deepEqual([failed.code, failed.transient, failed.attemptLimit], [
+      "cloudpanel_delete_failed",
+      true,
+      UNRECOGNISED_ATTEMPT_LIMIT,
+    ]);
+    assertPublicSafe(failed.publicMessage, "unrecognised removal");
+    assert.ok(lines.some((l) => l.includes("cloudpanel site removal step failed")), lines.join("\n"));
+    assert.ok((await readSimState(dir)).sites["example.com"], "nothing was deleted");
+    assert.deepEqual(await panel.deleteSite(DOMAIN, TIMEOUT), { deleted: true });
+  });
+});
+
+Deno.test("a removal that times out for the client but finishes on the server: the retry finds the site absent", async () => {
+  await withState(async (dir) => {
+    const { logger } = collectingLogger();
+    const panel = new CloudPanel(() => Promise.resolve(localShell(dir)), logger);
+    await panel.addStaticSite(DOMAIN, TIMEOUT);
+    await setFaults(dir, { deleteFailures: 1, deleteFailureKind: "hang", hangMs: 60_000 });
+    const error = await rejection(panel.deleteSite(DOMAIN, { timeoutMs: 2_000 }));
+    assert.deepEqual([error.code, error.transient], ["ssh_timeout", true]);
+    assert.deepEqual((await readSimState(dir)).sites, {}, "the server did the work");
+    assert.deepEqual(await panel.deleteSite(DOMAIN, TIMEOUT), { deleted: false });
   });
 });
 
@@ -1015,6 +1251,42 @@ Deno.test("over SSH: an unrecognised failure is retried with an attempt limit, a
       [certificate.code, certificate.transient, certificate.attemptLimit],
       ["certificate_failed", true, UNRECOGNISED_ATTEMPT_LIMIT],
     );
+  });
+});
+
+Deno.test("over SSH: a site is deleted, then a second removal finds it absent (done); faults are retried", async () => {
+  await withSshPanel(async (panel, dir, shell) => {
+    await panel.addStaticSite(DOMAIN, TIMEOUT);
+    // What the server answers to the command line the client sends.
+    const raw = await shell.exec(deleteSiteCommand(DOMAIN), TIMEOUT);
+    assert.deepEqual(raw, { stdout: "Site example.com has been deleted.\n", stderr: "", exitCode: 0 });
+    assert.deepEqual((await readSimState(dir)).sites, {});
+    assert.deepEqual(await panel.deleteSite(DOMAIN, TIMEOUT), { deleted: false });
+
+    await panel.addStaticSite(DOMAIN, TIMEOUT);
+    const cases: Array<[CommonFaultKind, ErrorCode, string]> = [
+      ["killed", "cloudpanel_unavailable", "signal KILL"],
+      ["exit137", "cloudpanel_unavailable", "exit 137"],
+      ["database", "cloudpanel_unavailable", "Connection to the internal database timed out"],
+      ["locked", "cloudpanel_unavailable", "database is locked"],
+      ["timeout", "cloudpanel_busy", "exceeded the timeout of 90 seconds"],
+    ];
+    for (const [kind, code, detail] of cases) {
+      await setFaults(dir, { deleteFailures: 1, deleteFailureKind: kind });
+      const error = await rejection(panel.deleteSite(DOMAIN, TIMEOUT));
+      assert.deepEqual([error.code, error.transient, error.attemptLimit], [code, true, undefined], kind);
+      assert.ok(error.message.includes(detail), `${kind}: ${error.message}`);
+    }
+    assert.ok((await readSimState(dir)).sites["example.com"], "no fault before the work deleted anything");
+    assert.deepEqual(await panel.deleteSite(DOMAIN, TIMEOUT), { deleted: true });
+
+    // Killed after its work: the retry finds no site, and that counts as done.
+    await panel.addStaticSite(DOMAIN, TIMEOUT);
+    await setFaults(dir, { deleteFailures: 1, deleteFailureKind: "killed", deleteFailureAfterWork: true });
+    const killed = await rejection(panel.deleteSite(DOMAIN, TIMEOUT));
+    assert.deepEqual([killed.code, killed.transient], ["cloudpanel_unavailable", true]);
+    assert.deepEqual((await readSimState(dir)).sites, {}, "the work was done before the process died");
+    assert.deepEqual(await panel.deleteSite(DOMAIN, TIMEOUT), { deleted: false });
   });
 });
 

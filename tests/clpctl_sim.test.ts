@@ -39,6 +39,11 @@ function certificate(dir: string, domain: string): Promise<ClpctlResult> {
   return runClpctl(["lets-encrypt:install:certificate", `--domainName=${domain}`], dir);
 }
 
+/** site:delete as the client sends it: with --force, so no prompt. */
+function deleteSite(dir: string, domain: string): Promise<ClpctlResult> {
+  return runClpctl(["site:delete", `--domainName=${domain}`, "--force"], dir);
+}
+
 /** Runs dev/bin/clpctl as a process, the way a remote shell does. */
 async function clpctlProcess(
   args: string[],
@@ -434,6 +439,113 @@ Deno.test("site:delete asks for confirmation without --force and deletes with it
   });
 });
 
+Deno.test("site:delete of a domain without a site says it does not exist and changes nothing", async () => {
+  await withState(async (dir) => {
+    await addSite(dir, "kept.example.com", "kept-user");
+    const result = await deleteSite(dir, "gone.example.com");
+    assert.deepEqual(result, {
+      stdout: 'Site "gone.example.com" does not exist.\n',
+      stderr: "",
+      exitCode: 1,
+    });
+    const state = await readSimState(dir);
+    assert.deepEqual(Object.keys(state.sites), ["kept.example.com"]);
+    assert.deepEqual(state.calls.map((c) => c.outcome), ["added", "no_site"]);
+  });
+});
+
+Deno.test("site:delete meets killed and exit137 faults, before its work or after it, and a retry then finds no site", async () => {
+  await withState(async (dir) => {
+    await addSite(dir, "example.com", "example-user");
+    await setFaults(dir, { deleteFailures: 1, deleteFailureKind: "killed" });
+    assert.deepEqual(await deleteSite(dir, "example.com"), {
+      stdout: "",
+      stderr: "",
+      exitCode: null,
+      signal: "KILL",
+    });
+    await setFaults(dir, { deleteFailures: 1, deleteFailureKind: "exit137" });
+    assert.deepEqual(await deleteSite(dir, "example.com"), { stdout: "", stderr: "", exitCode: 137 });
+    assert.ok((await readSimState(dir)).sites["example.com"], "a fault before the work deletes nothing");
+
+    await setFaults(dir, { deleteFailures: 1, deleteFailureKind: "database", deleteFailureAfterWork: true });
+    const after = await deleteSite(dir, "example.com");
+    assert.match(after.stdout, /Connection to the internal database timed out/);
+    assert.equal(after.exitCode, 1);
+    const state = await readSimState(dir);
+    assert.deepEqual([state.sites, state.users, state.certificates], [{}, {}, {}], "the work was done");
+
+    // The retry meets no site; a fault still meets a delete of a site that is not there.
+    assert.equal((await deleteSite(dir, "example.com")).stdout, 'Site "example.com" does not exist.\n');
+    await setFaults(dir, { deleteFailures: 1, deleteFailureKind: "locked" });
+    assert.match((await deleteSite(dir, "example.com")).stdout, /database is locked/);
+    await setFaults(dir, { deleteFailures: 1, deleteFailureKind: "killed", deleteFailureAfterWork: true });
+    assert.equal((await deleteSite(dir, "example.com")).signal, "KILL");
+    assert.deepEqual(
+      (await readSimState(dir)).calls.slice(1).map((c) => [c.verb, c.outcome, c.exitCode]),
+      [
+        ["site:delete", "failed_killed", null],
+        ["site:delete", "failed_exit137", 137],
+        ["site:delete", "deleted_then_database", 1],
+        ["site:delete", "no_site", 1],
+        ["site:delete", "failed_locked", 1],
+        ["site:delete", "no_site_then_killed", null],
+      ],
+    );
+
+    // As a process, through the wrapper: the parent sees the signal.
+    await addSite(dir, "proc.example.com", "proc-user");
+    await setFaults(dir, { deleteFailures: 1, deleteFailureKind: "killed" });
+    const env = { CLPCTL_SIM_STATE: dir, PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin" };
+    const killed = await new Deno.Command(CLPCTL, {
+      args: ["site:delete", "--domainName=proc.example.com", "--force"],
+      env,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.deepEqual([killed.signal, killed.stdout.length, killed.stderr.length], ["SIGKILL", 0, 0]);
+    assert.ok((await readSimState(dir)).sites["proc.example.com"]);
+  });
+});
+
+Deno.test("site:delete: a hang does the work and answers late; the timeout text names the site user", async () => {
+  await withState(async (dir) => {
+    await addSite(dir, "example.com", "example-user");
+    await setFaults(dir, { deleteFailures: 1, deleteFailureKind: "timeout" });
+    const timeout = await deleteSite(dir, "example.com");
+    assert.match(
+      timeout.stdout,
+      /^An error has occurred, error message: Command " : \/usr\/bin\/sudo \/usr\/sbin\/userdel -r 'example-user'" failed, error message: .* exceeded the timeout of 90 seconds\.\n$/,
+    );
+    await setFaults(dir, { deleteFailures: 1, deleteFailureKind: "hang", hangMs: 300 });
+    const started = performance.now();
+    const late = await deleteSite(dir, "example.com");
+    assert.ok(performance.now() - started >= 300);
+    assert.deepEqual([late.exitCode, late.stdout], [0, "Site example.com has been deleted.\n"]);
+    assert.deepEqual((await readSimState(dir)).sites, {});
+  });
+});
+
+Deno.test("random faults meet site:delete unless `commands` leaves it out", async () => {
+  const outcomes = async (faults: Faults) => {
+    let result: string[] = [];
+    await withState(async (dir) => {
+      for (let i = 0; i < 3; i++) await addSite(dir, `d${i}.example.com`, `d-user-${i}`);
+      await setFaults(dir, faults);
+      for (let i = 0; i < 3; i++) await deleteSite(dir, `d${i}.example.com`);
+      result = (await readSimState(dir)).calls.slice(3).map((c) => c.outcome);
+    });
+    return result;
+  };
+  const random = { seed: 9, rate: 1, kinds: ["database"] as CommonFaultKind[] };
+  assert.deepEqual(await outcomes({ randomFaults: random }), Array(3).fill("failed_database"));
+  assert.deepEqual(
+    await outcomes({ randomFaults: { ...random, commands: ["site", "certificate"] } }),
+    Array(3).fill("deleted"),
+  );
+});
+
 Deno.test("the call log records verb, domain and outcome, never the password", async () => {
   await withState(async (dir) => {
     await addSite(dir, "Example.com", "example-user");
@@ -495,7 +607,7 @@ Deno.test("the wrapper works from any working directory and passes output and ex
   });
 });
 
-Deno.test("common faults print their text with exit 1 and change nothing, for both commands", async () => {
+Deno.test("common faults print their text with exit 1 and change nothing, for every command", async () => {
   const texts: Array<[CommonFaultKind, RegExp]> = [
     ["database", /^An error has occurred, error message: Connection to the internal database timed out\.\n$/],
     [
@@ -519,13 +631,18 @@ Deno.test("common faults print their text with exit 1 and change nothing, for bo
       const cert = await certificate(dir, "cert.example.com");
       assert.match(cert.stdout, text, `certificate ${kind}`);
       assert.deepEqual([cert.stderr, cert.exitCode], ["", 1]);
+      await setFaults(dir, { deleteFailures: 1, deleteFailureKind: kind });
+      const deleted = await deleteSite(dir, "cert.example.com");
+      assert.match(deleted.stdout, text, `delete ${kind}`);
+      assert.deepEqual([deleted.stderr, deleted.exitCode], ["", 1]);
     }
     const state = await readSimState(dir);
     assert.deepEqual(Object.keys(state.sites), ["cert.example.com"]);
+    assert.equal(state.users["cert-user"].kind, "site");
     assert.equal(state.certificates["cert.example.com"].type, "self-signed");
     assert.deepEqual(
       state.calls.slice(1).map((c) => c.outcome),
-      texts.flatMap(([kind]) => [`failed_${kind}`, `failed_${kind}`]),
+      texts.flatMap(([kind]) => [`failed_${kind}`, `failed_${kind}`, `failed_${kind}`]),
     );
   });
 });

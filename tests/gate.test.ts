@@ -14,6 +14,7 @@ import { fileURLToPath } from "node:url";
 import { readSimState, setFaults } from "../dev/clpctl_sim.ts";
 import {
   addStaticSiteCommand,
+  deleteSiteCommand,
   installCertificateCommand,
 } from "../supabase/functions/hosting-automator/cloudpanel.ts";
 import {
@@ -158,6 +159,37 @@ Deno.test("the function's site and certificate commands pass the gate and reach 
   });
 });
 
+Deno.test("the function's removal command passes the gate: the site is deleted, and a second removal finds none", async () => {
+  await withGate({}, async (gate) => {
+    assert.equal((await gate.run(addStaticSiteCommand(DOMAIN, USER, password()))).exitCode, 0);
+    const deleted = await gate.run(deleteSiteCommand(DOMAIN));
+    assert.deepEqual(deleted, { stdout: "Site example.com has been deleted.\n", stderr: "", exitCode: 0 });
+    const state = await readSimState(gate.state);
+    assert.deepEqual([state.sites, state.users, state.certificates], [{}, {}, {}]);
+    // clpctl's own answer for a missing site comes back unchanged: the gate does not look at the panel.
+    const again = await gate.run(deleteSiteCommand(DOMAIN));
+    assert.deepEqual(again, { stdout: 'Site "example.com" does not exist.\n', stderr: "", exitCode: 1 });
+    // A killed clpctl is reported as such for this command too.
+    await setFaults(gate.state, { deleteFailures: 1, deleteFailureKind: "killed" });
+    assert.equal((await gate.run(deleteSiteCommand(DOMAIN))).signal, "KILL");
+    assert.deepEqual(
+      (await readSimState(gate.state)).calls.map((c) => [c.verb, c.domainName, c.outcome]),
+      [
+        ["site:add:static", DOMAIN, "added"],
+        ["site:delete", DOMAIN, "deleted"],
+        ["site:delete", DOMAIN, "no_site"],
+        ["site:delete", DOMAIN, "failed_killed"],
+      ],
+    );
+    const log = await gate.syslog();
+    assert.deepEqual(log.slice(1), [
+      `-t clpctl-gate -p auth.notice -- allowed: site:delete domain=${DOMAIN} from=127.0.0.1`,
+      `-t clpctl-gate -p auth.notice -- allowed: site:delete domain=${DOMAIN} from=127.0.0.1`,
+      `-t clpctl-gate -p auth.notice -- allowed: site:delete domain=${DOMAIN} from=127.0.0.1`,
+    ]);
+  });
+});
+
 Deno.test("clpctl's own answer and exit status come back through the gate unchanged (site already exists)", async () => {
   const pw = password();
   await withGate({}, async (gate) => {
@@ -213,6 +245,13 @@ Deno.test("the gate executes clpctl with one argument per flag, unquoted, in a f
     ]],
     // The shortest name the domain rules accept: a one-letter label and a two-letter top-level domain.
     [installCertificateCommand("a.bc" as Domain), ["lets-encrypt:install:certificate", "--domainName=a.bc"]],
+    [deleteSiteCommand(longest), ["site:delete", `--domainName=${longest}`, "--force"]],
+    // The switch first and the domain bare: the same argument array.
+    ["clpctl site:delete --force --domainName=xn--bcher-kva.example", [
+      "site:delete",
+      "--domainName=xn--bcher-kva.example",
+      "--force",
+    ]],
   ];
   await withGate({ clpctl: "argv-recorder" }, async (gate) => {
     for (const [command, argv] of cases) {
@@ -238,15 +277,101 @@ const addWith = (fields: { domain?: string; user?: string; pw?: string }) =>
     fields.user ?? `'${USER}'`
   } --siteUserPassword=${fields.pw ?? `'${PW}'`}`;
 const certFor = (domain: string) => `clpctl lets-encrypt:install:certificate --domainName=${domain}`;
+const DELETE = "clpctl site:delete --domainName='example.com' --force";
+const deleteFor = (domain: string) => `clpctl site:delete --domainName=${domain} --force`;
 
 /** [what is tried, the command line, the reason the gate must give]. */
 const REFUSED: Array<[string, string, RegExp]> = [
+  // site:delete only as the function sends it: with --force, bare, once, and nothing else.
+  [
+    "site:delete without --force (clpctl would wait for a typed yes)",
+    "clpctl site:delete --domainName='example.com'",
+    /--force is required for site:delete$/,
+  ],
+  ["site:delete with --force=yes", `${DELETE}=yes`, /--force takes no value$/],
+  ["site:delete with a quoted value on --force", `${DELETE}='yes'`, /--force takes no value$/],
+  ["site:delete with an empty value on --force", `${DELETE}=`, /--force takes no value$/],
+  ["site:delete with --force twice", `${DELETE} --force`, /--force given twice$/],
+  [
+    "site:delete without --domainName",
+    "clpctl site:delete --force",
+    /--domainName is required for site:delete$/,
+  ],
+  ["site:delete with two domainName", `${DELETE} --domainName='other.example'`, /--domainName given twice$/],
+  [
+    "site:delete with two domainName, the second before --force",
+    "clpctl site:delete --domainName=example.com --domainName=other.example --force",
+    /--domainName given twice$/,
+  ],
+  [
+    "site:delete with a flag of another verb",
+    `${DELETE} --siteUser='${USER}'`,
+    /flag not allowed for site:delete: --siteUser$/,
+  ],
+  ["site:delete with --no-interaction", `${DELETE} --no-interaction`, /argument 3 .* not --flag=value$/],
+  ["site:delete with --quiet", `${DELETE} --quiet`, /argument 3 .* not --flag=value$/],
+  ["site:delete with -n", `${DELETE} -n`, /argument 3 .* not --flag=value$/],
+  [
+    "site:delete with --Force",
+    "clpctl site:delete --domainName='example.com' --Force",
+    /argument 2 .* not --flag=value$/,
+  ],
+  [
+    "site:delete with a quoted --force",
+    "clpctl site:delete --domainName='example.com' '--force'",
+    /argument 2 .* not --flag=value$/,
+  ],
+  [
+    "site:delete with an extra positional argument",
+    `${DELETE} example.org`,
+    /argument 3 .* not --flag=value$/,
+  ],
+  [
+    "site:delete with --force on the domain's word",
+    "clpctl site:delete --domainName='example.com'--force",
+    /unbalanced quote in --domainName$/,
+  ],
+  [
+    "site:delete with --force inside the quotes",
+    "clpctl site:delete --domainName='example.com --force'",
+    /unbalanced quote in --domainName$/,
+  ],
+  ["site:delete of an invalid domain", deleteFor("'Example.com'"), /domainName may only hold/],
+  ["site:delete of an IP address", deleteFor("'192.0.2.1'"), /is an IP address$/],
+  ["site:delete of a single label", deleteFor("'localhost'"), /at least two labels$/],
+  ["site:delete of an empty domain", deleteFor("''"), /domainName is empty$/],
+  ["site:delete of a wildcard", deleteFor("'*.example.com'"), /character not allowed: \*$/],
+  ["site:delete of a path", deleteFor("'../example.com'"), /character not allowed: \/$/],
+  [
+    "site:delete with ; and another delete",
+    `${DELETE}; ${deleteFor("other.example")}`,
+    /character not allowed: ;$/,
+  ],
+  ["site:delete with && after it", `${DELETE} && id`, /character not allowed: &$/],
+  ["site:delete with $() in the domain", deleteFor("'$(id).example.com'"), /character not allowed: \$$/],
+  [
+    "site:delete with a newline before --force",
+    "clpctl site:delete --domainName='example.com'\n--force",
+    /control character/,
+  ],
+  [
+    "site:delete with a tab before --force",
+    "clpctl site:delete --domainName='example.com'\t--force",
+    /control character/,
+  ],
+  [
+    "site:delete with two spaces before --force",
+    "clpctl site:delete --domainName='example.com'  --force",
+    /unexpected whitespace$/,
+  ],
   // Other verbs, including real clpctl commands and Symfony's abbreviations of the allowed ones.
   [
-    "site:delete",
-    "clpctl site:delete --domainName='example.com' --force",
-    /command not allowed: site:delete$/,
+    "an abbreviation of site:delete",
+    "clpctl site:del --domainName='example.com' --force",
+    /command not allowed: site:del$/,
   ],
+  ["another delete verb", "clpctl user:delete --userName='admin'", /command not allowed: user:delete$/],
+  ["db:delete", "clpctl db:delete --databaseName='x' --force", /command not allowed: db:delete$/],
   [
     "user:add",
     `clpctl user:add --userName='eve' --firstName='Eve' --lastName='X' --role='admin' --password='${PW}'`,
@@ -588,6 +713,8 @@ Deno.test("through the gate a site goes active, and a site:add with an injected 
         `${
           addStaticSiteCommand(evil, siteUserFor(evil), pw)
         }; clpctl site:delete --domainName=gate.example --force`,
+        // A removal the function would send, with a second domain appended.
+        `${deleteSiteCommand(evil)} --domainName=gate.example`,
       ];
       for (const attempt of attempts) {
         const result = await shell.exec(attempt, TIMEOUT);
@@ -601,7 +728,7 @@ Deno.test("through the gate a site goes active, and a site:add with an injected 
     const after = await stack.simState();
     assert.equal(after.calls.length, state.calls.length, "no call reached clpctl");
     assert.deepEqual(Object.keys(after.sites), ["gate.example"]);
-    assert.equal((await readLines(syslog)).filter((l) => l.includes("refused:")).length, 3);
+    assert.equal((await readLines(syslog)).filter((l) => l.includes("refused:")).length, 4);
   } finally {
     await stack?.close();
     await Deno.remove(dir, { recursive: true });

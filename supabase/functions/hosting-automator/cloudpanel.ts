@@ -11,10 +11,15 @@ import {
   type SiteUser,
   siteUserFor,
 } from "./domain.ts";
-import { linesOf, outcomeOf, type Verb } from "./cloudpanel_outcomes.ts";
+import { isFinished, linesOf, outcomeOf, type Verb } from "./cloudpanel_outcomes.ts";
 import { HostingError } from "./errors.ts";
 import { type Logger, Redactor } from "./log.ts";
 import type { ExecResult, RemoteShell } from "./remote.ts";
+
+export interface DeleteResult {
+  /** False when there was no site to delete (an earlier, interrupted run deleted it, or none was made). */
+  deleted: boolean;
+}
 
 export interface SiteResult {
   siteUser: SiteUser;
@@ -38,6 +43,11 @@ export function installCertificateCommand(domain: Domain): string {
   return `clpctl lets-encrypt:install:certificate --domainName=${shellQuote(domain)}`;
 }
 
+/** `--force`: without it clpctl asks for confirmation, which over SSH without a terminal would never come. */
+export function deleteSiteCommand(domain: Domain): string {
+  return `clpctl site:delete --domainName=${shellQuote(domain)} --force`;
+}
+
 /** For callers without the app's redactor (tests of the classifiers): the secret shapes only. */
 const PATTERNS_ONLY = new Redactor();
 
@@ -59,7 +69,7 @@ function outputOf(result: ExecResult, redactor: Redactor): string {
  */
 function classify(verb: Verb, result: ExecResult, domain: Domain, redactor: Redactor, siteUser?: SiteUser) {
   const row = outcomeOf(verb, result, domain);
-  if (row.result === "created" || row.result === "exists" || row.result === "installed") return row.result;
+  if (isFinished(row.result)) return row.result;
   const publicMessage = typeof row.publicMessage === "function"
     ? row.publicMessage({ lines: linesOf(result), domain, siteUser })
     : row.publicMessage;
@@ -91,6 +101,15 @@ export function classifyCertificate(
   redactor: Redactor = PATTERNS_ONLY,
 ): void {
   classify("lets-encrypt:install:certificate", result, domain, redactor);
+}
+
+/** The removal step's answer: deleted, already absent, or a HostingError saying whether a retry can help. */
+export function classifyDeleteSite(
+  result: ExecResult,
+  domain: Domain,
+  redactor: Redactor = PATTERNS_ONLY,
+): DeleteResult {
+  return { deleted: classify("site:delete", result, domain, redactor) === "deleted" };
 }
 
 export interface StepOptions {
@@ -140,6 +159,20 @@ export class CloudPanel {
     const result = await this.#exec(installCertificateCommand(domain), options);
     this.#classified("certificate", domain, () => classifyCertificate(result, domain, this.#logger.redactor));
     this.#logger.info("let's encrypt certificate installed", { domain });
+  }
+
+  /** Deletes the site (its files, site user and certificates go with it), or finds it already absent. */
+  async deleteSite(domain: Domain, options: StepOptions): Promise<DeleteResult> {
+    const result = await this.#exec(deleteSiteCommand(domain), options);
+    const done = this.#classified(
+      "site removal",
+      domain,
+      () => classifyDeleteSite(result, domain, this.#logger.redactor),
+    );
+    this.#logger.info(done.deleted ? "cloudpanel site deleted" : "cloudpanel site already absent", {
+      domain,
+    });
+    return done;
   }
 
   /** Logs a classification failure and passes it on (its internal message is redacted by the classifier). */

@@ -1,15 +1,16 @@
 /**
- * Every answer the two clpctl commands can give, as one table: what a row matches (lines of output, exit
+ * Every answer the three clpctl commands can give, as one table: what a row matches (lines of output, exit
  * status, signal), what it means, its error code, whether a retry can help, the public message and, for
  * answers nobody recognised, how many attempts a job may spend on it. The CloudPanel client reads its
  * classification from here and nowhere else; the first row that matches wins.
  *
- * Why retries are safe: both commands are idempotent from the outside. A second `site:add:static` answers
- * "domainName: This value already exists." when the first one created the site (that counts as done), and a
- * second certificate request installs the certificate again. So anything that may pass (a timeout, a busy
- * database, a killed process) is retried with backoff; what will not pass by waiting (a refused value, an
- * orphan user, a missing command) fails at once with a message saying what to fix; and an answer that is
- * not recognised is retried only a few times, so a command that is broken for good cannot loop for hours.
+ * Why retries are safe: every command is idempotent from the outside. A second `site:add:static` answers
+ * "domainName: This value already exists." when the first one created the site (that counts as done), a
+ * second certificate request installs the certificate again, and a second `site:delete` finds no site (that
+ * counts as done too). So anything that may pass (a timeout, a busy database, a killed process) is retried
+ * with backoff; what will not pass by waiting (a refused value, an orphan user, a missing command) fails at
+ * once with a message saying what to fix; and an answer that is not recognised is retried only a few times,
+ * so a command that is broken for good cannot loop for hours.
  *
  * Which stream carries a message and which exit status a failure has are not documented by CloudPanel, so
  * text is matched on both streams and, except where a row says otherwise, with any exit status.
@@ -17,8 +18,16 @@
 import { ERROR_CODES, type ErrorCode } from "./errors.ts";
 import type { ExecResult } from "./remote.ts";
 
-export type Verb = "site:add:static" | "lets-encrypt:install:certificate";
-export const VERBS: readonly Verb[] = ["site:add:static", "lets-encrypt:install:certificate"];
+export type Verb = "site:add:static" | "lets-encrypt:install:certificate" | "site:delete";
+export const VERBS: readonly Verb[] = ["site:add:static", "lets-encrypt:install:certificate", "site:delete"];
+
+/** A finished step: the site created or already there, the certificate installed, the site deleted or absent. */
+export const FINISHED = ["created", "exists", "installed", "deleted", "absent"] as const;
+export type Finished = typeof FINISHED[number];
+
+export function isFinished(result: Outcome["result"]): result is Finished {
+  return (FINISHED as readonly string[]).includes(result);
+}
 
 /** What a command's answer is matched on. Every field given must hold; an empty match holds always. */
 export interface Match {
@@ -50,8 +59,8 @@ export interface Outcome {
   verbs: readonly Verb[];
   /** One match, or several of which any may hold. */
   when: Match | readonly Match[];
-  /** A finished step (`created`, `exists`, `installed`) or the error code the step fails with. */
-  result: "created" | "exists" | "installed" | ErrorCode;
+  /** A finished step (one of FINISHED) or the error code the step fails with. */
+  result: Finished | ErrorCode;
   /** Retry with backoff. Always the code's own setting in ERROR_CODES (a test checks): one code, one policy. */
   transient?: boolean;
   /** For transient rows that nobody recognised: the same code this many times in a row fails the job. */
@@ -84,13 +93,19 @@ const SAFE_VALIDATOR_TEXT_RE = /^This [A-Za-z0-9 .,]{1,150}$/;
 /** Timeouts CloudPanel reports (CE#390, CE#449, CE#182): the server is slow or its outbound calls are. */
 const TIMEOUT_RE = /exceeded the timeout|cURL error 28|Operation timed out/i;
 const ACME_TYPE_RE = /urn:ietf:params:acme:error:([A-Za-z]+)/;
+/**
+ * A command about a site that is not there. Assumed text: no source shows what CloudPanel prints for a domain
+ * without a site, so the domain may come quoted or bare and the full stop may be missing.
+ */
+const SITE_MISSING_RE = /^Site "?[^"]+"? does not exist\.?$/;
 /** Failure markers in output whose exit status says success. */
 const FAILURE_MARKER_RE =
   /An error has occurred|"level_name":"(?:ERROR|CRITICAL|ALERT|EMERGENCY)"|^[A-Za-z ]+: This /;
 
-const BOTH = VERBS;
+const ALL = VERBS;
 const SITE: readonly Verb[] = ["site:add:static"];
 const CERTIFICATE: readonly Verb[] = ["lets-encrypt:install:certificate"];
+const DELETE: readonly Verb[] = ["site:delete"];
 
 /** The refused fields, with the validator's text where it is safe to show. */
 function refusedFields(seen: Seen): string {
@@ -105,7 +120,7 @@ function refusedFields(seen: Seen): string {
 export const CLOUDPANEL_OUTCOMES: readonly Outcome[] = [
   {
     id: "no_exit_status",
-    verbs: BOTH,
+    verbs: ALL,
     when: { exit: "none" },
     result: "ssh_unreachable",
     transient: true,
@@ -165,7 +180,7 @@ export const CLOUDPANEL_OUTCOMES: readonly Outcome[] = [
   },
   {
     id: "internal_database_timeout",
-    verbs: BOTH,
+    verbs: ALL,
     when: { line: /Connection to the internal database timed out/i },
     result: "cloudpanel_unavailable",
     transient: true,
@@ -175,7 +190,7 @@ export const CLOUDPANEL_OUTCOMES: readonly Outcome[] = [
   },
   {
     id: "database_locked",
-    verbs: BOTH,
+    verbs: ALL,
     when: {
       line:
         /database is locked|database table is locked|Resource temporarily unavailable|Lock wait timeout exceeded|Deadlock found when trying to get lock/i,
@@ -189,7 +204,7 @@ export const CLOUDPANEL_OUTCOMES: readonly Outcome[] = [
   },
   {
     id: "process_timeout",
-    verbs: BOTH,
+    verbs: ALL,
     when: { line: TIMEOUT_RE },
     result: "cloudpanel_busy",
     transient: true,
@@ -198,7 +213,7 @@ export const CLOUDPANEL_OUTCOMES: readonly Outcome[] = [
   },
   {
     id: "killed",
-    verbs: BOTH,
+    verbs: ALL,
     when: [
       { signal: KILL_SIGNALS },
       { exit: KILL_EXIT_STATUSES, silent: true },
@@ -212,7 +227,7 @@ export const CLOUDPANEL_OUTCOMES: readonly Outcome[] = [
   },
   {
     id: "gate_refused",
-    verbs: BOTH,
+    verbs: ALL,
     when: { exit: [64], line: /^[a-z][a-z -]*: refused: / },
     result: "cloudpanel_rejected",
     transient: false,
@@ -224,7 +239,7 @@ export const CLOUDPANEL_OUTCOMES: readonly Outcome[] = [
   },
   {
     id: "not_runnable",
-    verbs: BOTH,
+    verbs: ALL,
     when: [
       { exit: [126, 127] },
       { exit: [78], line: /^clpctl-gate: error: / },
@@ -238,7 +253,7 @@ export const CLOUDPANEL_OUTCOMES: readonly Outcome[] = [
   },
   {
     id: "unknown_command_or_option",
-    verbs: BOTH,
+    verbs: ALL,
     when: { line: /"class":"Symfony(?:\\)+Component(?:\\)+Console(?:\\)+Exception/ },
     result: "cloudpanel_misconfigured",
     transient: false,
@@ -269,13 +284,33 @@ export const CLOUDPANEL_OUTCOMES: readonly Outcome[] = [
   {
     id: "certificate_site_missing",
     verbs: CERTIFICATE,
-    when: { exit: "nonzero", line: /^Site "?[^"]+"? does not exist\.?$/ },
+    when: { exit: "nonzero", line: SITE_MISSING_RE },
     result: "cloudpanel_rejected",
     transient: false,
     publicMessage:
       "CloudPanel has no site for this domain (removed on the server?), so no certificate can be installed.",
     meaning: "the site is not on the server although the site step finished (removed by hand)",
     basis: "assumed text: no source shows what CloudPanel prints for a domain without a site",
+  },
+  {
+    id: "delete_refused",
+    verbs: DELETE,
+    when: { line: VALIDATION_RE },
+    result: "cloudpanel_rejected",
+    transient: false,
+    publicMessage: (seen) => `CloudPanel rejected the site removal: ${refusedFields(seen)}`,
+    meaning: "CloudPanel refused a value (`<field>: This value …`)",
+    basis: "observed for other commands (CE#284); the same validator serves this one",
+  },
+  {
+    id: "delete_site_absent",
+    verbs: DELETE,
+    when: { exit: "nonzero", line: SITE_MISSING_RE },
+    result: "absent",
+    meaning: "there is no site for the domain (an earlier attempt deleted it, or it was never made): the " +
+      "removal is done",
+    basis: "assumed text: no source shows what CloudPanel prints for a domain without a site; the same " +
+      "shapes as the certificate command's missing site",
   },
   {
     id: "site_unconfirmed",
@@ -298,6 +333,14 @@ export const CLOUDPANEL_OUTCOMES: readonly Outcome[] = [
     basis: "no verbatim success text is known",
   },
   {
+    id: "site_deleted",
+    verbs: DELETE,
+    when: { exit: "zero", noLine: FAILURE_MARKER_RE },
+    result: "deleted",
+    meaning: "the site was deleted (exit 0 without any failure marker: the success text is unknown)",
+    basis: "no verbatim success text is known",
+  },
+  {
     id: "site_unrecognised",
     verbs: SITE,
     when: {},
@@ -317,6 +360,18 @@ export const CLOUDPANEL_OUTCOMES: readonly Outcome[] = [
     attemptLimit: UNRECOGNISED_ATTEMPT_LIMIT,
     meaning: "any other failure, or exit 0 with an error in the output: retried a few times, then the site " +
       "fails with CloudPanel's output in the event log",
+    basis: "anything unknown",
+  },
+  {
+    id: "delete_unrecognised",
+    verbs: DELETE,
+    when: {},
+    result: "cloudpanel_delete_failed",
+    transient: true,
+    attemptLimit: UNRECOGNISED_ATTEMPT_LIMIT,
+    meaning: "any other failure, or exit 0 with an error in the output: retried a few times (a second " +
+      "attempt finds no site if the first one deleted it), then the removal fails with CloudPanel's output " +
+      "in the event log",
     basis: "anything unknown",
   },
 ];
