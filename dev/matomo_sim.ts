@@ -31,6 +31,16 @@ export const MESSAGES = {
   // analogy with the proxy's text for siteName.
   viewRequired: "You can't access this resource as it requires view access for at least one website.",
   methodRequired: "Please specify a value for 'method'.",
+  // getSiteFromId and deleteSite: Matomo's texts for a site that does not exist, the access check's for a
+  // site the caller may not view, and deleteSite's refusal to remove the last site.
+  idSiteRequired: "Please specify a value for 'idSite'.", // ASSUMED: the proxy's text, as for siteName
+  siteNotFoundInRequest: (id: string) =>
+    `An unexpected website was found in the request: website id was set to '${id}' .`,
+  siteViewRequired: (id: string) =>
+    `You can't access this resource as it requires 'view' access for the website id = ${id}.`,
+  siteNotFound: (id: string) => `website id = ${id} not found`,
+  deleteOnlySite:
+    "It is not possible to delete this website as it is the only registered website. Add a new website first, then delete this one.",
 } as const;
 
 export interface SimTokenOptions {
@@ -251,6 +261,10 @@ function lookupVariants(url: string): string[] {
 type ApiResult =
   | { kind: "value"; value: number | string | boolean }
   | { kind: "rows"; rows: Record<string, number | string>[] }
+  /** An associative array, rendered as a JSON object since Matomo 4 (getSiteFromId). */
+  | { kind: "object"; fields: Record<string, number | string> }
+  /** What a method that returns nothing answers (deleteSite). */
+  | { kind: "success" }
   | { kind: "error"; message: string };
 
 /** Escapes text for XML and HTML alike. */
@@ -259,8 +273,14 @@ const escape = (s: string) =>
 
 function render(format: string, status: number, result: ApiResult): Response {
   if (format === "json") {
-    const body = result.kind === "value" ? { value: result.value } : result.kind === "rows"
+    const body = result.kind === "value"
+      ? { value: result.value }
+      : result.kind === "rows"
       ? result.rows
+      : result.kind === "object"
+      ? result.fields
+      : result.kind === "success"
+      ? { result: "success", message: "ok" }
       // Newlines in messages become spaces, as Matomo's JSON renderer does.
       : { result: "error", message: result.message.replace(/\r?\n/g, " ") };
     return new Response(JSON.stringify(body), {
@@ -275,6 +295,11 @@ function render(format: string, status: number, result: ApiResult): Response {
     xml = `<result>${escape(String(result.value))}</result>`;
   } else if (result.kind === "error") {
     xml = `<result>\n\t<error message="${escape(result.message)}" />\n</result>`;
+  } else if (result.kind === "success") {
+    xml = `<result>\n\t<success message="ok" />\n</result>`; // ASSUMED, by analogy with the error element
+  } else if (result.kind === "object") {
+    const fields = Object.entries(result.fields).map(([k, v]) => `\t<${k}>${escape(String(v))}</${k}>\n`);
+    xml = `<result>\n${fields.join("")}</result>`;
   } else if (result.rows.length === 0) {
     xml = "<result />";
   } else {
@@ -314,6 +339,8 @@ interface Incoming {
 class Sim implements MatomoSim {
   readonly #tokens: Token[];
   readonly #sites: SimSite[] = [];
+  /** When each site was added (getSiteFromId's ts_created); kept apart so `sites` keeps its shape. */
+  readonly #created = new Map<number, Date>();
   readonly #log: SimRequest[] = [];
   readonly #options: MatomoSimOptions;
   #latencyMs: number;
@@ -430,7 +457,46 @@ class Sim implements MatomoSim {
       alias_urls: urls.slice(1).map((u) => u.slice(0, 190)),
     });
     this.#sites.sort((a, b) => a.idsite - b.idsite);
+    this.#created.set(id, new Date());
     return id;
+  }
+
+  /** The site an `idSite` parameter names. ASSUMED: anything but a plain decimal id names no site. */
+  #site(id: string): SimSite | undefined {
+    return /^[1-9][0-9]*$/.test(id) ? this.#sites.find((s) => s.idsite === Number(id)) : undefined;
+  }
+
+  /**
+   * getSiteFromId's columns (the site table's, plus the names enrichSite adds); creator_login only for a super
+   * user. Numbers follow `idsiteAsString` like the lookup's idsite. ASSUMED: the values of settings the
+   * simulator does not model are Matomo's defaults, and every site was created by `admin`.
+   */
+  #siteFields(site: SimSite, superUser: boolean): Record<string, number | string> {
+    const num = (n: number) => (this.#options.idsiteAsString ?? false) ? String(n) : n;
+    const created = (this.#created.get(site.idsite) ?? new Date()).toISOString();
+    return {
+      idsite: num(site.idsite),
+      name: site.name,
+      main_url: site.main_url,
+      ts_created: `${created.slice(0, 10)} ${created.slice(11, 19)}`,
+      ecommerce: num(0),
+      sitesearch: num(1),
+      sitesearch_keyword_parameters: "",
+      sitesearch_category_parameters: "",
+      timezone: "UTC",
+      currency: "USD",
+      exclude_unknown_urls: num(0),
+      excluded_ips: "",
+      excluded_parameters: "",
+      excluded_user_agents: "",
+      excluded_referrers: "",
+      group: "",
+      type: "website",
+      keep_url_fragment: num(0),
+      ...(superUser ? { creator_login: "admin" } : {}),
+      timezone_name: "UTC",
+      currency_name: "US Dollar",
+    };
   }
 
   async #handle(request: Request): Promise<Response> {
@@ -611,6 +677,31 @@ class Sim implements MatomoSim {
         }
         // Duplicates are allowed: Matomo checks nothing of the kind. Other addSite parameters are ignored.
         return [200, { kind: "value", value: this.#insert(name, urls) }];
+      }
+      case "SitesManager.getSiteFromId": {
+        const id = str(params, "idSite");
+        if (id === undefined || id === "") return [200, { kind: "error", message: MESSAGES.idSiteRequired }];
+        const site = this.#site(id);
+        // View access on that site first: a non-super user is refused even for an id that does not exist.
+        if (!superUser && !(site && user?.viewSites.includes(site.idsite))) {
+          return noAccess(MESSAGES.siteViewRequired(id));
+        }
+        if (!site) return [200, { kind: "error", message: MESSAGES.siteNotFoundInRequest(id) }];
+        return [200, { kind: "object", fields: this.#siteFields(site, superUser) }];
+      }
+      case "SitesManager.deleteSite": {
+        const id = str(params, "idSite");
+        if (id === undefined || id === "") return [200, { kind: "error", message: MESSAGES.idSiteRequired }];
+        // In Matomo's order: super user, then the id among all sites, then never the last site. Only
+        // `force_api_session` (session auth, not modelled) would also demand passwordConfirmation.
+        if (!superUser) return noAccess(MESSAGES.superUserRequired);
+        const site = this.#site(id);
+        if (!site) return [200, { kind: "error", message: MESSAGES.siteNotFound(id) }];
+        if (this.#sites.length === 1) return [200, { kind: "error", message: MESSAGES.deleteOnlySite }];
+        this.#sites.splice(this.#sites.indexOf(site), 1);
+        this.#created.delete(site.idsite);
+        // Raw logs and archives stay in Matomo's database; the simulator keeps neither.
+        return [200, { kind: "success" }];
       }
     }
     // Unknown method → BadRequestException, HTTP 400. ASSUMED: unknown modules answer the same way

@@ -8,7 +8,8 @@ import type { MatomoConfig } from "../supabase/functions/hosting-automator/confi
 import { type Domain, parseDomain } from "../supabase/functions/hosting-automator/domain.ts";
 import { type ErrorCode, HostingError } from "../supabase/functions/hosting-automator/errors.ts";
 import { Logger, Redactor } from "../supabase/functions/hosting-automator/log.ts";
-import { MatomoClient } from "../supabase/functions/hosting-automator/matomo.ts";
+import { isDomainUrl, MatomoClient } from "../supabase/functions/hosting-automator/matomo.ts";
+import { captureSink, registerSecret } from "./support/env.ts";
 
 interface Harness {
   sim: MatomoSim;
@@ -28,8 +29,10 @@ async function withMatomo(
   options: HarnessOptions = {},
 ): Promise<void> {
   const sim = await startMatomoSim(simOptions);
+  registerSecret(sim.token);
   const lines: string[] = [];
-  const logger = new Logger(new Redactor(), { level: "debug", sink: (line) => lines.push(line) });
+  // Every line also goes to the suite's final scan for leaked secrets.
+  const logger = new Logger(new Redactor(), { level: "debug", sink: captureSink(lines) });
   const config = { url: sim.url, token: sim.token, timeoutMs: 2000, ...options.config };
   const client = new MatomoClient(config, logger, { fetch: options.fetch });
   try {
@@ -55,6 +58,8 @@ async function failure(promise: Promise<unknown>, code: ErrorCode): Promise<Host
 const apiMethods = (sim: MatomoSim) => sim.requests.map((r) => r.apiMethod);
 const LOOKUP = "SitesManager.getSitesIdFromSiteUrl";
 const ADD = "SitesManager.addSite";
+const GET = "SitesManager.getSiteFromId";
+const DELETE = "SitesManager.deleteSite";
 
 Deno.test("an existing site is found with or without www and scheme", async () => {
   const sites = [
@@ -330,4 +335,241 @@ Deno.test("an endpoint URL that already ends in /index.php is used as it is", as
   } finally {
     await sim.close();
   }
+});
+
+// -------------------------------------------------------------------------------------------------------------
+// Deleting a removed domain's site
+
+const ids = (sim: MatomoSim) => sim.sites.map((s) => s.idsite);
+
+Deno.test("deleteSite with the recorded id deletes that site after reading that it is the domain's", async () => {
+  const sites = [
+    { idsite: 3, name: "a", urls: "https://a.example" },
+    { idsite: 4, name: "b", urls: "https://b.example" },
+  ];
+  await withMatomo({ sites }, async ({ sim, client, lines }) => {
+    assert.deepEqual(await client.deleteSite(d("a.example"), { idSite: 3 }), { deleted: [3] });
+    assert.deepEqual(ids(sim), [4]);
+    assert.deepEqual(apiMethods(sim), [GET, DELETE]);
+    const [get, del] = sim.requests;
+    assert.deepEqual(get.bodyParams, ["token_auth", "idSite"]);
+    assert.deepEqual(del.bodyParams, ["token_auth", "idSite"]);
+    for (const r of sim.requests) {
+      assert.deepEqual([r.method, r.tokenInQuery, r.status], ["POST", false, 200]);
+    }
+    assert.ok(lines.some((l) => l.includes("matomo: site deleted") && l.includes('"matomo_site_id":3')));
+    for (const line of lines) assert.equal(line.includes(sim.token), false, line);
+  });
+});
+
+Deno.test("deleteSite without an id deletes every site the lookup finds whose main URL is the domain", async () => {
+  const sites = [
+    { idsite: 2, name: "old", urls: "http://www.a.example/" },
+    { idsite: 5, name: "dup", urls: "https://a.example" },
+    { idsite: 7, name: "b", urls: "https://b.example" },
+    // Found by the lookup through its alias, but it is the shop's site: it must stay.
+    { idsite: 8, name: "shop", urls: ["https://shop.example", "https://a.example"] },
+  ];
+  await withMatomo({ sites }, async ({ sim, client, lines }) => {
+    assert.deepEqual(await client.deleteSite(d("a.example")), { deleted: [2, 5] });
+    assert.deepEqual(ids(sim), [7, 8]);
+    assert.deepEqual(apiMethods(sim), [LOOKUP, GET, DELETE, GET, DELETE, GET]);
+    assert.ok(lines.some((l) => l.includes('"level":"warn"') && l.includes('"matomo_site_id":8')));
+    // A second removal finds only the shop's site, and leaves it.
+    assert.deepEqual(await client.deleteSite(d("a.example"), { idSite: null }), { deleted: [] });
+    assert.deepEqual(ids(sim), [7, 8]);
+  });
+});
+
+Deno.test("a recorded id that now names another domain's site is not deleted", async () => {
+  const sites = [
+    { idsite: 3, name: "reused", urls: "https://someone-else.example" },
+    { idsite: 9, name: "a", urls: "https://a.example" },
+  ];
+  await withMatomo({ sites }, async ({ sim, client, lines }) => {
+    assert.deepEqual(await client.deleteSite(d("a.example"), { idSite: 3 }), { deleted: [] });
+    assert.deepEqual(ids(sim), [3, 9], "neither the other domain's site nor an unrecorded one is touched");
+    assert.deepEqual(apiMethods(sim), [GET]);
+    const warning = lines.find((l) => l.includes("not deleted"));
+    assert.ok(warning?.includes('"level":"warn"') && warning.includes("someone-else.example"), warning);
+  });
+});
+
+Deno.test("a site that is already gone is done: a stale id, no site for the domain, or deleted meanwhile", async () => {
+  await withMatomo(
+    { sites: [{ idsite: 1, name: "b", urls: "https://b.example" }] },
+    async ({ sim, client }) => {
+      assert.deepEqual(await client.deleteSite(d("a.example"), { idSite: 42 }), { deleted: [] });
+      assert.deepEqual(await client.deleteSite(d("a.example")), { deleted: [] });
+      assert.deepEqual(apiMethods(sim), [GET, LOOKUP]);
+      assert.equal(sim.sites.length, 1);
+    },
+  );
+  // Someone else deletes the site between our read and our delete: Matomo's "website id = N not found".
+  const sites = [{ idsite: 1, name: "a", urls: "https://a.example" }, {
+    name: "b",
+    urls: "https://b.example",
+  }];
+  const racing = (async (input: Request) => {
+    if (new URL(input.url).searchParams.get("method") === DELETE) {
+      const other = await fetch(input.clone());
+      assert.deepEqual(await other.json(), { result: "success", message: "ok" });
+    }
+    return fetch(input);
+  }) as typeof fetch;
+  await withMatomo({ sites }, async ({ sim, client }) => {
+    assert.deepEqual(await client.deleteSite(d("a.example"), { idSite: 1 }), { deleted: [] });
+    assert.deepEqual(ids(sim), [2]);
+    assert.deepEqual(apiMethods(sim), [GET, DELETE, DELETE]);
+  }, { fetch: racing });
+});
+
+Deno.test("a deletion whose answer was lost is repeated and the repeat's 'not found' counts as done", async () => {
+  const sites = [{ idsite: 1, name: "a", urls: "https://a.example" }, {
+    name: "b",
+    urls: "https://b.example",
+  }];
+  let lost = 0;
+  const losing = (async (input: Request) => {
+    const response = await fetch(input.clone());
+    if (new URL(input.url).searchParams.get("method") === DELETE && lost++ === 0) {
+      await response.body?.cancel();
+      throw new TypeError("error reading a body from connection: connection reset");
+    }
+    return response;
+  }) as typeof fetch;
+  await withMatomo({ sites }, async ({ sim, client }) => {
+    assert.deepEqual(await client.deleteSite(d("a.example"), { idSite: 1 }), { deleted: [] });
+    assert.deepEqual(ids(sim), [2]);
+    assert.deepEqual(apiMethods(sim), [GET, DELETE, DELETE]);
+  }, { fetch: losing });
+});
+
+Deno.test("Matomo's refusal to delete its only site is matomo_only_site, permanent, and says what to do", async () => {
+  await withMatomo({ sites: [{ name: "a", urls: "https://a.example" }] }, async ({ sim, client }) => {
+    const error = await failure(client.deleteSite(d("a.example"), { idSite: 1 }), "matomo_only_site");
+    assert.equal(error.transient, false);
+    assert.match(error.message, /deleteSite\(1\).*only registered website/);
+    assert.match(error.publicMessage, /only site registered in Matomo/);
+    assert.match(error.publicMessage, /add another site/);
+    assert.deepEqual(ids(sim), [1]);
+    assert.deepEqual(apiMethods(sim), [GET, DELETE], "a refusal is an answer, not retried");
+  });
+});
+
+Deno.test("a deletion that meets 5xx is retried like a lookup and then succeeds", async () => {
+  const sites = [{ name: "a", urls: "https://a.example" }, { name: "b", urls: "https://b.example" }];
+  await withMatomo({ sites }, async ({ sim, client, lines }) => {
+    let faulted = 0;
+    sim.failWhen((r) => r.apiMethod === DELETE && faulted++ < 2, { kind: "html", status: 503 });
+    assert.deepEqual(await client.deleteSite(d("a.example"), { idSite: 1 }), { deleted: [1] });
+    assert.deepEqual(sim.requests.map((r) => [r.apiMethod, r.status]), [
+      [GET, 200],
+      [DELETE, 503],
+      [DELETE, 503],
+      [DELETE, 200],
+    ]);
+    assert.equal(lines.filter((l) => l.includes("matomo: retrying")).length, 2);
+  });
+});
+
+Deno.test("a deletion that keeps failing ends transient: 5xx, refused connection, timeout", async () => {
+  const sites = [{ name: "a", urls: "https://a.example" }, { name: "b", urls: "https://b.example" }];
+  await withMatomo({ sites }, async ({ sim, client }) => {
+    sim.failWhen((r) => r.apiMethod === DELETE, { kind: "html", status: 502 });
+    const bad = await failure(client.deleteSite(d("a.example"), { idSite: 1 }), "matomo_bad_response");
+    assert.equal(bad.transient, true);
+    assert.deepEqual(apiMethods(sim), [GET, DELETE, DELETE, DELETE]);
+    sim.clearFaults();
+    sim.clearRequests();
+
+    sim.failWhen((r) => r.apiMethod === DELETE, { kind: "hang" });
+    const slow = await failure(client.deleteSite(d("a.example"), { idSite: 1 }), "matomo_unreachable");
+    assert.equal(slow.transient, true);
+    assert.deepEqual(apiMethods(sim), [GET, DELETE], "a timeout is not retried, as for lookups");
+    sim.clearFaults();
+
+    await sim.down();
+    const down = await failure(client.deleteSite(d("a.example"), { idSite: 1 }), "matomo_unreachable");
+    assert.equal(down.transient, true);
+    sim.up();
+    assert.deepEqual(ids(sim), [1, 2], "nothing was deleted");
+    assert.deepEqual(await client.deleteSite(d("a.example"), { idSite: 1 }), { deleted: [1] });
+  }, { config: { timeoutMs: 300 } });
+});
+
+Deno.test("deleteSite needs a super user's token and says so", async () => {
+  const token = registerSecret("viewertoken-delete-0123456789");
+  const options: MatomoSimOptions = {
+    tokens: [{ token, superUser: false, viewSites: [1] }],
+    sites: [{ name: "a", urls: "https://a.example" }, { name: "b", urls: "https://b.example" }],
+  };
+  await withMatomo(options, async ({ sim, client }) => {
+    const error = await failure(client.deleteSite(d("a.example"), { idSite: 1 }), "matomo_error");
+    assert.match(error.message, /HTTP 401.*'superuser' access/);
+    assert.match(error.publicMessage, /super user/);
+    assert.equal(error.transient, false);
+    assert.deepEqual(apiMethods(sim), [GET, DELETE]);
+    assert.equal(sim.sites.length, 2);
+  });
+});
+
+Deno.test("getSiteFromId's numbers as strings are accepted", async () => {
+  const sites = [{ name: "a", urls: "https://a.example" }, { name: "b", urls: "https://b.example" }];
+  await withMatomo({ sites, idsiteAsString: true }, async ({ sim, client }) => {
+    assert.deepEqual(await client.deleteSite(d("a.example")), { deleted: [1] });
+    assert.deepEqual(ids(sim), [2]);
+  });
+});
+
+Deno.test("an answer about another site than asked for is matomo_bad_response, and nothing is deleted", async () => {
+  const wrong = (async (input: Request) => {
+    const method = new URL(input.url).searchParams.get("method");
+    if (method === GET) {
+      await input.body?.cancel();
+      return new Response(JSON.stringify({ idsite: 2, main_url: "https://a.example" }));
+    }
+    return fetch(input);
+  }) as typeof fetch;
+  const sites = [{ name: "a", urls: "https://a.example" }, { name: "b", urls: "https://b.example" }];
+  await withMatomo({ sites }, async ({ sim, client }) => {
+    await failure(client.deleteSite(d("a.example"), { idSite: 1 }), "matomo_bad_response");
+    assert.deepEqual(ids(sim), [1, 2]);
+  }, { fetch: wrong });
+});
+
+Deno.test("a recorded id that is not a positive integer is refused before any call", async () => {
+  await withMatomo({}, async ({ sim, client }) => {
+    for (const idSite of [0, -1, 1.5, Number.NaN]) {
+      await assert.rejects(client.deleteSite(d("a.example"), { idSite }), RangeError);
+    }
+    assert.equal(sim.requests.length, 0);
+  });
+});
+
+Deno.test("a site's URL is the domain's only for http(s), with or without www, and nothing after the host", () => {
+  const domain = d("a.example");
+  for (
+    const url of ["https://a.example", "http://www.a.example/", "HTTPS://A.Example", " https://a.example "]
+  ) {
+    assert.equal(isDomainUrl(url, domain), true, url);
+  }
+  for (
+    const url of [
+      "https://a.example/blog",
+      "https://a.example:8443",
+      "https://sub.a.example",
+      "https://a.example.evil.example",
+      "https://awww.a.example",
+      "https://a.example/?x=1",
+      "ftp://a.example",
+      "a.example",
+      "",
+    ]
+  ) {
+    assert.equal(isDomainUrl(url, domain), false, url);
+  }
+  assert.equal(isDomainUrl("https://a.example", d("www.a.example")), true);
+  assert.equal(isDomainUrl("https://bücher.example", d("bücher.example")), true);
+  assert.equal(isDomainUrl("https://xn--bcher-kva.example", d("bücher.example")), true);
 });

@@ -4,6 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { MatomoSim, MatomoSimOptions, MESSAGES, startMatomoSim } from "../dev/matomo_sim.ts";
+import { registerSecret } from "./support/env.ts";
 
 async function withSim(options: MatomoSimOptions, fn: (sim: MatomoSim) => Promise<void>): Promise<void> {
   const sim = await startMatomoSim(options);
@@ -426,5 +427,213 @@ Deno.test("the request log records where the token was sent, never body values",
     );
     assert.equal(JSON.stringify(body).includes(sim.token), false);
     assert.deepEqual([query.method, query.tokenInQuery, query.status], ["GET", true, 401]);
+  });
+});
+
+// -------------------------------------------------------------------------------------------------------------
+// Reading and deleting a site by id
+
+Deno.test("getSiteFromId answers the site as an object, creator_login only for a super user", async () => {
+  const viewer = registerSecret("viewertoken-sim-0123456789");
+  const options: MatomoSimOptions = {
+    tokens: [{ token: registerSecret("supertoken-sim-0123456789") }, {
+      token: viewer,
+      superUser: false,
+      viewSites: [2],
+    }],
+    sites: [{ name: "a", urls: "https://a.example" }, {
+      name: "b",
+      urls: ["http://b.example/", "b2.example"],
+    }],
+  };
+  await withSim(options, async (sim) => {
+    const { status, json: site } = await api(sim, "SitesManager.getSiteFromId", { idSite: "2" });
+    assert.equal(status, 200);
+    assert.equal(Array.isArray(site), false);
+    assert.deepEqual(
+      [site.idsite, site.name, site.main_url, site.creator_login, site.timezone, site.currency],
+      [2, "b", "http://b.example", "admin", "UTC", "USD"],
+    );
+    assert.match(site.ts_created, /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/);
+    assert.equal("alias_urls" in site, false, "aliases are not part of getSiteFromId");
+
+    const asViewer = await call(
+      sim,
+      { module: "API", method: "SitesManager.getSiteFromId", format: "json" },
+      {
+        token_auth: viewer,
+        idSite: "2",
+      },
+    );
+    const viewed = JSON.parse(asViewer.text);
+    assert.deepEqual([asViewer.status, viewed.main_url, "creator_login" in viewed], [
+      200,
+      "http://b.example",
+      false,
+    ]);
+  });
+});
+
+Deno.test("getSiteFromId of a missing site: HTTP 200 error for a super user, 401 for others", async () => {
+  const viewer = registerSecret("viewertoken-sim-0123456789");
+  const options: MatomoSimOptions = {
+    tokens: [{ token: registerSecret("supertoken-sim-0123456789") }, {
+      token: viewer,
+      superUser: false,
+      viewSites: [1],
+    }],
+    sites: [{ name: "a", urls: "https://a.example" }, { name: "b", urls: "https://b.example" }],
+  };
+  await withSim(options, async (sim) => {
+    assert.deepEqual(await api(sim, "SitesManager.getSiteFromId", { idSite: "99" }), {
+      status: 200,
+      json: json("An unexpected website was found in the request: website id was set to '99' ."),
+    });
+    assert.deepEqual(await api(sim, "SitesManager.getSiteFromId", {}), {
+      status: 200,
+      json: json("Please specify a value for 'idSite'."),
+    });
+    for (const idSite of ["99", "2"]) {
+      const answer = await call(
+        sim,
+        { module: "API", method: "SitesManager.getSiteFromId", format: "json" },
+        {
+          token_auth: viewer,
+          idSite,
+        },
+      );
+      assert.deepEqual([answer.status, JSON.parse(answer.text)], [
+        401,
+        json(`You can't access this resource as it requires 'view' access for the website id = ${idSite}.`),
+      ]);
+    }
+  });
+});
+
+Deno.test("getSiteFromId can carry its numbers as strings", async () => {
+  await withSim({ idsiteAsString: true, sites: [{ name: "a", urls: "https://a.example" }] }, async (sim) => {
+    const site = (await api(sim, "SitesManager.getSiteFromId", { idSite: "1" })).json;
+    assert.deepEqual([site.idsite, site.ecommerce], ["1", "0"]);
+  });
+});
+
+Deno.test("deleteSite removes the site and answers success; lookups no longer find it", async () => {
+  const sites = [{ name: "a", urls: ["https://a.example", "https://alias.example"] }, {
+    name: "b",
+    urls: "https://b.example",
+  }];
+  await withSim({ sites }, async (sim) => {
+    assert.deepEqual(await api(sim, "SitesManager.deleteSite", { idSite: "1" }), {
+      status: 200,
+      json: { result: "success", message: "ok" },
+    });
+    assert.deepEqual(sim.sites.map((s) => s.idsite), [2]);
+    for (const url of ["a.example", "alias.example"]) {
+      assert.deepEqual((await api(sim, "SitesManager.getSitesIdFromSiteUrl", { url })).json, [], url);
+    }
+    assert.deepEqual(
+      (await api(sim, "SitesManager.getSiteFromId", { idSite: "1" })).json,
+      json("An unexpected website was found in the request: website id was set to '1' ."),
+    );
+    // An id is not reused after a deletion of a lower one.
+    const added = await api(sim, "SitesManager.addSite", { siteName: "c", "urls[0]": "https://c.example" });
+    assert.deepEqual(added.json, { value: 3 });
+  });
+});
+
+Deno.test("deleteSite of a missing site is 'website id = N not found', HTTP 200", async () => {
+  const sites = [{ name: "a", urls: "https://a.example" }, { name: "b", urls: "https://b.example" }];
+  await withSim({ sites }, async (sim) => {
+    for (const idSite of ["7", "abc"]) {
+      assert.deepEqual(await api(sim, "SitesManager.deleteSite", { idSite }), {
+        status: 200,
+        json: json(`website id = ${idSite} not found`),
+      });
+    }
+    assert.deepEqual(await api(sim, "SitesManager.deleteSite", {}), {
+      status: 200,
+      json: json("Please specify a value for 'idSite'."),
+    });
+    assert.equal(sim.sites.length, 2);
+  });
+});
+
+Deno.test("deleteSite refuses to remove the only site", async () => {
+  await withSim({ sites: [{ name: "a", urls: "https://a.example" }] }, async (sim) => {
+    assert.deepEqual(await api(sim, "SitesManager.deleteSite", { idSite: "1" }), {
+      status: 200,
+      json: json(
+        "It is not possible to delete this website as it is the only registered website. Add a new website first, then delete this one.",
+      ),
+    });
+    assert.equal(sim.sites.length, 1);
+  });
+});
+
+Deno.test("deleteSite needs a super user, checked before the site exists", async () => {
+  const viewer = registerSecret("viewertoken-sim-0123456789");
+  const options: MatomoSimOptions = {
+    tokens: [{ token: viewer, superUser: false, viewSites: [1, 2] }],
+    sites: [{ name: "a", urls: "https://a.example" }, { name: "b", urls: "https://b.example" }],
+  };
+  await withSim(options, async (sim) => {
+    for (const idSite of ["1", "99"]) {
+      assert.deepEqual(await api(sim, "SitesManager.deleteSite", { idSite }), {
+        status: 401,
+        json: json(MESSAGES.superUserRequired),
+      });
+    }
+    assert.equal(sim.sites.length, 2);
+  });
+});
+
+Deno.test("deleteSite's success renders as XML too", async () => {
+  const sites = [{ name: "a", urls: "https://a.example" }, { name: "b", urls: "https://b.example" }];
+  await withSim({ sites }, async (sim) => {
+    const xml = await call(sim, { module: "API", method: "SitesManager.deleteSite" }, {
+      token_auth: sim.token,
+      idSite: "1",
+    });
+    assert.match(xml.type, /^text\/xml/);
+    assert.match(xml.text, /<result>\s*<success message="ok" \/>\s*<\/result>$/);
+  });
+});
+
+Deno.test("injected faults apply to getSiteFromId and deleteSite, and a faulted deletion deletes nothing", async () => {
+  const sites = [{ name: "a", urls: "https://a.example" }, { name: "b", urls: "https://b.example" }];
+  await withSim({ sites }, async (sim) => {
+    sim.fail({ kind: "html", status: 502 }, 2);
+    assert.equal(
+      (await call(sim, { module: "API", method: "SitesManager.getSiteFromId", format: "json" }, {
+        token_auth: sim.token,
+        idSite: "1",
+      })).status,
+      502,
+    );
+    assert.equal(
+      (await call(sim, { module: "API", method: "SitesManager.deleteSite", format: "json" }, {
+        token_auth: sim.token,
+        idSite: "1",
+      })).status,
+      502,
+    );
+    assert.equal(sim.sites.length, 2, "a faulted deleteSite did not run");
+
+    // failWhen sees the idSite parameter: one site's calls fail, the other's go through.
+    sim.failWhen((r) => r.apiMethod === "SitesManager.deleteSite" && r.params.idSite === "1", {
+      kind: "error",
+      message: "Mysql error: lock wait timeout",
+    });
+    assert.deepEqual(
+      await api(sim, "SitesManager.deleteSite", { idSite: "1" }),
+      { status: 200, json: json("Mysql error: lock wait timeout") },
+    );
+    sim.addExistingSite({ name: "c", urls: "https://c.example" });
+    assert.deepEqual((await api(sim, "SitesManager.deleteSite", { idSite: "2" })).json, {
+      result: "success",
+      message: "ok",
+    });
+    assert.deepEqual(sim.sites.map((s) => s.idsite), [1, 3]);
+    assert.deepEqual(sim.requests.map((r) => r.fault ?? null), ["html", "html", "error", null]);
   });
 });

@@ -57,6 +57,11 @@ export const ERROR_CODES = {
     text:
       "CloudPanel could not create the site and gave an answer that is not recognised; retried a few times.",
   },
+  cloudpanel_delete_failed: {
+    transient: true,
+    text:
+      "CloudPanel could not remove the site and gave an answer that is not recognised; retried a few times.",
+  },
   certificate_not_validated: {
     transient: true,
     text: "Let's Encrypt could not validate the domain yet (DNS may not have propagated); will retry.",
@@ -72,6 +77,12 @@ export const ERROR_CODES = {
   matomo_error: { transient: false, text: "Matomo refused the request." },
   matomo_bad_response: { transient: true, text: "Matomo answered something that is not its API." },
   matomo_not_configured: { transient: false, text: "Matomo is not configured." },
+  // Removing a site whose analytics are to be deleted: Matomo keeps at least one site, whoever asks.
+  matomo_only_site: {
+    transient: false,
+    text:
+      "Matomo refused to delete this domain's site because it is the only site registered in Matomo; add another site in Matomo first (or keep the analytics data), then retry.",
+  },
 
   // our own machinery
   lease_lost: { transient: true, text: "Another worker took over this job." },

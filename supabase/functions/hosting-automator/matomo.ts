@@ -1,10 +1,12 @@
 /**
- * The Matomo client: find the site registered for a domain, or add it (docs/architecture.md §8, §15.3).
+ * The Matomo client: find the site registered for a domain, add it, or delete it when the domain is removed
+ * (docs/architecture.md §8, §15.3).
  *
  * Every call is `POST {url}/index.php?module=API&method=…&format=json` with `token_auth` and the method's
  * parameters in a form-encoded body: Matomo 5 tokens are secure-only by default and refuse the query string, and
  * keeping module/method in the query makes Matomo render even authentication failures as JSON
- * (docs/architecture.md §15.3). Matomo allows duplicate sites, so `ensureSite` looks up before it adds.
+ * (docs/architecture.md §15.3). Matomo allows duplicate sites, so `ensureSite` looks up before it adds; and a
+ * recorded site id may by now name someone else's site, so `deleteSite` reads a site before it deletes it.
  */
 import ky, { isHTTPError, isTimeoutError, type KyInstance, type RetryOptions } from "ky";
 import { z } from "zod";
@@ -30,6 +32,11 @@ const LOOKUP_RETRY: RetryOptions = {
 };
 /** addSite is never repeated: a lost answer may still have created the site, which the next lookup finds. */
 const NO_RETRY: RetryOptions = { limit: 0 };
+/**
+ * deleteSite by id may be repeated like a lookup: when a lost answer hid a deletion that happened, the repeat
+ * meets Matomo's "not found", which counts as done.
+ */
+const DELETE_RETRY: RetryOptions = LOOKUP_RETRY;
 
 /** Matomo's API answers are tiny; a bigger body is not its API (and must not fill the function's memory). */
 const MAX_BODY_BYTES = 1024 * 1024;
@@ -45,6 +52,20 @@ const lookupAnswer = z.array(z.object({ idsite: idSite }));
 const addAnswer = z.object({ value: idSite });
 const versionAnswer = z.object({ value: z.string() });
 const flagAnswer = z.object({ value: z.boolean() });
+/** getSiteFromId answers an object with many columns; only the id and the main URL matter here. */
+const siteAnswer = z.object({ idsite: idSite, main_url: z.string() });
+const successAnswer = z.object({ result: z.literal("success") });
+
+/**
+ * Matomo's refusals (HTTP 200, plain exceptions) that mean the site does not exist, or no longer: for a
+ * deletion, done. deleteSite says the first; getSiteFromId, asked by a super user, the second.
+ */
+const SITE_GONE: readonly RegExp[] = [
+  /^website id = \d+ not found/,
+  /^An unexpected website was found in the request: website id was set to '?\d+'?/,
+];
+/** deleteSite's refusal to leave Matomo without any site (SitesManager_ExceptionDeleteSite). */
+const ONLY_SITE = /^It is not possible to delete this website as it is the only registered website/;
 
 /** The parameters of the two calls a site needs; shared with the CLI's --dry-run, which prints them. */
 export function lookupParams(domain: Domain): Record<string, string> {
@@ -69,6 +90,32 @@ export function requestUrl(endpoint: string, method: string): string {
 export interface CallOptions {
   signal?: AbortSignal;
 }
+
+export interface DeleteOptions extends CallOptions {
+  /** The idsite recorded for the domain; null or absent when none was (the add step was cut off, say). */
+  idSite?: number | null;
+}
+
+/**
+ * Whether a site's URL is the domain itself: http or https, with or without a leading `www.`, nothing after
+ * the host but one `/`. Hosts compare as URLs parse them (lower case, IDN as punycode, like `Domain`).
+ */
+export function isDomainUrl(url: string, domain: Domain): boolean {
+  let parsed: URL;
+  try {
+    parsed = new URL(url.trim());
+  } catch {
+    return false;
+  }
+  if (parsed.protocol !== "http:" && parsed.protocol !== "https:") return false;
+  if (parsed.port !== "" || parsed.username !== "" || parsed.password !== "") return false;
+  if (parsed.pathname !== "/" || parsed.search !== "" || parsed.hash !== "") return false;
+  const bare = (host: string) => host.replace(/^www\./, "");
+  return bare(parsed.hostname) === bare(domain);
+}
+
+/** What a refused call answers instead of failing, or undefined to fail as usual (it may throw its own). */
+type OnRefused<T> = (message: string, status: number) => T | undefined;
 
 export class MatomoClient {
   readonly #config: MatomoConfig;
@@ -106,15 +153,8 @@ export class MatomoClient {
    * bare host would not match when Matomo's `www.` stripping mangles it (e.g. `awww.example.com`).
    */
   async findSite(domain: Domain, options: CallOptions = {}): Promise<number | null> {
-    const rows = await this.#call(
-      "SitesManager.getSitesIdFromSiteUrl",
-      lookupParams(domain),
-      lookupAnswer,
-      LOOKUP_RETRY,
-      options,
-    );
-    if (rows.length === 0) return null;
-    const ids = rows.map((row) => row.idsite);
+    const ids = await this.#siteIds(domain, options);
+    if (ids.length === 0) return null;
     if (ids.length > 1) {
       this.#logger.warn("matomo: several sites share this URL", { domain, matomo_site_ids: ids });
     }
@@ -158,17 +198,111 @@ export class MatomoClient {
     return { idSite: created, reused: false };
   }
 
-  async #call<T>(
+  /**
+   * Deletes the domain's Matomo site (Matomo itself keeps the raw logs and archives in its database) and
+   * returns the ids this call deleted. With `idSite`, only that site; without, every site the lookup finds for the domain, as
+   * `findSite` finds them. A site is deleted only when its main URL is the domain (`isDomainUrl`): a recorded id
+   * that now names another domain's site, or a site that merely lists the domain among its aliases, serves
+   * someone else and is left alone. A site that is already gone (deleted by hand, or by an earlier attempt whose
+   * answer was lost) is done: not listed, no error. Needs a super user's token, like addSite.
+   */
+  async deleteSite(domain: Domain, options: DeleteOptions = {}): Promise<{ deleted: number[] }> {
+    const { idSite: known = null, signal } = options;
+    if (known !== null && !(Number.isSafeInteger(known) && known > 0)) {
+      throw new RangeError(`idSite must be a positive integer, got ${known}`);
+    }
+    const candidates = known !== null ? [known] : await this.#siteIds(domain, { signal });
+    const deleted: number[] = [];
+    for (const id of candidates) {
+      const mainUrl = await this.#mainUrl(id, { signal });
+      if (mainUrl === null) {
+        this.#logger.info("matomo: site already gone", { domain, matomo_site_id: id });
+        continue;
+      }
+      if (!isDomainUrl(mainUrl, domain)) {
+        this.#logger.warn("matomo: site is another domain's, not deleted", {
+          domain,
+          matomo_site_id: id,
+          matomo_main_url: mainUrl,
+        });
+        continue;
+      }
+      if (await this.#delete(id, { signal })) {
+        this.#logger.info("matomo: site deleted", { domain, matomo_site_id: id });
+        deleted.push(id);
+      } else {
+        this.#logger.info("matomo: site already gone", { domain, matomo_site_id: id });
+      }
+    }
+    return { deleted };
+  }
+
+  /** Every idsite registered for the domain, ascending as Matomo lists them. */
+  async #siteIds(domain: Domain, options: CallOptions): Promise<number[]> {
+    const rows = await this.#call(
+      "SitesManager.getSitesIdFromSiteUrl",
+      lookupParams(domain),
+      lookupAnswer,
+      LOOKUP_RETRY,
+      options,
+    );
+    return rows.map((row) => row.idsite);
+  }
+
+  /** The site's main URL, or null when Matomo has no such site. */
+  async #mainUrl(id: number, options: CallOptions): Promise<string | null> {
+    const site = await this.#call(
+      "SitesManager.getSiteFromId",
+      { idSite: String(id) },
+      siteAnswer,
+      LOOKUP_RETRY,
+      options,
+      (message, status) => status === 200 && SITE_GONE.some((re) => re.test(message)) ? null : undefined,
+    );
+    if (site !== null && site.idsite !== id) {
+      throw new HostingError(
+        "matomo_bad_response",
+        `Matomo answered SitesManager.getSiteFromId(${id}) with site ${site.idsite}`,
+        { publicMessage: "Matomo answered something that is not its API (another site than asked for)." },
+      );
+    }
+    return site?.main_url ?? null;
+  }
+
+  /** True when this call deleted the site, false when it was gone already. */
+  async #delete(id: number, options: CallOptions): Promise<boolean> {
+    return await this.#call(
+      "SitesManager.deleteSite",
+      { idSite: String(id) },
+      successAnswer.transform(() => true as const),
+      DELETE_RETRY,
+      options,
+      (message, status) => {
+        if (status !== 200) return undefined;
+        if (SITE_GONE.some((re) => re.test(message))) return false;
+        if (ONLY_SITE.test(message)) {
+          throw new HostingError(
+            "matomo_only_site",
+            `Matomo refused SitesManager.deleteSite(${id}): ${this.#excerpt(message)}`,
+          );
+        }
+        return undefined;
+      },
+    );
+  }
+
+  async #call<T, R = never>(
     method: string,
     params: Record<string, string>,
     schema: z.ZodType<T>,
     retry: RetryOptions,
     options: CallOptions = {},
-  ): Promise<T> {
+    onRefused?: OnRefused<R>,
+  ): Promise<T | R> {
     const started = performance.now();
     try {
       const { status, text } = await this.#post(method, params, retry, options);
-      const result = this.#interpret(method, status, text, schema);
+      const result = this.#interpret(method, status, text, schema, onRefused);
       this.#logger.debug("matomo: call done", { matomo_method: method, status, duration_ms: since(started) });
       return result;
     } catch (error) {
@@ -269,7 +403,13 @@ export class MatomoClient {
    * `{"result":"error"}` is an error whatever the status (often 200); anything but the expected JSON is not the
    * API.
    */
-  #interpret<T>(method: string, status: number, text: string, schema: z.ZodType<T>): T {
+  #interpret<T, R>(
+    method: string,
+    status: number,
+    text: string,
+    schema: z.ZodType<T>,
+    onRefused?: OnRefused<R>,
+  ): T | R {
     let data: unknown;
     try {
       data = JSON.parse(text);
@@ -278,7 +418,12 @@ export class MatomoClient {
       throw this.#badResponse(method, status, what, text);
     }
     const refused = errorAnswer.safeParse(data);
-    if (refused.success) throw this.#refused(method, status, refused.data.message ?? "(no message)");
+    if (refused.success) {
+      const message = refused.data.message ?? "(no message)";
+      const instead = onRefused?.(message, status);
+      if (instead !== undefined) return instead;
+      throw this.#refused(method, status, message);
+    }
     if (status < 200 || status > 299) {
       throw this.#badResponse(method, status, "JSON that is not an API answer", text);
     }
