@@ -1,6 +1,6 @@
 -- The schema's contract: tables, the one-open-job rule, RLS, and who may touch what.
 begin;
-select plan(32);
+select plan(34);
 
 -- public.sites (docs/architecture.md §3)
 select has_table('public', 'sites', 'public.sites exists');
@@ -13,12 +13,16 @@ select ok((select relrowsecurity from pg_class where oid = 'public.sites'::regcl
 
 -- the private schema
 select has_schema('hosting_automator', 'the private schema exists');
-select tables_are('hosting_automator', array['settings', 'jobs', 'steps', 'events', 'rings', 'domain_owners', 'kick_log'], 'the private schema holds jobs, steps, events, settings, kicks on their way and sent, and domain owners');
+select tables_are('hosting_automator', array['settings', 'jobs', 'steps', 'events', 'rings', 'domain_owners', 'kick_log', 'credentials'], 'the private schema holds jobs, steps, events, settings, kicks on their way and sent, domain owners and where credentials are kept');
 select has_index('hosting_automator', 'jobs', 'jobs_one_open_per_site', 'a partial unique index enforces one open job per site');
 select ok(
   (select indisunique and pg_get_expr(indpred, indrelid) like '%queued%running%'
    from pg_index where indexrelid = 'hosting_automator.jobs_one_open_per_site'::regclass),
   'the one-open-job index is unique over queued and running jobs only');
+select ok(
+  (select indisunique and pg_get_expr(indpred, indrelid) like '%queued%running%remove%'
+   from pg_index where indexrelid = 'hosting_automator.jobs_one_open_removal_per_site'::regclass),
+  'a second partial unique index allows one open removal per site');
 select is((select count(*)::int from hosting_automator.settings), 1, 'settings has exactly one row');
 select throws_ok($$insert into hosting_automator.settings (id) values (false)$$, '23514', null, 'a second settings row is refused');
 select throws_ok($$update hosting_automator.settings set max_attempts = 0$$, '23514', null, 'settings are range-checked');
@@ -32,6 +36,9 @@ insert into hosting_automator.jobs (site_id, max_attempts) values ('00000000-000
 select throws_ok(
   $$insert into hosting_automator.jobs (site_id, max_attempts) values ('00000000-0000-4000-8000-000000000001', 3)$$,
   '23505', null, 'a second open job for the same site is refused by the schema');
+select throws_ok(
+  $$insert into hosting_automator.jobs (site_id, kind, max_attempts) values ('00000000-0000-4000-8000-000000000001', 'remove', 3)$$,
+  '23514', null, 'a removal without the domain it works from is refused by a check constraint');
 
 -- the event log is append-only
 insert into hosting_automator.events (level, message) values ('info', 'x');
