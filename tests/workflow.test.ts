@@ -91,8 +91,12 @@ function fakeStore(script: { jobs?: Row[]; answer?: (fn: string, n: number, args
       }
       case "hosting_advance": {
         if (!live) return { ok: false, reason: "lease_lost" };
-        const answer = (scripted ?? { ok: true }) as { ok: boolean };
-        if (!answer.ok) held = null; // domain_taken: the SQL failed the job itself
+        // The site step's start stores the candidate password (Vault) and answers the one to use.
+        const stored = args.p_password
+          ? { credentials: { password: args.p_password, prior: false, stored: true } }
+          : {};
+        const answer = (scripted ?? { ok: true, ...stored }) as { ok: boolean };
+        if (!answer.ok) held = null; // cancelled, domain_taken: the SQL ended or re-queued the job itself
         return answer;
       }
       case "hosting_heartbeat": {
@@ -101,6 +105,7 @@ function fakeStore(script: { jobs?: Row[]; answer?: (fn: string, n: number, args
         return renewed;
       }
       case "hosting_complete_job":
+      case "hosting_complete_removal":
       case "hosting_release_job": {
         if (live) held = null;
         return live;
@@ -141,6 +146,7 @@ const fail = (code: V, permanent: V, done: V, attempt_limit: V = null) => ({
   ...{ code, permanent, attempt_limit, done },
 });
 const release = (done: V) => ({ fn: "release", done });
+const removed = (done: V) => ({ fn: "removed", done });
 
 /** A call with what each test checks: the arguments that decide the job's fate, step ends as step:state:code. */
 function brief({ fn, args: a }: Call): Row {
@@ -157,6 +163,8 @@ function brief({ fn, args: a }: Call): Row {
       return fail(a.p_code, a.p_permanent, ends(a.p_done), a.p_attempt_limit);
     case "hosting_release_job":
       return release(ends(a.p_done));
+    case "hosting_complete_removal":
+      return removed(ends(a.p_done));
   }
   return { fn, args: a };
 }
@@ -192,12 +200,12 @@ const answers = (stdout: string, exitCode: number): Exec => () =>
 
 /** The remote shell; records each command (its password registered for the secret scan) and how it was run. */
 function fakeShell(exec: Exec) {
-  const seen: { command: string; timeoutMs: number; signal?: AbortSignal }[] = [];
+  const seen: { command: string; password?: string; timeoutMs: number; signal?: AbortSignal }[] = [];
   const shell: RemoteShell = {
     exec(command, options) {
       const password = /--siteUserPassword='([^']+)'/.exec(command)?.[1];
       if (password) registerSecret(password);
-      seen.push({ command: command.split(" --")[0], ...options });
+      seen.push({ command: command.split(" --")[0], password, ...options });
       return exec(command, options);
     },
     close: () => Promise.resolve(),
@@ -205,9 +213,10 @@ function fakeShell(exec: Exec) {
   return { shell, seen, commands: () => seen.map((s) => s.command) };
 }
 
-/** Matomo's client as the workflow uses it: `ensureSite` only. */
+/** Matomo's client as the workflow uses it: `ensureSite`, and `deleteSite` (which deletes the id it is given). */
 function fakeMatomo(answer: (domain: Domain) => MatomoSite | HostingError | Promise<MatomoSite>) {
   const domains: string[] = [];
+  const deletions: { domain: string; idSite: number | null | undefined }[] = [];
   const client = {
     async ensureSite(domain: Domain) {
       domains.push(domain);
@@ -215,8 +224,12 @@ function fakeMatomo(answer: (domain: Domain) => MatomoSite | HostingError | Prom
       if (result instanceof HostingError) throw result;
       return result;
     },
+    deleteSite(domain: Domain, options: { idSite?: number | null }) {
+      deletions.push({ domain, idSite: options.idSite });
+      return Promise.resolve({ deleted: options.idSite ? [options.idSite] : [] });
+    },
   };
-  return { client: client as unknown as MatomoClient, domains };
+  return { client: client as unknown as MatomoClient, domains, deletions };
 }
 
 interface Setup {
@@ -272,7 +285,7 @@ Deno.test("a provision job runs cloudpanel_site, ssl_certificate, matomo_site in
   assert.deepEqual(fake.calls[2].args.p_done, [{
     step: "cloudpanel_site",
     state: "done",
-    result: { site_user: USER, doc_root: DOC_ROOT, created: true },
+    result: { site_user: USER, doc_root: DOC_ROOT, created: true, credentials: "known" },
     code: "cloudpanel_site_done",
     message: "Site created on CloudPanel. (0 ms)",
     level: "info",
@@ -577,7 +590,11 @@ Deno.test("claims pass the time left, the plan and `first` only on the invocatio
     claim(false, left - 3_000),
   ]);
   const args = fake.calls[0].args;
-  assert.deepEqual(args.p_plan, { provision: [...PLANS.provision], analytics: [...PLANS.analytics] });
+  assert.deepEqual(args.p_plan, {
+    provision: [...PLANS.provision],
+    analytics: [...PLANS.analytics],
+    remove: [...PLANS.remove],
+  });
   assert.equal(args.p_default_step_ms, DEFAULT_STEP_MS);
   assert.equal(args.p_limit, 1);
 
@@ -632,4 +649,175 @@ Deno.test({
     ]);
     assert.equal(outcome.status, "released");
   },
+});
+
+// ---------------------------------------------------------------------------------------------------------
+// The lifecycle: removal jobs, cancellation by a removal, and the site user's stored password.
+
+/** A removal's claim row: its domain and target come from the job (the row may be gone). */
+const removalRow = (over: Row = {}) =>
+  claimRow({
+    kind: "remove",
+    domain: DOMAIN,
+    target: { site_user: USER, doc_root: DOC_ROOT, matomo_site_id: 7 },
+    ...over,
+  });
+/** clpctl's answer to site:delete: deleted (exit 0; no success text is known) or absent. */
+const deletes = (absent: boolean): Exec => (command) =>
+  Promise.resolve(
+    command.startsWith("clpctl site:delete")
+      ? absent
+        ? { stdout: `Site "${DOMAIN}" does not exist.\n`, stderr: "", exitCode: 1 }
+        : { stdout: "", stderr: "", exitCode: 0 }
+      : { stdout: "", stderr: "", exitCode: 99 },
+  );
+
+Deno.test("a remove job deletes the CloudPanel site, keeps the Matomo site by default, and completes the removal", async () => {
+  const fake = fakeStore({ jobs: [removalRow()] });
+  const matomo = fakeMatomo(() => ({ idSite: 7, reused: false }));
+  const { run, shell } = setup({ store: fake.store, exec: deletes(false), matomo: matomo.client });
+  const { outcomes: [outcome] } = await run();
+  assert.deepEqual(fake.brief(), [
+    claim(true),
+    advance(null, "cloudpanel_site_delete"),
+    removed([
+      "cloudpanel_site_delete:done:cloudpanel_site_delete_done",
+      "matomo_site_delete:skipped:matomo_kept",
+    ]),
+  ]);
+  assert.deepEqual(shell.commands(), ["clpctl site:delete"]);
+  assert.deepEqual(matomo.deletions, [], "analytics data kept");
+  assert.equal(outcome.status, "removed");
+  assert.equal(outcome.warning, undefined, "keeping analytics is the setting, not a warning");
+});
+
+Deno.test("with MATOMO_ON_REMOVE=delete the removal deletes the recorded Matomo site; a site already gone is done", async () => {
+  const fake = fakeStore({ jobs: [removalRow()] });
+  const matomo = fakeMatomo(() => ({ idSite: 7, reused: false }));
+  const { run, shell } = setup({
+    store: fake.store,
+    exec: deletes(true),
+    matomo: matomo.client,
+    deps: { matomoOnRemove: "delete" },
+  });
+  const { outcomes: [outcome] } = await run();
+  assert.deepEqual(fake.brief(), [
+    claim(true),
+    advance(null, "cloudpanel_site_delete"),
+    advance([ended("cloudpanel_site_delete")], "matomo_site_delete"),
+    removed([ended("matomo_site_delete")]),
+  ]);
+  assert.deepEqual(fake.calls[2].args.p_done, [{
+    step: "cloudpanel_site_delete",
+    state: "done",
+    result: { deleted: false },
+    code: "cloudpanel_site_delete_done",
+    message: "CloudPanel has no site for this domain: nothing to delete. (0 ms)",
+    level: "info",
+    duration_ms: 0,
+  }]);
+  assert.deepEqual(shell.commands(), ["clpctl site:delete"]);
+  assert.deepEqual(matomo.deletions, [{ domain: DOMAIN, idSite: 7 }]);
+  assert.equal(outcome.status, "removed");
+});
+
+Deno.test("a removal whose CloudPanel step fails for now is retried, and one refused for good fails", async () => {
+  const busy = fakeStore({ jobs: [removalRow()] });
+  await setup({
+    store: busy.store,
+    exec: answers("An error has occurred, error message: Connection to the internal database timed out.", 1),
+  }).run();
+  assert.deepEqual(
+    busy.brief().at(-1),
+    fail("cloudpanel_unavailable", false, ["cloudpanel_site_delete:failed:cloudpanel_unavailable"]),
+  );
+
+  const refused = fakeStore({ jobs: [removalRow()] });
+  const { outcomes: [outcome] } = await setup({
+    store: refused.store,
+    exec: answers("domainName: This value is not valid.", 1),
+  }).run();
+  assert.deepEqual(
+    refused.brief().at(-1),
+    fail("cloudpanel_rejected", true, ["cloudpanel_site_delete:failed:cloudpanel_rejected"]),
+  );
+  assert.equal(outcome.status, "failed");
+});
+
+Deno.test("a job the database cancels at a step boundary (a removal was queued) stops without running the step", async () => {
+  const fake = fakeStore({
+    jobs: [claimRow()],
+    answer: (fn, n) => fn === "hosting_advance" && n === 2 ? { ok: false, reason: "cancelled" } : undefined,
+  });
+  const { run, shell } = setup({ store: fake.store });
+  const { outcomes: [outcome] } = await run();
+  assert.deepEqual(fake.brief(), [
+    claim(true),
+    advance(null, "cloudpanel_site", DOMAIN),
+    advance([ended("cloudpanel_site")], "ssl_certificate"),
+  ]);
+  assert.deepEqual(shell.commands(), ["clpctl site:add:static"], "no certificate for a site being removed");
+  assert.equal(outcome.status, "cancelled");
+});
+
+Deno.test("a domain still being removed for another row queues the job again instead of failing it", async () => {
+  const runAt = new Date(Date.now() + 45_000).toISOString();
+  const fake = fakeStore({
+    jobs: [claimRow()],
+    answer: (fn) =>
+      fn === "hosting_advance"
+        ? {
+          ok: false,
+          reason: "domain_taken",
+          code: "domain_being_removed",
+          message: "The domain is still being removed for another row.",
+          next: { state: "queued", run_at: runAt, attempts: 1 },
+        }
+        : undefined,
+  });
+  const { run, state } = setup({ store: fake.store });
+  const { outcomes: [outcome] } = await run();
+  assert.deepEqual(fake.brief(), [claim(true), advance(null, "cloudpanel_site", DOMAIN)]);
+  assert.equal(outcome.status, "retrying");
+  assert.equal(outcome.next_run_at, runAt);
+  assert.equal(outcome.error?.code, "domain_being_removed");
+  assert.equal(state.connects, 0, "nothing ran on the server");
+});
+
+Deno.test("the site step sends the password the database stored, and journals whether it is the site user's", async () => {
+  // An earlier claim stored (and may have sent) this password; the site exists: it was that attempt's.
+  const stored = registerSecret("Stored0password0from0an0earlier0attempt");
+  const exists = answers("domainName: This value already exists.\nsiteUser: This value already exists.", 1);
+  const resumed = fakeStore({
+    jobs: [claimRow({ attempt: 2 })],
+    answer: (fn, n) =>
+      fn === "hosting_advance" && n === 1
+        ? { ok: true, credentials: { password: stored, prior: true, stored: true } }
+        : undefined,
+  });
+  const first = setup({ store: resumed.store, exec: exists });
+  await first.run();
+  assert.ok(resumed.calls[1].args.p_password, "a candidate is offered at the step's start");
+  assert.notEqual(resumed.calls[1].args.p_password, stored);
+  const sent = first.shell.seen[0];
+  assert.equal(sent.command, "clpctl site:add:static");
+  assert.equal(sent.password, stored, "the retry sends the stored password, not a new one");
+  const siteEnd = (resumed.calls[2].args.p_done as { result: Row }[])[0].result;
+  assert.equal(siteEnd.credentials, "known");
+
+  // The first claim to store a password finds the site already there: made by someone else, password unknown.
+  const adopted = fakeStore({ jobs: [claimRow()] });
+  await setup({ store: adopted.store, exec: exists }).run();
+  assert.equal((adopted.calls[2].args.p_done as { result: Row }[])[0].result.credentials, "unknown");
+
+  // Without Vault the password is not kept, and the journal says so.
+  const noVault = fakeStore({
+    jobs: [claimRow()],
+    answer: (fn, n, args) =>
+      fn === "hosting_advance" && n === 1
+        ? { ok: true, credentials: { password: args.p_password, prior: false, stored: false } }
+        : undefined,
+  });
+  await setup({ store: noVault.store }).run();
+  assert.equal((noVault.calls[2].args.p_done as { result: Row }[])[0].result.credentials, "not_stored");
 });

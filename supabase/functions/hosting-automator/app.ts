@@ -82,6 +82,7 @@ export function workflowDeps(
       certificateMs: config.timeouts.certificateMs,
       matomoMs: config.matomo?.timeoutMs ?? 15_000,
     },
+    matomoOnRemove: config.matomoOnRemove,
     budgetMs: config.budgetMs,
     workerDeadline: worker.startedAt === undefined || wallClock === null
       ? undefined

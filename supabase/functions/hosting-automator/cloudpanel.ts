@@ -28,6 +28,9 @@ export interface SiteResult {
   created: boolean;
 }
 
+/** What generatePassword makes; a password from anywhere else must look the same. */
+const SITE_PASSWORD_RE = /^[A-Za-z0-9]{16,128}$/;
+
 /** Internal messages keep at most this much of clpctl's output. */
 const MAX_OUTPUT_CHARS = 2000;
 
@@ -127,10 +130,20 @@ export class CloudPanel {
     this.#logger = logger;
   }
 
-  /** Creates the static site, or finds it already there; the site user is derived, the password is new. */
-  async addStaticSite(domain: Domain, options: StepOptions): Promise<SiteResult> {
+  /**
+   * Creates the static site, or finds it already there; the site user is derived from the domain. The password
+   * is the caller's (stored before the command is sent), or a new one.
+   */
+  async addStaticSite(domain: Domain, options: StepOptions & { password?: string }): Promise<SiteResult> {
     const user = siteUserFor(domain);
-    const password = generatePassword();
+    const password = options.password ?? generatePassword();
+    // A password read back from Vault is text from outside this process: checked before it reaches a shell.
+    if (!SITE_PASSWORD_RE.test(password)) {
+      throw new HostingError("internal", "the site password is not 16 to 128 letters and digits", {
+        publicMessage:
+          "The stored site-user password is malformed; delete the site's Vault secret, then retry.",
+      });
+    }
     // Registered before the command exists, so no log line, error or event can ever carry it.
     this.#logger.redactor.add(password);
     const command = addStaticSiteCommand(domain, user, password);

@@ -35,6 +35,8 @@ export interface Config {
   /** Null when Matomo is not configured: the analytics step is skipped with a warning. */
   matomo: MatomoConfig | null;
   timeouts: { siteMs: number; certificateMs: number };
+  /** What a removal does with the site's Matomo site: keep its analytics data (default) or delete it. */
+  matomoOnRemove: "keep" | "delete";
   /** Wall-clock time one invocation may spend on jobs before it stops claiming. */
   budgetMs: number;
   /**
@@ -114,6 +116,7 @@ const env = z.object({
   }),
   MATOMO_API_URL: z.string().optional(),
   MATOMO_API_TOKEN: z.string().optional(),
+  MATOMO_ON_REMOVE: z.enum(["keep", "delete"], { message: 'must be "keep" or "delete"' }).default("keep"),
   HOSTING_TIME_BUDGET_SECONDS: seconds("HOSTING_TIME_BUDGET_SECONDS", 130, 10, 3600),
   HOSTING_WALL_CLOCK_SECONDS: seconds("HOSTING_WALL_CLOCK_SECONDS", 0, 30, 86400),
   HOSTING_LEASE_SECONDS: seconds("HOSTING_LEASE_SECONDS", 30, 5, 600),
@@ -240,6 +243,7 @@ export function loadConfig(source: Record<string, string | undefined>): Config {
       siteMs: e.HOSTING_SITE_TIMEOUT_SECONDS,
       certificateMs: e.HOSTING_CERTIFICATE_TIMEOUT_SECONDS,
     },
+    matomoOnRemove: e.MATOMO_ON_REMOVE,
     budgetMs: e.HOSTING_TIME_BUDGET_SECONDS,
     wallClockMs: e.HOSTING_WALL_CLOCK_SECONDS || null,
     leaseSeconds: e.HOSTING_LEASE_SECONDS / 1000,

@@ -21,6 +21,15 @@ export const ERROR_CODES = {
     transient: false,
     text: "The domain is already hosted for another row of public.sites; a domain has one site.",
   },
+  domain_being_removed: {
+    transient: true,
+    text:
+      "The domain is still being removed for another row of public.sites; this site is provisioned once that removal has finished.",
+  },
+  credentials_unavailable: {
+    transient: false,
+    text: "The site user's password is not stored (this database has no Vault).",
+  },
 
   // CloudPanel over SSH
   ssh_unreachable: { transient: true, text: "The CloudPanel server could not be reached; will retry." },
@@ -72,7 +81,7 @@ export const ERROR_CODES = {
       "The Let's Encrypt certificate could not be issued and CloudPanel's answer is not recognised; retried a few times.",
   },
 
-  // Matomo over HTTP (never fails a job: the site goes active without analytics)
+  // Matomo over HTTP (never fails a provisioning job: the site goes active without analytics)
   matomo_unreachable: { transient: true, text: "Matomo could not be reached." },
   matomo_error: { transient: false, text: "Matomo refused the request." },
   matomo_bad_response: { transient: true, text: "Matomo answered something that is not its API." },
@@ -86,6 +95,7 @@ export const ERROR_CODES = {
 
   // our own machinery
   lease_lost: { transient: true, text: "Another worker took over this job." },
+  cancelled: { transient: false, text: "Cancelled: the site is being removed." },
   interrupted: { transient: true, text: "Provisioning was interrupted; will resume." },
   store_failed: { transient: true, text: "The database could not be reached." },
   internal: { transient: false, text: "Internal error." },

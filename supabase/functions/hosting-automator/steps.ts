@@ -1,17 +1,24 @@
 /**
  * The steps of a job, declared as data: what each step does, its timeout, whether a provisioning job may go on
- * without it, and which steps each job kind runs, in order. The workflow runs whatever the plan lists.
+ * without it, when it is skipped, and which steps each kind of job runs, in order, and how the job ends. The
+ * workflow runs whatever the kind lists; adding a step is one entry here plus its client call.
  */
 import type { CloudPanel } from "./cloudpanel.ts";
-import type { Domain } from "./domain.ts";
+import { docRootFor, type Domain, siteUserFor } from "./domain.ts";
 import type { Logger } from "./log.ts";
 import type { MatomoClient } from "./matomo.ts";
-import type { ClaimedJob, JobKind, StepName } from "./store.ts";
+import type { ClaimedJob, EventLevel, JobKind, SiteCredentials, StepName } from "./store.ts";
 
 export interface StepTimeouts {
   siteMs: number;
   certificateMs: number;
   matomoMs: number;
+}
+
+/** Choices of the deployment that steps read. */
+export interface StepOptions {
+  /** What a removal does with the site's Matomo site. */
+  matomoOnRemove: "keep" | "delete";
 }
 
 export interface StepContext {
@@ -21,6 +28,10 @@ export interface StepContext {
   /** The CloudPanel client (its SSH connection opens on first use). */
   cloudPanel: () => CloudPanel;
   matomo: MatomoClient | null;
+  /** The results of the job's steps done so far (in this run or an earlier one). */
+  results: Partial<Record<StepName, Record<string, unknown>>>;
+  /** The site user's password, for a step that declares `password` (stored before the step starts). */
+  credentials?: SiteCredentials;
   /** Aborted when the lease is lost or the worker shuts down. */
   signal: AbortSignal;
 }
@@ -31,16 +42,28 @@ export interface StepDone {
   message: string;
 }
 
+/** Why a step does not run in this deployment; journaled as skipped. `warn` also warns the job's outcome. */
+export interface Skip {
+  code: string;
+  message: string;
+  level: Extract<EventLevel, "info" | "warn">;
+}
+
 export interface StepDef {
   name: StepName;
   timeoutMs: (timeouts: StepTimeouts) => number;
   /**
-   * In a provisioning job the site goes active without an optional step that failed; a transient failure is
-   * then retried by the queue (an `analytics` job). In a job of its own it fails like any step.
+   * In a job whose kind allows it, the job goes on without an optional step that failed (the site goes active
+   * without analytics; a transient failure is then retried by the queue as an `analytics` job). In a job of
+   * its own it fails like any step.
    */
   optional: boolean;
-  /** Why the step cannot run in this deployment (it is journaled as skipped with this warning), or null. */
-  unavailable: (context: { matomo: MatomoClient | null }) => { code: string; message: string } | null;
+  /**
+   * The step needs the site user's password: the workflow generates one, and the transition that starts the
+   * step stores it in Vault (or returns the one an earlier attempt stored), so every retry sends the same.
+   */
+  password?: true;
+  skip: (context: { matomo: MatomoClient | null; options: StepOptions }) => Skip | null;
   run: (context: StepContext, timeoutMs: number) => Promise<StepDone>;
 }
 
@@ -49,14 +72,29 @@ export const STEPS: Record<StepName, StepDef> = {
     name: "cloudpanel_site",
     timeoutMs: (t) => t.siteMs,
     optional: false,
-    unavailable: () => null,
-    run: async ({ cloudPanel, domain, signal }, timeoutMs) => {
-      const site = await cloudPanel().addStaticSite(domain, { timeoutMs, signal });
+    password: true,
+    skip: () => null,
+    run: async ({ cloudPanel, domain, signal, credentials }, timeoutMs) => {
+      const site = await cloudPanel().addStaticSite(domain, {
+        password: credentials!.password,
+        timeoutMs,
+        signal,
+      });
+      // The stored password is the site user's when this attempt created the site, or when an earlier claim sent
+      // the same password (its answer was lost); a site that was there before this module has another one.
+      const known = site.created || credentials!.prior;
       return {
-        result: { site_user: site.siteUser, doc_root: site.docRoot, created: site.created },
+        result: {
+          site_user: site.siteUser,
+          doc_root: site.docRoot,
+          created: site.created,
+          credentials: credentials!.stored ? (known ? "known" : "unknown") : "not_stored",
+        },
         message: site.created
           ? "Site created on CloudPanel."
-          : "Site already existed on CloudPanel; its document root is inferred from the site user.",
+          : known
+          ? "Site already existed on CloudPanel (created by an earlier attempt whose answer was lost)."
+          : "Site already existed on CloudPanel; its document root is inferred from the site user and its password is not known.",
       };
     },
   },
@@ -64,7 +102,7 @@ export const STEPS: Record<StepName, StepDef> = {
     name: "ssl_certificate",
     timeoutMs: (t) => t.certificateMs,
     optional: false,
-    unavailable: () => null,
+    skip: () => null,
     run: async ({ cloudPanel, domain, signal }, timeoutMs) => {
       await cloudPanel().installCertificate(domain, { timeoutMs, signal });
       return {
@@ -77,10 +115,11 @@ export const STEPS: Record<StepName, StepDef> = {
     name: "matomo_site",
     timeoutMs: (t) => t.matomoMs,
     optional: true,
-    unavailable: ({ matomo }) =>
+    skip: ({ matomo }) =>
       matomo ? null : {
         code: "matomo_not_configured",
         message: "Matomo is not configured (MATOMO_API_URL, MATOMO_API_TOKEN); the site has no analytics.",
+        level: "warn",
       },
     run: async ({ matomo, domain, signal }) => {
       const site = await matomo!.ensureSite(domain, { signal });
@@ -90,10 +129,130 @@ export const STEPS: Record<StepName, StepDef> = {
       };
     },
   },
+  cloudpanel_site_delete: {
+    name: "cloudpanel_site_delete",
+    timeoutMs: (t) => t.siteMs,
+    optional: false,
+    skip: () => null,
+    run: async ({ cloudPanel, domain, signal }, timeoutMs) => {
+      const { deleted } = await cloudPanel().deleteSite(domain, { timeoutMs, signal });
+      return {
+        result: { deleted },
+        message: deleted
+          ? "Site deleted on CloudPanel, with its files and site user."
+          : "CloudPanel has no site for this domain: nothing to delete.",
+      };
+    },
+  },
+  matomo_site_delete: {
+    name: "matomo_site_delete",
+    timeoutMs: (t) => t.matomoMs,
+    optional: false,
+    skip: ({ matomo, options }) =>
+      options.matomoOnRemove === "keep"
+        ? {
+          code: "matomo_kept",
+          message: "The site's analytics data is kept in Matomo (MATOMO_ON_REMOVE=keep).",
+          level: "info",
+        }
+        : matomo
+        ? null
+        : {
+          code: "matomo_not_configured",
+          message: "Matomo is not configured (MATOMO_API_URL, MATOMO_API_TOKEN); its site, if any, is kept.",
+          level: "warn",
+        },
+    run: async ({ matomo, domain, signal, job }) => {
+      const { deleted } = await matomo!.deleteSite(domain, {
+        idSite: job.target?.matomoSiteId ?? null,
+        signal,
+      });
+      return {
+        result: { deleted },
+        message: deleted.length > 0
+          ? `Matomo site ${deleted.join(", ")} deleted.`
+          : "Matomo has no site for this domain: nothing to delete.",
+      };
+    },
+  },
 };
 
-/** The steps each kind of job runs, in order. */
-export const PLANS: Record<JobKind, readonly StepName[]> = {
-  provision: ["cloudpanel_site", "ssl_certificate", "matomo_site"],
-  analytics: ["matomo_site"],
+/** How a job ends, built from its steps' results: the site goes active, or its removal is done. */
+export type Completion =
+  | {
+    type: "site";
+    docRoot: string;
+    matomoSiteId: number | null;
+    message: string;
+    /** Queue an analytics job: the Matomo step failed for now. */
+    backfillAnalytics: boolean;
+  }
+  | { type: "removal"; message: string };
+
+export interface CompletionContext {
+  domain: Domain;
+  results: Partial<Record<StepName, Record<string, unknown>>>;
+  /** Why an optional step did not give its result (skipped or failed), if it did not. */
+  warning?: { code: string };
+  /** An optional step failed transiently: worth retrying later. */
+  retryable: boolean;
+}
+
+export interface KindDef {
+  steps: readonly StepName[];
+  /** Its first step takes ownership of the canonical domain (one site per domain). */
+  ownsDomain: boolean;
+  /** An optional step that fails lets the job finish without it. */
+  allowsOptionalFailure: boolean;
+  complete: (context: CompletionContext) => Completion;
+}
+
+function siteCompletion({ domain, results, warning, retryable }: CompletionContext): Completion {
+  const docRoot = typeof results.cloudpanel_site?.doc_root === "string"
+    ? results.cloudpanel_site.doc_root
+    : docRootFor(siteUserFor(domain), domain);
+  const matomoSiteId = typeof results.matomo_site?.matomo_site_id === "number"
+    ? results.matomo_site.matomo_site_id
+    : null;
+  return {
+    type: "site",
+    docRoot,
+    matomoSiteId,
+    message: matomoSiteId === null
+      ? `Site is active without analytics (${warning?.code ?? "matomo_site"}).`
+      : `Site is active; Matomo site ${matomoSiteId}.`,
+    backfillAnalytics: retryable && matomoSiteId === null,
+  };
+}
+
+/** The kinds of job: their steps in order and how each ends. */
+export const KINDS: Record<JobKind, KindDef> = {
+  provision: {
+    steps: ["cloudpanel_site", "ssl_certificate", "matomo_site"],
+    ownsDomain: true,
+    allowsOptionalFailure: true,
+    complete: siteCompletion,
+  },
+  analytics: {
+    steps: ["matomo_site"],
+    ownsDomain: false,
+    allowsOptionalFailure: false,
+    complete: siteCompletion,
+  },
+  remove: {
+    steps: ["cloudpanel_site_delete", "matomo_site_delete"],
+    ownsDomain: false,
+    allowsOptionalFailure: false,
+    complete: ({ results }) => ({
+      type: "removal",
+      message: results.cloudpanel_site_delete?.deleted === false
+        ? "Site removed (CloudPanel had no site for it)."
+        : "Site removed.",
+    }),
+  },
 };
+
+/** The steps each kind of job runs, in order (for the claim's estimate of a job's remaining time). */
+export const PLANS: Record<JobKind, readonly StepName[]> = Object.fromEntries(
+  Object.entries(KINDS).map(([kind, def]) => [kind, def.steps]),
+) as Record<JobKind, readonly StepName[]>;

@@ -7,7 +7,13 @@ import { z } from "zod";
 import { HostingError } from "./errors.ts";
 import { Redactor } from "./log.ts";
 
-export const STEP_NAMES = ["cloudpanel_site", "ssl_certificate", "matomo_site"] as const;
+export const STEP_NAMES = [
+  "cloudpanel_site",
+  "ssl_certificate",
+  "matomo_site",
+  "cloudpanel_site_delete",
+  "matomo_site_delete",
+] as const;
 export type StepName = (typeof STEP_NAMES)[number];
 export type StepState = "started" | "done" | "failed" | "skipped";
 export type EventLevel = "debug" | "info" | "warn" | "error";
@@ -63,8 +69,15 @@ const stepEntry = z.object({
   result: z.record(z.string(), z.unknown()),
 });
 
-export const JOB_KINDS = ["provision", "analytics"] as const;
+export const JOB_KINDS = ["provision", "analytics", "remove"] as const;
 export type JobKind = (typeof JOB_KINDS)[number];
+
+const removalTarget = z.object({
+  site_user: z.string().nullable(),
+  doc_root: z.string().nullable(),
+  matomo_site_id: z.number().int().positive().nullable(),
+}).transform((t) => ({ siteUser: t.site_user, docRoot: t.doc_root, matomoSiteId: t.matomo_site_id }));
+export type RemovalTarget = z.output<typeof removalTarget>;
 
 const claimedRow = z.object({
   job_id: id,
@@ -79,6 +92,7 @@ const claimedRow = z.object({
   lease_expires_at: z.union([z.string(), z.date()]).transform((v) => new Date(v)),
   steps: z.partialRecord(z.enum(STEP_NAMES), stepEntry).default({}),
   estimates: z.partialRecord(z.enum(STEP_NAMES), z.number()).default({}),
+  target: removalTarget.nullable().default(null),
 }).transform((r) => ({
   jobId: r.job_id,
   leaseToken: r.lease_token,
@@ -95,21 +109,34 @@ const claimedRow = z.object({
   steps: r.steps,
   /** Expected milliseconds per step (p90 of recent runs), where known. */
   estimates: r.estimates,
+  /** A removal's target, copied when it was queued (its row may be gone); null for other kinds. */
+  target: r.target,
 }));
 export type ClaimedJob = z.output<typeof claimedRow>;
 
-const advanceAnswer = z.union([
-  z.object({ ok: z.literal(true) }),
-  z.object({ ok: z.literal(false), reason: z.literal("lease_lost") }),
-  z.object({ ok: z.literal(false), reason: z.literal("domain_taken"), message: z.string() }),
-]);
-export type Advance = z.output<typeof advanceAnswer>;
+/** The password the site step must use; `prior`: an earlier claim stored it; `stored`: false without Vault. */
+const siteCredentials = z.object({ password: z.string().min(1), prior: z.boolean(), stored: z.boolean() });
+export type SiteCredentials = z.output<typeof siteCredentials>;
 
 const failOutcome = z.union([
   z.object({ state: z.literal("queued"), run_at: z.string(), attempts: z.number() }),
   z.object({ state: z.literal("failed"), attempts: z.number() }),
 ]).nullable();
 export type FailOutcome = z.output<typeof failOutcome>;
+
+const advanceAnswer = z.union([
+  z.object({ ok: z.literal(true), credentials: siteCredentials.optional() }),
+  z.object({ ok: z.literal(false), reason: z.literal("lease_lost") }),
+  z.object({ ok: z.literal(false), reason: z.literal("cancelled") }),
+  z.object({
+    ok: z.literal(false),
+    reason: z.literal("domain_taken"),
+    code: z.enum(["domain_taken", "domain_being_removed"]).default("domain_taken"),
+    message: z.string(),
+    next: failOutcome.optional(),
+  }),
+]);
+export type Advance = z.output<typeof advanceAnswer>;
 
 const enqueueResult = z.object({
   found: z.boolean(),
@@ -121,6 +148,42 @@ const enqueueResult = z.object({
   status_hosting: z.string().nullable().optional(),
 });
 export type EnqueueResult = z.output<typeof enqueueResult>;
+
+const removeResult = z.union([
+  z.object({ found: z.literal(false) }),
+  z.object({
+    found: z.literal(true),
+    status_hosting: z.string().nullable(),
+    queued: z.boolean(),
+    job_id: id.optional(),
+    job_state: z.string().optional(),
+    reason: z.enum(["nothing_to_remove", "not_queued", "row_deleted"]).optional(),
+  }),
+]);
+export type RemoveResult = z.output<typeof removeResult>;
+
+const siteLogin = z.object({
+  site_id: z.string(),
+  domain: z.string().nullable(),
+  site_user: z.string(),
+  password: z.string().min(1),
+  host: z.string().nullable(),
+  port: z.number().int().nullable(),
+  doc_root: z.string().nullable(),
+});
+export type SiteLogin = z.output<typeof siteLogin>;
+
+/** The database's refusal to give credentials, as a HostingError whose public text is its explanation. */
+function credentialsError(error: unknown): unknown {
+  if (!(error instanceof HostingError)) return error;
+  const sqlState = /failed: (P0002|55000) /.exec(error.message)?.[1];
+  if (!sqlState) return error;
+  const explanation = error.message.slice(error.message.indexOf(sqlState) + sqlState.length + 1).trim();
+  return new HostingError(sqlState === "P0002" ? "not_found" : "credentials_unavailable", error.message, {
+    publicMessage: explanation,
+    cause: error,
+  });
+}
 
 const retryEntry = z.object({
   site_id: z.string(),
@@ -151,6 +214,13 @@ const statusReport = z.object({
   retrying: z.array(z.record(z.string(), z.unknown())),
   recent_failures: z.array(z.record(z.string(), z.unknown())),
   missing_analytics: z.array(z.record(z.string(), z.unknown())),
+  /** Removal jobs open, finished in the last day, and failed ones waiting for an operator (kept or deleted row). */
+  removals: z.object({
+    queued: z.number(),
+    running: z.number(),
+    removed_last_day: z.number(),
+    failed: z.array(z.record(z.string(), z.unknown())),
+  }),
 });
 export type StatusReport = z.output<typeof statusReport>;
 
@@ -201,7 +271,7 @@ export interface ClaimArgs {
   /** Only jobs whose expected remaining steps fit in this many milliseconds. */
   timeLeftMs?: number;
   /** The steps of each job kind, for that estimate. */
-  plan?: Record<JobKind, readonly StepName[]>;
+  plan?: Partial<Record<JobKind, readonly StepName[]>>;
   /** The estimate of a step with no history. */
   defaultStepMs?: number;
   /** The invocation's first claim: it answers one doorbell kick. */
@@ -266,6 +336,7 @@ export class Store {
   readonly #close: () => Promise<void>;
   readonly #retryDelaysMs: readonly number[];
   readonly #redact: (text: string) => string;
+  readonly #redactor: Redactor;
   readonly #options: { retryDelaysMs?: readonly number[]; redactor?: Redactor };
 
   /**
@@ -285,6 +356,7 @@ export class Store {
     // it, so no caller can forget. Structured values (journal results, doc roots) are built by code and hold no
     // secret; redacting them could cut a domain that happens to contain a short secret's text.
     const redactor = options.redactor ?? new Redactor();
+    this.#redactor = redactor;
     this.#redact = (text) => redactor.redact(text);
   }
 
@@ -349,9 +421,9 @@ export class Store {
   async advance(
     lease: Lease,
     leaseSeconds: number,
-    transition: { done?: StepEnd | StepEnd[]; start?: StepName; domain?: string },
+    transition: { done?: StepEnd | StepEnd[]; start?: StepName; domain?: string; password?: string },
   ): Promise<Advance> {
-    return advanceAnswer.parse(
+    const answer = advanceAnswer.parse(
       await this.#write("hosting_advance", {
         p_job_id: lease.jobId,
         p_lease_token: lease.leaseToken,
@@ -359,8 +431,12 @@ export class Store {
         p_done: endJson(transition.done, this.#redact),
         p_start: transition.start ?? null,
         p_domain: transition.domain ?? null,
+        p_password: transition.password ?? null,
       }, "value"),
     );
+    // The password this step will use, from now on a secret of this process like the generated one.
+    if (answer.ok && answer.credentials) this.#redactor.add(answer.credentials.password);
+    return answer;
   }
 
   async complete(lease: Lease, completion: Completion): Promise<boolean> {
@@ -373,6 +449,21 @@ export class Store {
         p_message: completion.message === undefined ? null : this.#redact(completion.message),
         p_done: endJson(completion.done, this.#redact),
         p_backfill_analytics: completion.backfillAnalytics ?? false,
+      }, "value"),
+    );
+  }
+
+  /** Finishes a removal; false when the lease was lost. */
+  async completeRemoval(
+    lease: Lease,
+    completion: { message?: string; done?: StepEnd | StepEnd[] },
+  ): Promise<boolean> {
+    return z.boolean().parse(
+      await this.#write("hosting_complete_removal", {
+        p_job_id: lease.jobId,
+        p_lease_token: lease.leaseToken,
+        p_message: completion.message === undefined ? null : this.#redact(completion.message),
+        p_done: endJson(completion.done, this.#redact),
       }, "value"),
     );
   }
@@ -424,6 +515,27 @@ export class Store {
       p_code: event.code,
       p_message: this.#redact(event.message),
     }, "value");
+  }
+
+  /** Asks for a site's removal (its row is kept and ends `removed`). */
+  async remove(siteId: string): Promise<RemoveResult> {
+    return removeResult.parse(await this.#call("hosting_remove", { p_site_id: siteId }, "value"));
+  }
+
+  /**
+   * The site user's credentials (the password in clear: for the caller that uploads files). Throws
+   * HostingError `not_found` or `credentials_unavailable` with the database's explanation when there are none.
+   */
+  async siteCredentials(siteId: string): Promise<SiteLogin> {
+    try {
+      const login = siteLogin.parse(
+        await this.#call("hosting_site_credentials", { p_site_id: siteId }, "value"),
+      );
+      this.#redactor.add(login.password);
+      return login;
+    } catch (error) {
+      throw credentialsError(error);
+    }
   }
 
   async retry(target: { siteId: string } | { allFailed: true }): Promise<RetryResult> {

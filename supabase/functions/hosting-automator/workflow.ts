@@ -16,13 +16,22 @@
  * its slot up, and the claim rings the doorbell so another worker takes it.
  */
 import { CloudPanel } from "./cloudpanel.ts";
-import { docRootFor, type Domain, parseDomain, siteUserFor } from "./domain.ts";
+import { type Domain, generatePassword, parseDomain } from "./domain.ts";
 import { HostingError, toHostingError } from "./errors.ts";
 import type { Logger } from "./log.ts";
 import type { MatomoClient } from "./matomo.ts";
 import type { RemoteShell } from "./remote.ts";
-import { PLANS, type StepDef, STEPS, type StepTimeouts } from "./steps.ts";
-import type { ClaimedJob, Lease, StepEnd, StepName, Store } from "./store.ts";
+import {
+  type Completion,
+  type KindDef,
+  KINDS,
+  PLANS,
+  type StepDef,
+  type StepOptions,
+  STEPS,
+  type StepTimeouts,
+} from "./steps.ts";
+import type { ClaimedJob, FailOutcome, Lease, SiteCredentials, StepEnd, StepName, Store } from "./store.ts";
 
 export interface WorkflowDeps {
   store: Store;
@@ -34,6 +43,8 @@ export interface WorkflowDeps {
   /** The CloudPanel server's identity, for the per-server cap (host:port). */
   server: string;
   timeouts: StepTimeouts;
+  /** What a removal does with the site's Matomo site (default: keep its analytics data). */
+  matomoOnRemove?: StepOptions["matomoOnRemove"];
   /** Wall-clock time this invocation may spend. */
   budgetMs: number;
   /** When the worker itself must have stopped (its wall-clock limit), on `clock`'s scale. */
@@ -57,11 +68,20 @@ export interface StepOutcome {
 }
 
 /**
- * active: done. retrying: failed, queued again with backoff. failed: gave up. released: time ran out (or the
- * worker shut down), queued again without spending the attempt. lease_lost: another worker owns the job now.
+ * active: done, the site is active. removed: a removal is done. retrying: failed, queued again with backoff.
+ * failed: gave up. released: time ran out (or the worker shut down), queued again without spending the attempt.
+ * cancelled: the site is being removed, so the job stopped. lease_lost: another worker owns the job now.
  * interrupted: the database could not be reached; the lease expires and the job resumes.
  */
-export type JobStatus = "active" | "retrying" | "failed" | "released" | "lease_lost" | "interrupted";
+export type JobStatus =
+  | "active"
+  | "removed"
+  | "retrying"
+  | "failed"
+  | "released"
+  | "cancelled"
+  | "lease_lost"
+  | "interrupted";
 
 export interface JobOutcome {
   job_id: number;
@@ -123,8 +143,23 @@ const CONNECTION_CODES = new Set([
 class LeaseLost extends Error {}
 class Released extends Error {}
 class Shutdown extends Error {}
-/** Another site owns this canonical domain; the database already failed the job (with this message). */
-class DomainTaken extends Error {}
+/** A removal of the site was queued after this job: the database cancelled it. */
+class Cancelled extends Error {}
+/**
+ * Another site owns this canonical domain (or is still being removed with it); the database already failed
+ * the job, or queued it again (`next`).
+ */
+class DomainTaken extends Error {
+  constructor(
+    readonly code: "domain_taken" | "domain_being_removed",
+    message: string,
+    readonly next?: FailOutcome,
+  ) {
+    super(message);
+  }
+}
+/** Said once per process: where the database has no Vault, site passwords are not kept. */
+let vaultAbsenceSaid = false;
 /** A step failed; `end` is its journal entry, written with the job's failure. */
 class StepFailed extends Error {
   constructor(readonly failure: HostingError, readonly end: StepEnd, readonly outcome: StepOutcome) {
@@ -293,13 +328,14 @@ export class Invocation {
         });
       }
       const domain = parseDomain(job.domain);
+      const kind = KINDS[job.kind];
       const cloudPanel = this.#cloudPanel(log);
       const results: Partial<Record<StepName, Record<string, unknown>>> = {};
       /** The end of the step that ran last, written with the next transition. */
       let pending: StepEnd[] = [];
-      let backfill = false;
+      let retryable = false;
 
-      for (const name of PLANS[job.kind]) {
+      for (const name of kind.steps) {
         const def = STEPS[name];
         const prior = job.steps[name];
         if (prior?.state === "done") {
@@ -307,27 +343,27 @@ export class Invocation {
           outcome.steps.push({ step: name, status: "already_done", duration_ms: 0 });
           continue;
         }
-        const unavailable = def.unavailable({ matomo: this.#deps.matomo });
-        if (unavailable) {
+        const skip = def.skip({ matomo: this.#deps.matomo, options: this.#stepOptions });
+        if (skip) {
           pending.push({
             step: name,
             state: "skipped",
-            code: unavailable.code,
-            message: unavailable.message,
-            level: "warn",
+            code: skip.code,
+            message: skip.message,
+            level: skip.level,
           });
-          outcome.steps.push({ step: name, status: "skipped", duration_ms: 0, code: unavailable.code });
-          outcome.warning = unavailable;
+          outcome.steps.push({ step: name, status: "skipped", duration_ms: 0, code: skip.code });
+          if (skip.level === "warn") outcome.warning = { code: skip.code, message: skip.message };
           continue;
         }
-        const ran = await this.#step(job, lease, log, def, domain, cloudPanel, pending);
+        const ran = await this.#step({ job, lease, log, def, kind, domain, cloudPanel, results, pending });
         pending = [ran.end];
         outcome.steps.push(ran.outcome);
         if (ran.end.state === "done") {
           results[name] = ran.end.result;
           continue;
         }
-        // An optional step failed in a provisioning job: the site goes active without it.
+        // An optional step failed in a job that may go on without it: the site goes active without it.
         const failure = ran.failure!;
         outcome.warning = {
           code: failure.code,
@@ -335,7 +371,7 @@ export class Invocation {
             ? `${failure.publicMessage} The site is active without analytics; it is retried automatically.`
             : `${failure.publicMessage} The site is active without analytics; fix the cause, then retry it.`,
         };
-        backfill ||= failure.transient;
+        retryable ||= failure.transient;
         log.warn("optional step failed; the site goes active without it", {
           step: name,
           code: failure.code,
@@ -343,27 +379,21 @@ export class Invocation {
         });
       }
 
-      const docRoot = typeof results.cloudpanel_site?.doc_root === "string"
-        ? results.cloudpanel_site.doc_root
-        : docRootFor(siteUserFor(domain), domain);
-      const matomoSiteId = typeof results.matomo_site?.matomo_site_id === "number"
-        ? results.matomo_site.matomo_site_id
-        : null;
-      const summary = matomoSiteId === null
-        ? `Site is active without analytics (${outcome.warning?.code ?? "matomo_site"}).`
-        : `Site is active; Matomo site ${matomoSiteId}.`;
-      const completed = await this.#deps.store.complete(lease, {
-        docRoot,
-        matomoSiteId,
-        message: summary,
-        done: pending,
-        backfillAnalytics: backfill && matomoSiteId === null,
-      });
-      if (!completed) throw new LeaseLost();
-      outcome.status = "active";
-      outcome.doc_root = docRoot;
-      outcome.matomo_site_id = matomoSiteId;
-      log.info("job succeeded", { doc_root: docRoot, matomo_site_id: matomoSiteId, backfill });
+      const completion = kind.complete({ domain, results, warning: outcome.warning, retryable });
+      if (!await this.#complete(lease, completion, pending)) throw new LeaseLost();
+      if (completion.type === "site") {
+        outcome.status = "active";
+        outcome.doc_root = completion.docRoot;
+        outcome.matomo_site_id = completion.matomoSiteId;
+        log.info("job succeeded", {
+          doc_root: completion.docRoot,
+          matomo_site_id: completion.matomoSiteId,
+          backfill: completion.backfillAnalytics,
+        });
+      } else {
+        outcome.status = "removed";
+        log.info("site removed");
+      }
     } catch (error) {
       await this.#settle(error, lease, outcome, log);
     }
@@ -373,6 +403,23 @@ export class Invocation {
     return outcome;
   }
 
+  /** The job's last statement: the site goes active, or its removal is done (with the last step's end). */
+  #complete(lease: Lease, completion: Completion, done: StepEnd[]): Promise<boolean> {
+    return completion.type === "site"
+      ? this.#deps.store.complete(lease, {
+        docRoot: completion.docRoot,
+        matomoSiteId: completion.matomoSiteId,
+        message: completion.message,
+        done,
+        backfillAnalytics: completion.backfillAnalytics,
+      })
+      : this.#deps.store.completeRemoval(lease, { message: completion.message, done });
+  }
+
+  get #stepOptions(): StepOptions {
+    return { matomoOnRemove: this.#deps.matomoOnRemove ?? "keep" };
+  }
+
   /** Turns a job's failure into its next state: retry, fail, or nothing (lease lost, released, store down). */
   async #settle(error: unknown, lease: Lease, outcome: JobOutcome, log: Logger): Promise<void> {
     if (error instanceof LeaseLost) {
@@ -380,10 +427,21 @@ export class Invocation {
       log.warn("lease lost: another worker owns this job now; stopping without writing");
       return;
     }
+    if (error instanceof Cancelled) {
+      outcome.status = "cancelled";
+      log.info("job cancelled: the site is being removed");
+      return;
+    }
     if (error instanceof DomainTaken) {
-      outcome.status = "failed";
-      outcome.error = { code: "domain_taken", message: error.message };
-      log.error("job failed: the domain belongs to another site", { code: "domain_taken" });
+      outcome.error = { code: error.code, message: error.message };
+      if (error.next?.state === "queued") {
+        outcome.status = "retrying";
+        outcome.next_run_at = error.next.run_at;
+        log.warn("the domain is still being removed for another site; retried later", { code: error.code });
+      } else {
+        outcome.status = "failed";
+        log.error("job failed: the domain belongs to another site", { code: error.code });
+      }
       return;
     }
     if (error instanceof Released) {
@@ -433,16 +491,20 @@ export class Invocation {
   /**
    * One step: started (with the previous step's end, one statement), run with a timeout that fits the deadline
    * while the lease is renewed in the background, and its end returned for the next transition. An optional
-   * step's failure in a provisioning job is returned as a `failed` end; any other failure is thrown.
+   * step's failure in a job that may go on without it is returned as a `failed` end; any other failure is thrown.
    */
   async #step(
-    job: ClaimedJob,
-    lease: Lease,
-    log: Logger,
-    def: StepDef,
-    domain: Domain,
-    cloudPanel: () => CloudPanel,
-    pending: StepEnd[],
+    { job, lease, log, def, kind, domain, cloudPanel, results, pending }: {
+      job: ClaimedJob;
+      lease: Lease;
+      log: Logger;
+      def: StepDef;
+      kind: KindDef;
+      domain: Domain;
+      cloudPanel: () => CloudPanel;
+      results: Partial<Record<StepName, Record<string, unknown>>>;
+      pending: StepEnd[];
+    },
   ): Promise<{ end: StepEnd; outcome: StepOutcome; failure?: HostingError }> {
     const store = this.#deps.store;
     const step = def.name;
@@ -454,17 +516,22 @@ export class Invocation {
       await this.#release(lease, `Time budget spent before ${step}; queued to continue.`, pending);
     }
     const effective = Math.min(timeoutMs, left);
-    // The first step of a provisioning job takes ownership of the canonical domain.
-    const first = job.kind === "provision" && PLANS.provision[0] === step;
+    // A password is registered before it goes anywhere, so no log line or write can carry it.
+    const candidate = def.password ? generatePassword() : undefined;
+    if (candidate) log.redactor.add(candidate);
     const advanced = await store.advance(lease, this.#leaseSeconds, {
       done: pending,
       start: step,
-      domain: first ? domain : undefined,
+      // The first step of a kind that owns its domain takes ownership of the canonical domain.
+      domain: kind.ownsDomain && kind.steps[0] === step ? domain : undefined,
+      password: candidate,
     });
     if (!advanced.ok && advanced.reason === "domain_taken") {
-      throw new DomainTaken(advanced.message);
+      throw new DomainTaken(advanced.code, advanced.message, advanced.next);
     }
+    if (!advanced.ok && advanced.reason === "cancelled") throw new Cancelled();
     if (!advanced.ok) throw new LeaseLost();
+    const credentials = def.password ? this.#credentials(advanced.credentials, candidate!, log) : undefined;
     this.#onProgress?.({ kind: "step_started", job, step });
 
     const started = this.#clock();
@@ -475,7 +542,10 @@ export class Invocation {
     const renewal = this.#renewWhileRunning(lease, step, lost);
     try {
       const done = await abortable(
-        def.run({ job, domain, log, cloudPanel, matomo: this.#deps.matomo, signal }, effective),
+        def.run(
+          { job, domain, log, cloudPanel, matomo: this.#deps.matomo, results, credentials, signal },
+          effective,
+        ),
         signal,
       );
       const duration = Math.round(this.#clock() - started);
@@ -529,11 +599,24 @@ export class Invocation {
       };
       this.#onProgress?.({ kind: "step_finished", job, outcome });
       const internal = failure.code === "store_failed" || failure.code === "internal";
-      if (def.optional && job.kind === "provision" && !internal) return { end, outcome, failure };
+      if (def.optional && kind.allowsOptionalFailure && !internal) return { end, outcome, failure };
       throw new StepFailed(failure, end, outcome);
     } finally {
       clearInterval(renewal);
     }
+  }
+
+  /** The password the step uses, as the database answered (a store without the answer: the candidate, unkept). */
+  #credentials(answer: SiteCredentials | undefined, candidate: string, log: Logger): SiteCredentials {
+    const credentials = answer ?? { password: candidate, prior: false, stored: false };
+    log.redactor.add(credentials.password);
+    if (!credentials.stored && !vaultAbsenceSaid) {
+      vaultAbsenceSaid = true;
+      log.warn(
+        "this database has no Vault: site-user passwords are not stored, and hosting_site_credentials answers an error",
+      );
+    }
+    return credentials;
   }
 
   /**
