@@ -30,7 +30,7 @@ const MIGRATIONS = fileURLToPath(new URL("../supabase/migrations", import.meta.u
 /** The demo gives up waiting for retries after this long (they are due within two seconds here). */
 const WAIT_LIMIT_MS = 45_000;
 
-type Expected = "active" | "active_without_analytics" | "invalid";
+type Expected = "active" | "active_without_analytics" | "invalid" | "removed";
 
 /** The Matomo simulator refuses every call about this site, so it goes live without analytics. */
 const NO_ANALYTICS = "photo-studio.example";
@@ -39,7 +39,7 @@ const SITES: { domain: string; expect: Expected; note: string }[] = [
   { domain: "bakery-berlin.example", expect: "active", note: "" },
   { domain: "bücher.example", expect: "active", note: "an IDN: CloudPanel gets its punycode form" },
   { domain: "www.flower-shop.example", expect: "active", note: "" },
-  { domain: "yoga-retreat.example", expect: "active", note: "" },
+  { domain: "yoga-retreat.example", expect: "removed", note: "goes active, then the Hub removes it" },
   { domain: NO_ANALYTICS, expect: "active_without_analytics", note: "Matomo refuses every call about it" },
   { domain: "bad domain.example", expect: "invalid", note: "a space: refused before any command is built" },
   { domain: "shop.example;reboot", expect: "invalid", note: "a shell metacharacter: refused likewise" },
@@ -102,7 +102,7 @@ interface SiteRow {
   error_message: string | null;
 }
 
-/** Why a site did not end as expected, or null when it did. */
+/** Why a site did not end its provisioning as expected, or null when it did (a site to remove goes active). */
 function problem(
   site: (typeof SITES)[number],
   row: SiteRow | undefined,
@@ -134,6 +134,25 @@ function problem(
   if (!registered || row.matomo_site_id !== registered.idsite) {
     return `Matomo id ${row.matomo_site_id} does not match the Matomo site (${registered?.idsite ?? "none"})`;
   }
+  return null;
+}
+
+/** Why a removed site is not gone as expected: the row cleared, no CloudPanel site, its analytics kept. */
+function removalProblem(
+  domain: string,
+  row: SiteRow | undefined,
+  clpctl: Awaited<ReturnType<typeof readSimState>>,
+  matomo: MatomoSim,
+): string | null {
+  if (!row) return "row missing";
+  if (row.status_hosting !== "removed") {
+    return `expected removed, got ${row.status_hosting} (${row.error_message})`;
+  }
+  if (row.hosting_doc_root !== null || row.matomo_site_id !== null) {
+    return "doc root or Matomo id not cleared";
+  }
+  if (clpctl.sites[domain]) return "the CloudPanel site is still there";
+  if (!matomo.sites.some((s) => s.main_url === `https://${domain}`)) return "its Matomo site was not kept";
   return null;
 }
 
@@ -277,6 +296,32 @@ async function main(): Promise<boolean> {
       problems.push(["Let's Encrypt", `expected one retried certificate, saw ${retried.length}`]);
     }
 
+    // 6. The Hub takes one site down: the row is kept and ends `removed`.
+    const toRemove = SITES.filter((s) => s.expect === "removed").map((s) => s.domain);
+    out();
+    out(
+      `▸ The Hub removes ${
+        toRemove.join(", ")
+      } (status_hosting = 'removing'); the trigger queues the removal`,
+    );
+    for (const domain of toRemove) {
+      await pg.query("update public.sites set status_hosting = 'removing' where domain = $1", [domain]);
+    }
+    const removal = await app.newInvocation().run({ drain: true, concurrency: 2, onProgress });
+    outcomes.push(...removal.outcomes);
+    const afterRemoval = await readSimState(stateDir);
+    const removedRows = new Map(
+      (await pg.query<SiteRow>(
+        "select domain, status_hosting, hosting_doc_root, matomo_site_id, error_message from public.sites",
+      )).rows.map((row) => [row.domain, row]),
+    );
+    for (const domain of toRemove) {
+      byDomain.set(domain, removedRows.get(domain)!);
+      const found = removalProblem(domain, removedRows.get(domain), afterRemoval, matomo);
+      if (found) problems.push([domain, found]);
+    }
+    out(style.dim("  MATOMO_ON_REMOVE is keep (the default): the site's analytics data stays in Matomo"));
+
     out();
     out("▸ public.sites");
     out(table(
@@ -302,7 +347,7 @@ async function main(): Promise<boolean> {
       out(style.ok(
         `✓ all ${SITES.length} sites ended as expected: ${count("active")} active, ` +
           `${count("active_without_analytics")} active without analytics, ${count("invalid")} refused as ` +
-          `invalid; 1 certificate retried (${elapsed})`,
+          `invalid, ${count("removed")} provisioned then removed; 1 certificate retried (${elapsed})`,
       ));
     } else {
       const listed = problems.map(([what, why]) => `${what}: ${why}`).join("; ");

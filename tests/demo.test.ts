@@ -32,7 +32,7 @@ const EXPECTED: [domain: string, status: string, matomo: boolean][] = [
   ["bakery-berlin.example", "active", true],
   ["bücher.example", "active", true],
   ["www.flower-shop.example", "active", true],
-  ["yoga-retreat.example", "active", true],
+  ["yoga-retreat.example", "removed", false],
   ["photo-studio.example", "active", false],
   ["bad domain.example", "failed", false],
   ["shop.example;reboot", "failed", false],
