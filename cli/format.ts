@@ -28,7 +28,12 @@ const STEP_LABEL: Record<string, string> = {
   cloudpanel_site: "CloudPanel site",
   ssl_certificate: "Let's Encrypt certificate",
   matomo_site: "Matomo site",
+  cloudpanel_site_delete: "CloudPanel site removal",
+  matomo_site_delete: "Matomo site removal",
 };
+
+/** A job that ended well: a site built (`active`) or taken down (`removed`). */
+const GOOD = new Set(["active", "removed"]);
 
 function pad(text: string, width: number): string {
   return text.length >= width ? text : text + " ".repeat(width - text.length);
@@ -63,7 +68,7 @@ export function progressLines(
           : o.status === "retrying"
           ? `retry at ${o.next_run_at}: ${o.error?.message ?? ""}`
           : o.error?.message ?? "";
-        const mark = o.status === "active"
+        const mark = GOOD.has(o.status)
           ? style.ok("■")
           : o.status === "failed"
           ? style.bad("■")

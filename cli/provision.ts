@@ -22,7 +22,12 @@ import {
   requestUrl,
 } from "../supabase/functions/hosting-automator/matomo.ts";
 import { connectSsh } from "../supabase/functions/hosting-automator/ssh.ts";
-import type { StatusReport, Store } from "../supabase/functions/hosting-automator/store.ts";
+import type {
+  SiteDetail,
+  SiteLogin,
+  StatusReport,
+  Store,
+} from "../supabase/functions/hosting-automator/store.ts";
 import {
   Invocation,
   type JobOutcome,
@@ -38,7 +43,15 @@ Provisions websites on CloudPanel and Matomo the way the Edge Function does, fro
   --site <id|domain>   provision this site now (it is queued first when its DNS is active and hosting pending)
   --pending            run every job that is due
   --retry-failed       re-queue failed sites and active sites missing analytics, then run them
-  --status             the status report: counts, queue, running jobs, retries, failures, missing analytics
+  --remove <id|domain> remove this site now, with live progress: its CloudPanel site (files, certificate,
+                       site user) is deleted, its Matomo site too with MATOMO_ON_REMOVE=delete (kept by
+                       default), and its row ends status_hosting 'removed'; a site nothing was made for is
+                       removed at once. A removal that failed is queued again by --retry-failed
+  --credentials <id|domain>
+                       the site user's SFTP login: site user, host, port, doc root; the password masked
+  --reveal             with --credentials: print the password in clear
+  --status             the status report: counts, queue, running jobs, retries, failures, missing analytics,
+                       removals
   --dry-run            check the configuration, the database, the SSH connection (host key and login) and
                        Matomo (version, super user), then print the exact commands and requests a run would
                        send, secrets masked; changes nothing. Applies to --site, or to the due jobs (default)
@@ -50,15 +63,21 @@ Provisions websites on CloudPanel and Matomo the way the Edge Function does, fro
 Settings are the Edge Function's (see README, "Configuration"); HOSTING_STORE=postgres with SUPABASE_DB_URL
 talks to the database directly, the default uses SUPABASE_URL and the secret key.
 
-Exit status: 0 done; 1 a site failed, or a --dry-run check failed; 2 usage or configuration error;
-3 a site failed for now and will be retried later.`;
+Exit status: 0 done; 1 a site (or its removal) failed, a --dry-run check failed, or --remove or
+--credentials was refused (the message says why); 2 usage or configuration error, or no such site;
+3 a site (or its removal) failed for now and will be retried later.`;
 
 const EXIT = { ok: 0, failed: 1, usage: 2, retrying: 3 } as const;
 
 class UsageError extends Error {}
+/** The database refused what was asked (the message says why and what to do): exit 1. */
+class Refusal extends Error {}
 
 interface Options {
   site?: string;
+  remove?: string;
+  credentials?: string;
+  reveal: boolean;
   pending: boolean;
   retryFailed: boolean;
   status: boolean;
@@ -78,6 +97,9 @@ export function parseOptions(args: string[]): Options {
       allowPositionals: false,
       options: {
         site: { type: "string" },
+        remove: { type: "string" },
+        credentials: { type: "string" },
+        reveal: { type: "boolean", default: false },
         pending: { type: "boolean", default: false },
         "retry-failed": { type: "boolean", default: false },
         status: { type: "boolean", default: false },
@@ -97,6 +119,9 @@ export function parseOptions(args: string[]): Options {
   }
   const options: Options = {
     site: parsed.site,
+    remove: parsed.remove,
+    credentials: parsed.credentials,
+    reveal: parsed.reveal!,
     pending: parsed.pending!,
     retryFailed: parsed["retry-failed"]!,
     status: parsed.status!,
@@ -106,16 +131,33 @@ export function parseOptions(args: string[]): Options {
     verbose: parsed.verbose!,
     help: parsed.help!,
   };
-  if (options.site !== undefined && options.site.trim() === "") {
-    throw new UsageError("--site needs an id or a domain");
+  for (const flag of ["site", "remove", "credentials"] as const) {
+    if (options[flag] !== undefined && options[flag].trim() === "") {
+      throw new UsageError(`--${flag} needs an id or a domain`);
+    }
   }
-  const modes = [options.site !== undefined, options.pending, options.retryFailed, options.status]
-    .filter(Boolean).length;
+  if (options.reveal && options.credentials === undefined) {
+    throw new UsageError("--reveal goes with --credentials");
+  }
+  const modes = [
+    options.site !== undefined,
+    options.remove !== undefined,
+    options.credentials !== undefined,
+    options.pending,
+    options.retryFailed,
+    options.status,
+  ].filter(Boolean).length;
   if (!options.help && modes === 0 && !options.dryRun) {
-    throw new UsageError("choose what to do: --site, --pending, --retry-failed, --status or --dry-run");
+    throw new UsageError(
+      "choose what to do: --site, --remove, --credentials, --pending, --retry-failed, --status or --dry-run",
+    );
   }
-  if (modes > 1) throw new UsageError("choose one of --site, --pending, --retry-failed and --status");
-  if (options.dryRun && (options.retryFailed || options.status)) {
+  if (modes > 1) {
+    throw new UsageError(
+      "choose one of --site, --remove, --credentials, --pending, --retry-failed and --status",
+    );
+  }
+  if (options.dryRun && !(options.site !== undefined || options.pending || modes === 0)) {
     throw new UsageError("--dry-run goes with --site or --pending");
   }
   return options;
@@ -192,8 +234,8 @@ function printStatus(status: StatusReport): void {
     out(`${title} (${rows.length})`);
     if (rows.length) out(table(columns, rows.map((r) => columns.map((c) => r[c] as string))));
   };
-  section("Running", status.running, ["domain", "step", "attempt", "worker", "lease_expires_at"]);
-  section("Retrying", status.retrying, ["domain", "attempts", "next_run_at", "code", "error"]);
+  section("Running", status.running, ["domain", "kind", "step", "attempt", "worker", "lease_expires_at"]);
+  section("Retrying", status.retrying, ["domain", "kind", "attempts", "next_run_at", "code", "error"]);
   section("Recent failures", status.recent_failures, ["domain", "failed_at", "code", "error_message"]);
   section(
     "Active without analytics",
@@ -206,6 +248,105 @@ function printStatus(status: StatusReport): void {
     })),
     ["domain", "site_id", "warning", "backfill"],
   );
+  const removals = status.removals;
+  out();
+  out(
+    `Removals: ${removals.queued} queued, ${removals.running} running, ` +
+      `${removals.removed_last_day} removed in the last day`,
+  );
+  // A failed removal left something on the servers: its row is kept as 'removing', or was deleted.
+  section("Failed removals (--retry-failed queues them again)", removals.failed, [
+    "domain",
+    "site_id",
+    "row",
+    "failed_at",
+    "code",
+    "error",
+  ]);
+}
+
+type Site = Extract<SiteDetail, { found: true }>["site"];
+
+/** The site an id or a domain names; none is a usage error, as for --site. */
+async function siteOf(store: Store, key: string): Promise<Site> {
+  const detail = await store.site(key);
+  if (!detail.found) throw new UsageError(`no site has the id or domain ${JSON.stringify(key)}`);
+  return detail.site;
+}
+
+/** The login for SFTP; the password masked unless `reveal`. */
+function printCredentials(login: SiteLogin, reveal: boolean): void {
+  const rows: Array<[string, string | number | null]> = [
+    ["site", `${login.domain ?? "(no domain)"} (${login.site_id})`],
+    ["host", login.host],
+    ["port", login.port],
+    ["site user", login.site_user],
+    ["password", reveal ? login.password : `${REDACTED}  (--reveal prints it)`],
+    ["doc root", login.doc_root],
+  ];
+  for (const [label, value] of rows) out(`${`${label}:`.padEnd(11)}${value ?? "–"}`);
+}
+
+async function credentials(store: Store, options: Options): Promise<number> {
+  const site = await siteOf(store, options.credentials!);
+  let login: SiteLogin;
+  try {
+    login = await store.siteCredentials(site.id);
+  } catch (error) {
+    // The database says why: not provisioned yet, being removed, adopted, no password kept, no Vault.
+    if (isHostingError(error) && (error.code === "not_found" || error.code === "credentials_unavailable")) {
+      throw new Refusal(`no credentials for ${site.domain}: ${error.publicMessage}`);
+    }
+    throw error;
+  }
+  printCredentials(login, options.reveal);
+  return EXIT.ok;
+}
+
+async function remove(
+  store: Store,
+  invocation: Invocation,
+  options: Options,
+  onProgress: ReturnType<typeof progressLines>,
+): Promise<number> {
+  const site = await siteOf(store, options.remove!);
+  const removal = await store.remove(site.id);
+  // Found a moment ago: deleted since, with no removal of its own to follow.
+  if (!removal.found) throw new UsageError(`no site has the id or domain ${JSON.stringify(options.remove)}`);
+  const open = removal.job_id !== undefined &&
+    (removal.job_state === "queued" || removal.job_state === "running");
+  if (!open) {
+    if (removal.reason === "nothing_to_remove") {
+      out(`${site.domain}: nothing was made for it on the servers; it is removed.`);
+      return EXIT.ok;
+    }
+    // An earlier removal of this row failed (or could not be queued): the row says why.
+    const detail = await store.site(site.id);
+    const why = detail.found && detail.site.error_message ? ` ${detail.site.error_message.trim()}` : "";
+    const state = removal.status_hosting ?? "none, the row is deleted";
+    throw new Refusal(
+      `${site.domain}: its removal is not queued (status_hosting ${state}).${
+        why.replace(/(?<![.!?])$/, ".")
+      } ` +
+        "Fix the cause, then --retry-failed queues it again; --status lists failed removals.",
+    );
+  }
+  out(
+    removal.queued
+      ? `${site.domain}: removal queued.`
+      : `${site.domain}: its removal was already queued${
+        removal.job_state === "running" ? " and a worker is running it" : ""
+      }.`,
+  );
+  const result = await invocation.run({ siteId: site.id, drain: false, onProgress });
+  if (result.outcomes.length === 0 && !result.stopped) {
+    out(
+      `${site.domain}: its removal waits (another job of the site is still running, a retry is ` +
+        "scheduled, or a worker elsewhere runs it); see --status.",
+    );
+    return EXIT.retrying;
+  }
+  return report(result);
 }
 
 async function dryRun(config: Config, store: Store, redactor: Redactor, options: Options): Promise<number> {
@@ -361,6 +502,7 @@ export async function main(args: string[]): Promise<number> {
       printStatus(await store.status());
       return EXIT.ok;
     }
+    if (options.credentials !== undefined) return await credentials(store, options);
     const invocation = new Invocation(workflowDeps(config, logger, store));
     // Ctrl-C or a stop: running jobs are given back at once (attempt not spent) instead of waiting for a lease.
     const giveBack = () => invocation.shutdown("stopped by a signal");
@@ -369,13 +511,9 @@ export async function main(args: string[]): Promise<number> {
     stopListening = () => signals.forEach((signal) => Deno.removeSignalListener(signal, giveBack));
     const onProgress = progressLines(out, style);
 
+    if (options.remove !== undefined) return await remove(store, invocation, options, onProgress);
     if (options.site !== undefined) {
-      const detail = await store.site(options.site);
-      if (!detail.found) {
-        console.error(`provision: no site has the id or domain ${JSON.stringify(options.site)}`);
-        return EXIT.usage;
-      }
-      const site = detail.site;
+      const site = await siteOf(store, options.site);
       const queued = await store.enqueue(site.id);
       if (queued.job_id === undefined) {
         out(
@@ -409,6 +547,10 @@ export async function main(args: string[]): Promise<number> {
     if (error instanceof UsageError) {
       console.error(`provision: ${error.message}`);
       return EXIT.usage;
+    }
+    if (error instanceof Refusal) {
+      console.error(`provision: ${redactor.redact(error.message)}`);
+      return EXIT.failed;
     }
     const failure = toHostingError(error);
     console.error(`provision: ${failure.code}: ${redactor.redact(failure.message)}`);

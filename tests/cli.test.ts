@@ -1,17 +1,33 @@
 /**
  * The CLI (`deno task provision`) and the local server (`deno task serve`), as operators run them: real
- * processes against the real stack (Postgres, the PostgREST stand-in, sshd, simulators).
+ * processes against the real stack (Postgres, the PostgREST stand-in, sshd, simulators): provisioning, status,
+ * retries, removals and the site user's credentials.
  */
 import assert from "node:assert/strict";
-import { addOrphanUser, readSimState, removeUser } from "../dev/clpctl_sim.ts";
+import { addExistingSite, addOrphanUser, readSimState, removeUser } from "../dev/clpctl_sim.ts";
 import { type Domain, siteUserFor } from "../supabase/functions/hosting-automator/domain.ts";
-import { artifactPath, ROOT } from "./support/env.ts";
+import { REDACTED } from "../supabase/functions/hosting-automator/log.ts";
+import { artifactPath, registerSecret, ROOT } from "./support/env.ts";
 import { type Stack, withStack } from "./support/stack.ts";
 
-async function provision(
-  stack: Stack,
-  ...args: string[]
-): Promise<{ code: number; stdout: string; stderr: string }> {
+type Run = { code: number; stdout: string; stderr: string };
+
+async function provision(stack: Stack, ...args: string[]): Promise<Run> {
+  const result = await run(stack, args);
+  // Kept for the final secret scan.
+  await Deno.writeTextFile(artifactPath("cli-output.txt"), result.stdout + result.stderr, { append: true });
+  return result;
+}
+
+/**
+ * `--credentials --reveal` prints a password on purpose: its output is not kept for the final scan (which would
+ * rightly flag it), and only `revealed` reads it.
+ */
+async function revealed(stack: Stack, key: string): Promise<Run> {
+  return await run(stack, ["--credentials", key, "--reveal"]);
+}
+
+async function run(stack: Stack, args: string[]): Promise<Run> {
   const out = await new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", "cli/provision.ts", ...args],
     cwd: ROOT,
@@ -21,10 +37,7 @@ async function provision(
     stderr: "piped",
   }).output();
   const decode = (b: Uint8Array) => new TextDecoder().decode(b);
-  const result = { code: out.code, stdout: decode(out.stdout), stderr: decode(out.stderr) };
-  // Kept for the final secret scan.
-  await Deno.writeTextFile(artifactPath("cli-output.txt"), result.stdout + result.stderr, { append: true });
-  return result;
+  return { code: out.code, stdout: decode(out.stdout), stderr: decode(out.stderr) };
 }
 
 /** Every secret of a stack: none may appear in what the CLI prints. */
@@ -46,6 +59,9 @@ Deno.test("provision --help explains every flag; an unknown flag is a usage erro
     for (
       const flag of [
         "--site",
+        "--remove",
+        "--credentials",
+        "--reveal",
         "--pending",
         "--retry-failed",
         "--status",
@@ -244,5 +260,141 @@ Deno.test("deno task serve answers over HTTP with the deployed handler", async (
       await server.status;
       await (stderr ?? server.stderr).cancel().catch(() => {});
     }
+  });
+});
+
+Deno.test("provision --remove <domain> takes the site down with live progress, --status counts it, and a second --remove has nothing to do", async () => {
+  await withStack({
+    label: "cli_remove",
+    env: { MATOMO_ON_REMOVE: "delete" },
+    matomo: { sites: [{ name: "Hub", urls: "https://hub.example" }] },
+  }, async (stack) => {
+    const id = await stack.insertSite("cli-gone.example", { status_dns: "active" });
+    assert.equal((await provision(stack, "--site", "cli-gone.example")).code, 0);
+    const run = await provision(stack, "--remove", "cli-gone.example");
+    assert.equal(run.code, 0, run.stdout + run.stderr);
+    assert.match(run.stdout, /cli-gone\.example: removal queued\./);
+    assert.match(run.stdout, /✓ cli-gone\.example\s+CloudPanel site removal/);
+    assert.match(run.stdout, /✓ cli-gone\.example\s+Matomo site removal/);
+    assert.match(run.stdout, /■ cli-gone\.example\s+removed/);
+    assert.equal((await stack.site(id)).status_hosting, "removed");
+    assert.equal((await stack.simState()).sites["cli-gone.example"], undefined);
+    assert.deepEqual(stack.matomo!.sites.map((s) => s.main_url), ["https://hub.example"]);
+
+    const status = await provision(stack, "--status");
+    assert.equal(status.code, 0, status.stderr);
+    assert.match(status.stdout, /Sites by status_hosting: removed 1/);
+    assert.match(status.stdout, /Removals: 0 queued, 0 running, 1 removed in the last day/);
+    assert.match(status.stdout, /Failed removals \(--retry-failed queues them again\) \(0\)/);
+
+    const calls = (await stack.simState()).calls.length;
+    const again = await provision(stack, "--remove", id);
+    assert.equal(again.code, 0, again.stdout + again.stderr);
+    assert.match(again.stdout, /cli-gone\.example: nothing was made for it on the servers; it is removed\./);
+    assert.equal((await stack.simState()).calls.length, calls, "no command was sent");
+
+    const unknown = await provision(stack, "--remove", "nowhere.example");
+    assert.equal(unknown.code, 2);
+    assert.match(unknown.stderr, /no site has the id or domain "nowhere\.example"/);
+    assertNoSecret(stack, run.stdout + run.stderr + status.stdout + again.stdout);
+  });
+});
+
+Deno.test("provision --remove exits 1 when the removal fails for good and when none is queued; --status lists it and --retry-failed finishes it", async () => {
+  // Matomo refuses to delete its only site: the removal fails for good at its Matomo step.
+  await withStack({ label: "cli_remove_failed", env: { MATOMO_ON_REMOVE: "delete" } }, async (stack) => {
+    const id = await stack.insertSite("cli-stuck.example", { status_dns: "active" });
+    assert.equal((await provision(stack, "--site", id)).code, 0);
+    const failed = await provision(stack, "--remove", "cli-stuck.example");
+    assert.equal(failed.code, 1, failed.stdout + failed.stderr);
+    assert.match(failed.stdout, /✗ cli-stuck\.example\s+Matomo site removal\s+matomo_only_site/);
+    assert.equal((await stack.site(id)).status_hosting, "removing");
+
+    const status = await provision(stack, "--status");
+    assert.match(status.stdout, /Failed removals \(--retry-failed queues them again\) \(1\)/);
+    assert.match(status.stdout, /cli-stuck\.example\s+\S+\s+kept\s+\S+\s+matomo_only_site/);
+
+    const refused = await provision(stack, "--remove", "cli-stuck.example");
+    assert.equal(refused.code, 1, refused.stdout + refused.stderr);
+    assert.match(
+      refused.stderr,
+      /cli-stuck\.example: its removal is not queued \(status_hosting removing\)\. .*only site registered in Matomo[^.]*\. Fix the cause, then --retry-failed/,
+    );
+
+    // The operator adds another site in Matomo, then retries.
+    stack.matomo!.addExistingSite({ name: "Hub", urls: "https://hub.example" });
+    const retried = await provision(stack, "--retry-failed");
+    assert.equal(retried.code, 0, retried.stdout + retried.stderr);
+    assert.match(retried.stdout, /Re-queued 1 site\(s\): cli-stuck\.example \(removal_failed\)/);
+    assert.equal((await stack.site(id)).status_hosting, "removed");
+  });
+});
+
+Deno.test("provision --credentials prints the site user's login with the password masked, --reveal prints it, and a refusal exits 1 saying why", async () => {
+  await withStack({ label: "cli_credentials" }, async (stack) => {
+    const id = await stack.insertSite("cli-login.example");
+    const early = await provision(stack, "--credentials", "cli-login.example");
+    assert.equal(early.code, 1, early.stdout + early.stderr);
+    assert.match(early.stderr, /no credentials for cli-login\.example: .*has no CloudPanel site yet/);
+
+    await stack.sql`update public.sites set status_dns = 'active' where id = ${id}`;
+    assert.equal((await provision(stack, "--site", id)).code, 0);
+    const user = siteUserFor("cli-login.example" as Domain);
+    // The password CloudPanel received: the one the database must give back.
+    const password = registerSecret((await stack.simState()).sites["cli-login.example"].siteUserPassword!);
+    assert.ok(password.length >= 16);
+
+    const masked = await provision(stack, "--credentials", "cli-login.example");
+    assert.equal(masked.code, 0, masked.stderr);
+    assert.match(masked.stdout, new RegExp(`^site user: ${user}$`, "m"));
+    assert.match(masked.stdout, new RegExp(`^host: +${stack.sshd.host.replaceAll(".", "\\.")}$`, "m"));
+    assert.match(masked.stdout, new RegExp(`^port: +${stack.sshd.port}$`, "m"));
+    assert.match(masked.stdout, new RegExp(`^doc root: +/home/${user}/htdocs/cli-login\\.example$`, "m"));
+    assert.ok(masked.stdout.includes(`password:  ${REDACTED}  (--reveal prints it)`), masked.stdout);
+    assert.ok(!(masked.stdout + masked.stderr).includes(password), "the masked output holds no password");
+
+    const shown = await revealed(stack, id);
+    assert.equal(shown.code, 0, shown.stderr);
+    assert.ok(
+      shown.stdout.includes(`password:  ${password}\n`),
+      "--reveal prints the password CloudPanel has",
+    );
+    assert.ok(!shown.stdout.includes(REDACTED), "nothing else is masked");
+
+    const alone = await provision(stack, "--reveal");
+    assert.equal(alone.code, 2);
+    assert.match(alone.stderr, /--reveal goes with --credentials/);
+
+    assert.equal((await provision(stack, "--remove", id)).code, 0);
+    const gone = await provision(stack, "--credentials", id);
+    assert.equal(gone.code, 1, gone.stdout + gone.stderr);
+    assert.match(gone.stderr, /no credentials for cli-login\.example: .*removed or being removed/);
+    const unknown = await provision(stack, "--credentials", crypto.randomUUID());
+    assert.equal(unknown.code, 2);
+    assert.match(unknown.stderr, /no site has the id or domain/);
+  });
+});
+
+Deno.test("provision --credentials refuses, exit 1, a site adopted from an earlier run and a database without Vault", async () => {
+  await withStack({ label: "cli_credentials_refused" }, async (stack) => {
+    // The site already existed on CloudPanel: its password was never known here.
+    await addExistingSite(
+      stack.clpctlState,
+      "cli-adopted.example",
+      siteUserFor("cli-adopted.example" as Domain),
+    );
+    await stack.insertSite("cli-adopted.example", { status_dns: "active" });
+    assert.equal((await provision(stack, "--site", "cli-adopted.example")).code, 0);
+    const adopted = await provision(stack, "--credentials", "cli-adopted.example");
+    assert.equal(adopted.code, 1, adopted.stdout + adopted.stderr);
+    assert.match(adopted.stderr, /was adopted from an earlier run: .*set a new one in CloudPanel/);
+
+    // Plain Postgres has no Vault, so the password is not kept: the stand-in's schema is hidden, as if absent.
+    await stack.sql`alter schema vault rename to vault_absent`;
+    await stack.insertSite("cli-no-vault.example", { status_dns: "active" });
+    assert.equal((await provision(stack, "--site", "cli-no-vault.example")).code, 0);
+    const noVault = await provision(stack, "--credentials", "cli-no-vault.example");
+    assert.equal(noVault.code, 1, noVault.stdout + noVault.stderr);
+    assert.match(noVault.stderr, /the password was not stored because this database has no Vault/);
   });
 });

@@ -102,6 +102,7 @@ const WRONG_METHODS: Record<string, { allow: string; wrong: string[] }> = {
   "": { allow: "POST", wrong: ["GET", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"] },
   "/status": { allow: "GET", wrong: ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"] },
   "/retry": { allow: "POST", wrong: ["GET", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"] },
+  "/remove": { allow: "POST", wrong: ["GET", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"] },
 };
 
 function cases(f: Fixtures, gzipped: Uint8Array): Case[] {
@@ -665,10 +666,20 @@ function cases(f: Fixtures, gzipped: Uint8Array): Case[] {
       expect: { status: 200, answer: { requeued: [], skipped: [] } },
     },
 
+    // ---- /remove: every refusal leaves the due site (and every other) as it was ----
+    ...removeCases(f),
+
     // ---- over TCP: framing a Request object cannot express ----
     {
       name: "TCP: body shorter than its Content-Length, then the client stops sending",
       raw: `POST /functions/v1/hosting-automator HTTP/1.1\r\nhost: t\r\napikey: {key}\r\n` +
+        `content-type: application/json\r\ncontent-length: 500\r\n\r\n{"site_id": "${due}`,
+      halfClose: true,
+      expect: bad(/^body: could not be read to its end/),
+    },
+    {
+      name: "TCP: /remove, body shorter than its Content-Length, then the client stops sending",
+      raw: `POST /functions/v1/hosting-automator/remove HTTP/1.1\r\nhost: t\r\napikey: {key}\r\n` +
         `content-type: application/json\r\ncontent-length: 500\r\n\r\n{"site_id": "${due}`,
       halfClose: true,
       expect: bad(/^body: could not be read to its end/),
@@ -712,6 +723,136 @@ function cases(f: Fixtures, gzipped: Uint8Array): Case[] {
         `POST /functions/v1/hosting-automator HTTP/1.1\r\nhost: t\r\nconnection: close\r\napikey: {key}\r\n` +
         `content-length: 2\r\ncontent-length: 3\r\n\r\n{}`,
       expect: { status: 400, by: "server" },
+    },
+  ];
+}
+
+/**
+ * Refused removals. Each names the due site where a site is named, so a request wrongly let through would set
+ * its row to `removing`, queue a removal and cancel its job: the snapshot would show it.
+ */
+function removeCases(f: Fixtures): Case[] {
+  const { key, due } = f;
+  const bad = (message: RegExp) => ({ status: 400, code: "bad_request" as const, message });
+  const expected = /^body: expected \{"site_id": "<uuid>"\}$/;
+  const remove = (name: string, fields: Omit<Case, "name" | "path">): Case => ({
+    name: `remove: ${name}`,
+    path: "/remove",
+    ...fields,
+  });
+  return [
+    remove("no credentials", {
+      auth: "none",
+      json: { site_id: due },
+      expect: { status: 401, code: "unauthorized" },
+    }),
+    remove("a wrong key", {
+      auth: "none",
+      headers: [["apikey", `${key}x`]],
+      json: { site_id: due },
+      expect: { status: 401, code: "unauthorized" },
+    }),
+    remove("the key as Basic", {
+      auth: "none",
+      headers: [["authorization", `Basic ${btoa(`x:${key}`)}`]],
+      json: { site_id: due },
+      expect: { status: 401, code: "unauthorized" },
+    }),
+    remove("no body", { method: "POST", expect: bad(expected) }),
+    remove("an empty object", { json: {}, expect: bad(expected) }),
+    remove("all_failed instead of a site", { json: { all_failed: true }, expect: bad(expected) }),
+    remove("a domain instead of a site_id", { json: { domain: "due.example" }, expect: bad(expected) }),
+    remove("an array of a request", { json: [{ site_id: due }], expect: bad(expected) }),
+    remove("null", { json: null, expect: bad(expected) }),
+    remove("a string", { json: due, expect: bad(expected) }),
+    remove("a Database Webhook payload", {
+      json: { type: "DELETE", table: "sites", schema: "public", record: null, old_record: { id: due } },
+      expect: bad(expected),
+    }),
+    remove("site_id not a UUID", {
+      json: { site_id: "due.example" },
+      expect: bad(/^site_id: must be a UUID$/),
+    }),
+    remove("site_id SQL", {
+      json: { site_id: `${due}'; update public.sites set status_hosting = 'removing'; --` },
+      expect: bad(/^site_id: must be a UUID$/),
+    }),
+    remove("site_id null", { json: { site_id: null }, expect: bad(/must be a UUID/) }),
+    remove("site_id an array", { json: { site_id: [due] }, expect: bad(/must be a UUID/) }),
+    remove("site_id with NBSP after", { json: { site_id: `${due}\u00A0` }, expect: bad(/must be a UUID/) }),
+    remove("an extra field", {
+      json: { site_id: due, force: true },
+      expect: bad(/^body: unknown field "force"$/),
+    }),
+    remove("two sites", { json: { site_id: due, site_ids: [due] }, expect: bad(/unknown field "site_ids"/) }),
+    remove("duplicate keys", {
+      body: `{"site_id": "${crypto.randomUUID()}", "site_id": "${due}"}`,
+      expect: bad(/^body: the key "site_id" appears twice in one object$/),
+    }),
+    remove("invalid JSON", { body: `{"site_id": "${due}"`, expect: bad(/^body: is not valid JSON$/) }),
+    remove("invalid UTF-8", { body: latin1(`{"site_id": "${due}\xFF"}`), expect: bad(/not valid UTF-8/) }),
+    remove(`nesting ${MAX_JSON_DEPTH + 1} levels deep`, {
+      body: JSON.stringify({ site_id: due, x: nested(MAX_JSON_DEPTH) }),
+      expect: bad(/nested deeper/),
+    }),
+    remove("over 64 KiB", {
+      json: { site_id: due, pad: "x".repeat(MAX_BODY_BYTES) },
+      expect: { status: 413, code: "payload_too_large" },
+    }),
+    remove("an endless stream", { body: endlessStream, expect: { status: 413, code: "payload_too_large" } }),
+    remove("truncated body (the stream fails)", {
+      body: breakingStream(`{"site_id": "${due}`, new Error("connection reset by peer")),
+      expect: bad(/^body: could not be read to its end/),
+    }),
+    remove("body longer than its Content-Length", {
+      body: JSON.stringify({ site_id: due }),
+      headers: [["content-length", "10"]],
+      expect: bad(/Content-Length says 10/),
+    }),
+    remove("a form", {
+      body: `site_id=${due}`,
+      headers: [["content-type", "application/x-www-form-urlencoded"]],
+      expect: bad(/^Content-Type: must be application\/json$/),
+    }),
+    remove("gzip content-encoding", {
+      body: JSON.stringify({ site_id: due }),
+      headers: [["content-encoding", "gzip"]],
+      expect: bad(/^Content-Encoding:/),
+    }),
+    remove("wait=maybe", {
+      query: "wait=maybe",
+      json: { site_id: due },
+      expect: bad(/^wait: must be true or false$/),
+    }),
+    remove("wait twice", {
+      query: "wait=true&wait=true",
+      json: { site_id: due },
+      expect: bad(/^wait: given more than once$/),
+    }),
+    remove("site_id of no site", {
+      json: { site_id: crypto.randomUUID() },
+      expect: { status: 404, code: "not_found", message: /^No site has this site_id\.$/ },
+    }),
+    remove("the nil UUID", {
+      json: { site_id: "00000000-0000-0000-0000-000000000000" },
+      expect: { status: 404, code: "not_found" },
+    }),
+    {
+      name: "/REMOVE (case)",
+      path: "/REMOVE",
+      json: { site_id: due },
+      expect: { status: 404, code: "not_found" },
+    },
+    {
+      name: "a path below /remove",
+      path: `/remove/${due}`,
+      json: { site_id: due },
+      expect: { status: 404, code: "not_found" },
+    },
+    {
+      name: "the kick route with a remove field",
+      json: { site_id: due, remove: true },
+      expect: bad(/^body: unknown field "remove"$/),
     },
   ];
 }

@@ -1,6 +1,6 @@
 /**
  * The function's HTTP contract (README, "The function's requests"), called in-process: authentication,
- * refusals of bad input that change nothing, the Database Webhook payload, status and retry.
+ * refusals of bad input that change nothing, the Database Webhook payload, status, retry and removal.
  */
 import assert from "node:assert/strict";
 import { setFaults } from "../dev/clpctl_sim.ts";
@@ -466,4 +466,181 @@ Deno.test("?wait=true answers with the jobs finished so far and those running, e
   await finished;
   await new Promise((resolve) => setTimeout(resolve, 0));
   assert.ok(logs.some((line) => line.includes('"msg":"invocation finished"')), "its end is logged");
+});
+
+// ---- POST /remove ----
+
+/** Matomo keeps at least one site: with this one registered first, a removed site's analytics can be deleted. */
+const OTHER_MATOMO_SITE = { sites: [{ name: "Hub", urls: "https://hub.example" }] };
+/** Removals delete the Matomo site too (the default keeps its analytics). */
+const DELETE_ANALYTICS = { MATOMO_ON_REMOVE: "delete" };
+
+Deno.test("POST /remove answers 202 and the removal runs: the CloudPanel site is deleted, the analytics kept by default, the row kept as removed", async () => {
+  await withStack({ label: "http_remove", matomo: OTHER_MATOMO_SITE }, async (stack) => {
+    const id = await stack.insertSite("gone.example", { status_dns: "active" });
+    await stack.sql`delete from net.http_request_queue`;
+    const built = await (await stack.request("", { body: { site_id: id }, query: "wait=true" })).json();
+    assert.equal(built.outcomes[0].status, "active");
+    const matomoId = (await stack.site(id)).matomo_site_id;
+    assert.ok((await stack.simState()).sites["gone.example"], "the site exists on CloudPanel");
+    assert.ok(stack.matomo!.sites.some((s) => s.idsite === matomoId), "and in Matomo");
+
+    const response = await stack.request("/remove", { body: { site_id: id } });
+    assert.equal(response.status, 202);
+    const answer = await response.json();
+    assert.deepEqual({ ...answer, job_id: typeof answer.job_id }, {
+      accepted: true,
+      site_id: id,
+      job_id: "number",
+    });
+    await stack.settle();
+    const row = await stack.site(id);
+    assert.deepEqual(
+      [row.status_hosting, row.hosting_doc_root, row.matomo_site_id, row.error_message],
+      ["removed", null, null, null],
+    );
+    const [job] = await stack.sql`select kind, state from hosting_automator.jobs where id = ${answer.job_id}`;
+    assert.deepEqual({ ...job }, { kind: "remove", state: "succeeded" });
+    const sim = await stack.simState();
+    assert.equal(sim.sites["gone.example"], undefined, "the CloudPanel site is gone");
+    assert.equal(
+      sim.calls.filter((c) => c.verb === "site:delete" && c.domainName === "gone.example").length,
+      1,
+    );
+    assert.ok(stack.matomo!.sites.some((s) => s.idsite === matomoId), "the analytics are kept");
+    const matomoEvent = (await stack.events(id)).find((e) => e.step === "matomo_site_delete");
+    assert.equal(matomoEvent?.code, "matomo_kept");
+
+    // Asked again: nothing is left on the servers, and no command is sent.
+    const again = await stack.request("/remove", { body: { site_id: id.toUpperCase() } });
+    assert.equal(again.status, 200);
+    assert.deepEqual(await again.json(), {
+      accepted: false,
+      site_id: id,
+      reason: "nothing_to_remove",
+      status_hosting: "removed",
+    });
+    await stack.settle();
+    assert.equal((await stack.simState()).calls.length, sim.calls.length);
+  });
+});
+
+Deno.test("POST /remove?wait=true of a deleted row runs its queued removal and answers with the outcome; asked again, it names the finished job", async () => {
+  await withStack(
+    { label: "http_remove", matomo: OTHER_MATOMO_SITE, env: DELETE_ANALYTICS },
+    async (stack) => {
+      const id = await stack.insertSite("deleted-row.example", { status_dns: "active" });
+      await stack.request("", { body: { site_id: id }, query: "wait=true" });
+      assert.equal((await stack.site(id)).status_hosting, "active");
+      // The Hub deletes the row: its removal is queued (and the kick it rings is not delivered here).
+      await stack.sql`delete from public.sites where id = ${id}`;
+      await stack.sql`delete from net.http_request_queue`;
+
+      const response = await stack.request("/remove", { body: { site_id: id }, query: "wait=true" });
+      assert.equal(response.status, 200);
+      const body = await response.json();
+      assert.equal(body.site_id, id);
+      assert.equal(body.complete, true);
+      assert.deepEqual(body.running, []);
+      assert.equal(body.outcomes.length, 1);
+      const [outcome] = body.outcomes;
+      assert.deepEqual(
+        [outcome.site_id, outcome.kind, outcome.status, outcome.domain],
+        [id, "remove", "removed", "deleted-row.example"],
+      );
+      assert.deepEqual(
+        outcome.steps.map((s: { step: string; status: string }) => [s.step, s.status]),
+        [["cloudpanel_site_delete", "done"], ["matomo_site_delete", "done"]],
+      );
+      assert.equal((await stack.simState()).sites["deleted-row.example"], undefined);
+      assert.deepEqual(stack.matomo!.sites.map((s) => s.main_url), ["https://hub.example"], "only the Hub's");
+
+      const again = await stack.request("/remove", { body: { site_id: id } });
+      assert.equal(again.status, 200);
+      assert.deepEqual(await again.json(), {
+        accepted: false,
+        site_id: id,
+        reason: "row_deleted",
+        status_hosting: null,
+        job_id: outcome.job_id,
+        job_state: "succeeded",
+      });
+    },
+  );
+});
+
+Deno.test("POST /remove of a site nothing was made for answers 200 nothing_to_remove and sends no command; an unknown site is 404", async () => {
+  await withStack({ label: "http_remove" }, async (stack) => {
+    const id = await stack.insertSite("never-built.example");
+    const response = await stack.request("/remove", { body: { site_id: id } });
+    assert.equal(response.status, 200);
+    assert.deepEqual(await response.json(), {
+      accepted: false,
+      site_id: id,
+      reason: "nothing_to_remove",
+      status_hosting: "removed",
+    });
+    assert.equal((await stack.site(id)).status_hosting, "removed");
+    assert.ok((await stack.events(id)).some((e) => e.code === "site_removed"));
+    const [{ jobs }] = await stack.sql`select count(*)::int as jobs from hosting_automator.jobs
+      where site_id = ${id} and kind = 'remove'`;
+    assert.equal(jobs, 0, "no removal job was queued");
+
+    const unknown = await errorOf(await stack.request("/remove", { body: { site_id: crypto.randomUUID() } }));
+    assert.deepEqual(unknown, { status: 404, code: "not_found", message: "No site has this site_id." });
+    await stack.settle();
+    assert.equal((await stack.simState()).calls.length, 0);
+  });
+});
+
+Deno.test("a removal that fails for good leaves the row removing: /status lists it, /remove answers not_queued, /retry runs it again", async () => {
+  // Matomo refuses to delete its only site: the removal's Matomo step fails for good.
+  await withStack({ label: "http_remove", env: DELETE_ANALYTICS }, async (stack) => {
+    const id = await stack.insertSite("stuck.example", { status_dns: "active" });
+    await stack.request("", { body: { site_id: id }, query: "wait=true" });
+    assert.equal(stack.matomo!.sites.length, 1);
+
+    const failed = await (await stack.request("/remove", { body: { site_id: id }, query: "wait=true" }))
+      .json();
+    assert.equal(failed.outcomes[0].status, "failed");
+    assert.equal(failed.outcomes[0].error.code, "matomo_only_site");
+    const row = await stack.site(id);
+    assert.equal(row.status_hosting, "removing");
+    assert.match(row.error_message ?? "", /only site registered in Matomo/);
+    assert.equal((await stack.simState()).sites["stuck.example"], undefined, "CloudPanel's part is done");
+
+    const status = await (await stack.request("/status")).json();
+    assert.deepEqual(
+      {
+        ...status.removals,
+        failed: status.removals.failed.map((f: Record<string, unknown>) => [f.site_id, f.row, f.code]),
+      },
+      { queued: 0, running: 0, removed_last_day: 0, failed: [[id, "kept", "matomo_only_site"]] },
+    );
+
+    const notQueued = await stack.request("/remove", { body: { site_id: id } });
+    assert.equal(notQueued.status, 200);
+    assert.deepEqual(await notQueued.json(), {
+      accepted: false,
+      site_id: id,
+      reason: "not_queued",
+      status_hosting: "removing",
+    });
+
+    // The operator adds another site in Matomo, then retries: the removal resumes at its Matomo step.
+    stack.matomo!.addExistingSite({ name: "Hub", urls: "https://hub.example" });
+    const calls = (await stack.simState()).calls.length;
+    const retried = await (await stack.request("/retry", { body: { site_id: id }, query: "wait=true" }))
+      .json();
+    assert.deepEqual(retried.requeued, [{ site_id: id, domain: "stuck.example", reason: "removal_failed" }]);
+    assert.equal(retried.outcomes[0].status, "removed");
+    assert.equal((await stack.site(id)).status_hosting, "removed");
+    assert.equal(
+      (await stack.simState()).calls.length,
+      calls,
+      "the finished CloudPanel step was not repeated",
+    );
+    const after = await (await stack.request("/status")).json();
+    assert.deepEqual([after.removals.removed_last_day, after.removals.failed], [1, []]);
+  });
 });

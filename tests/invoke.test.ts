@@ -148,6 +148,22 @@ Deno.test("every body shape the handler accepts works through functions.invoke",
       requeued: [],
       skipped: [{ site_id: waiting, domain: "waiting.example", status_hosting: "pending" }],
     });
+
+    // POST /remove: a site with something on the server runs its removal (202); one without is removed at once.
+    const removed = await invoke("hosting-automator/remove", { body: { site_id: due } });
+    assert.deepEqual({ ...removed, job_id: typeof removed.job_id }, {
+      accepted: true,
+      site_id: due,
+      job_id: "number",
+    });
+    assert.equal((await stack.site(due)).status_hosting, "removed");
+    assert.equal((await stack.simState()).sites["due.example"], undefined);
+    assert.deepEqual(await invoke("hosting-automator/remove", { body: { site_id: waiting } }), {
+      accepted: false,
+      site_id: waiting,
+      reason: "nothing_to_remove",
+      status_hosting: "removed",
+    });
   });
 });
 
@@ -200,6 +216,13 @@ Deno.test("functions.invoke reports a refusal as FunctionsHttpError whose respon
     });
     assert.equal(missing.response?.status, 404);
     await missing.response?.body?.cancel();
+    const removeMissing = await client.functions.invoke("hosting-automator/remove", {
+      body: { site_id: crypto.randomUUID() },
+    });
+    assert.ok(removeMissing.error instanceof FunctionsHttpError);
+    assert.deepEqual(await removeMissing.error.context.json(), {
+      error: { code: "not_found", message: "No site has this site_id." },
+    });
     assert.equal((await stack.simState()).calls.length, 0);
   });
 });

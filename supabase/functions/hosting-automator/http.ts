@@ -4,6 +4,7 @@
  *   POST /               {"site_id": …} | Database Webhook payload | {} (drain)   → 202, or 200 with ?wait=true
  *   GET  /status         the operator's report
  *   POST /retry          {"site_id": …} | {"all_failed": true}
+ *   POST /remove         {"site_id": …}   → 202 and the removal runs, 200 with ?wait=true or when none is queued
  *
  * Every request presents a configured key, byte for byte. Errors are `{"error": {"code", "message"}}` with a
  * safe message; details go to the log only. A refused request changes nothing.
@@ -87,6 +88,8 @@ const webhookRequest = z.strictObject({
   old_record: z.looseObject({}).nullable().optional(),
   user_id: z.string().nullable().optional(),
 });
+/** `/remove` takes the kick's site form only: removing is never a side effect of a webhook or a drain. */
+const removeRequest = siteRequest;
 const retryRequest = z.union([
   z.strictObject({ site_id: siteId }),
   z.strictObject({ all_failed: z.literal(true) }),
@@ -325,7 +328,7 @@ function presentedKeys(request: Request): string[] {
 
 // ---- routing ----
 
-type Route = "kick" | "status" | "retry";
+type Route = "kick" | "status" | "retry" | "remove";
 
 /** Supabase passes `/hosting-automator/...`; a local server may pass `/functions/v1/hosting-automator/...` or `/...`. */
 function routeOf(url: URL): Route | null {
@@ -336,10 +339,11 @@ function routeOf(url: URL): Route | null {
   if (path === "") return "kick";
   if (path === "/status") return "status";
   if (path === "/retry") return "retry";
+  if (path === "/remove") return "remove";
   return null;
 }
 
-const METHODS: Record<Route, string> = { kick: "POST", status: "GET", retry: "POST" };
+const METHODS: Record<Route, string> = { kick: "POST", status: "GET", retry: "POST", remove: "POST" };
 
 /** A job a `?wait=true` answer left running, and the step it was at (null before its first step). */
 interface RunningJob {
@@ -417,6 +421,21 @@ export function createHandler(deps: HandlerDeps): Handler {
     if (!deps.waitUntil) await logged;
   }
 
+  /**
+   * Runs the site's open job (whatever its kind), or with no site whatever is due: 202 at once and the work
+   * in the background (then any other due job), or with ?wait=true 200 and the outcome.
+   */
+  async function run(wait: boolean, siteId: string | undefined, job: number | undefined): Promise<Response> {
+    const invocation = deps.newInvocation();
+    if (wait) {
+      // With a site, only that site's job runs, so the caller gets its answer soon.
+      const result = await waitFor((onProgress) => invocation.run({ siteId, drain: !siteId, onProgress }));
+      return json(200, { site_id: siteId, ...result });
+    }
+    await inBackground(() => invocation.run({ siteId, drain: true }));
+    return json(202, { accepted: true, site_id: siteId, job_id: job });
+  }
+
   async function kick(request: Request, url: URL): Promise<Response> {
     const wait = parseWait(url);
     const kick = parseKick(await readJson(request));
@@ -438,16 +457,34 @@ export function createHandler(deps: HandlerDeps): Handler {
       }
       job = queued.job_id;
     }
-    const invocation = deps.newInvocation();
-    if (wait) {
-      // With a site, only that site's job runs, so the caller gets its answer soon.
-      const result = await waitFor((onProgress) =>
-        invocation.run({ siteId: kick.siteId, drain: !kick.siteId, onProgress })
-      );
-      return json(200, { site_id: kick.siteId, ...result });
+    return await run(wait, kick.siteId, job);
+  }
+
+  /**
+   * Asks for the site's removal and runs it like a kick for that site. A removal already open (asked twice,
+   * or the row was deleted) is run, not queued a second time; when none is open the answer is 200 and why.
+   */
+  async function remove(request: Request, url: URL): Promise<Response> {
+    const wait = parseWait(url);
+    const body = await readJson(request);
+    if (typeof body !== "object" || body === null || Array.isArray(body) || !("site_id" in body)) {
+      throw badRequest('body: expected {"site_id": "<uuid>"}');
     }
-    await inBackground(() => invocation.run({ siteId: kick.siteId, drain: true }));
-    return json(202, { accepted: true, site_id: kick.siteId, job_id: job });
+    const parsed = removeRequest.safeParse(body);
+    if (!parsed.success) throw badRequest(describe(parsed.error));
+    const siteId = parsed.data.site_id;
+    const removal = await deps.store.remove(siteId);
+    if (!removal.found) throw siteNotFound();
+    if (removal.job_id !== undefined && (removal.job_state === "queued" || removal.job_state === "running")) {
+      return await run(wait, siteId, removal.job_id);
+    }
+    return json(200, {
+      accepted: false,
+      site_id: siteId,
+      reason: removal.reason ?? "not_queued",
+      status_hosting: removal.status_hosting,
+      ...(removal.job_id !== undefined ? { job_id: removal.job_id, job_state: removal.job_state } : {}),
+    });
   }
 
   async function retry(request: Request, url: URL): Promise<Response> {
@@ -490,6 +527,7 @@ export function createHandler(deps: HandlerDeps): Handler {
       }
       if (route === "status") response = json(200, await deps.store.status());
       else if (route === "retry") response = await retry(request, url);
+      else if (route === "remove") response = await remove(request, url);
       else response = await kick(request, url);
     } catch (error) {
       const failure = toHostingError(error);
