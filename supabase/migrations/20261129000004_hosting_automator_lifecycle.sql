@@ -416,26 +416,18 @@ begin
 end
 $$;
 
-create function hosting_automator.on_site_deleted()
+-- The row triggers of a removal: a deleted row (OLD), or a row set to 'removing' (NEW).
+create function hosting_automator.on_site_removal()
 returns trigger
 language plpgsql
 security definer
 set search_path = ''
 as $$
+declare
+  v_row public.sites%rowtype := case when tg_op = 'DELETE' then old else new end;
 begin
-  perform hosting_automator.request_removal(old.id, old.domain, old.hosting_doc_root, old.matomo_site_id, true);
-  return null;
-end
-$$;
-
-create function hosting_automator.on_site_removing()
-returns trigger
-language plpgsql
-security definer
-set search_path = ''
-as $$
-begin
-  perform hosting_automator.request_removal(new.id, new.domain, new.hosting_doc_root, new.matomo_site_id, false);
+  perform hosting_automator.request_removal(v_row.id, v_row.domain, v_row.hosting_doc_root, v_row.matomo_site_id,
+    tg_op = 'DELETE');
   return null;
 end
 $$;
@@ -443,12 +435,12 @@ $$;
 -- Creating triggers locks public.sites (SHARE ROW EXCLUSIVE) for a catalog change only: no scan.
 create trigger hosting_automator_remove_deleted
   after delete on public.sites
-  for each row execute function hosting_automator.on_site_deleted();
+  for each row execute function hosting_automator.on_site_removal();
 create trigger hosting_automator_remove
   after update of status_hosting on public.sites
   for each row
   when (new.status_hosting = 'removing' and old.status_hosting is distinct from 'removing')
-  execute function hosting_automator.on_site_removing();
+  execute function hosting_automator.on_site_removal();
 
 -- The doorbell rings after deletes too (a removal queued by deleting rows).
 drop trigger hosting_automator_ring on public.sites;
