@@ -3,6 +3,7 @@
  * Pure formatting; callers decide where lines go.
  */
 import type { Progress } from "../supabase/functions/hosting-automator/workflow.ts";
+import type { StepName } from "../supabase/functions/hosting-automator/store.ts";
 
 export interface Style {
   ok(text: string): string;
@@ -24,7 +25,7 @@ export function styleFor(stream: { isTerminal(): boolean }): Style {
   return stream.isTerminal() && !Deno.env.get("NO_COLOR") ? ansi : plain;
 }
 
-const STEP_LABEL: Record<string, string> = {
+export const STEP_LABEL: Record<StepName, string> = {
   cloudpanel_site: "CloudPanel site",
   ssl_certificate: "Let's Encrypt certificate",
   matomo_site: "Matomo site",
@@ -73,11 +74,8 @@ export function progressLines(
           : o.status === "failed"
           ? style.bad("■")
           : style.warn("■");
-        write(
-          `${mark} ${domain} ${pad(o.status, 10)} ${detail}${
-            o.warning ? style.warn(` (${o.warning.message})`) : ""
-          }`,
-        );
+        const line = `${mark} ${domain} ${pad(o.status, 10)} ${detail}`;
+        write(o.warning ? `${line}${style.warn(` (${o.warning.message})`)}` : line.trimEnd());
         break;
       }
     }

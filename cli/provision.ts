@@ -8,9 +8,10 @@ import { type Config, loadConfig } from "../supabase/functions/hosting-automator
 import { storeFor, workflowDeps } from "../supabase/functions/hosting-automator/app.ts";
 import {
   addStaticSiteCommand,
+  deleteSiteCommand,
   installCertificateCommand,
 } from "../supabase/functions/hosting-automator/cloudpanel.ts";
-import { parseDomain, siteUserFor } from "../supabase/functions/hosting-automator/domain.ts";
+import { type Domain, parseDomain, siteUserFor } from "../supabase/functions/hosting-automator/domain.ts";
 import { isHostingError, toHostingError } from "../supabase/functions/hosting-automator/errors.ts";
 import { Logger, type LogLevel, REDACTED, Redactor } from "../supabase/functions/hosting-automator/log.ts";
 import { secretsOf } from "../supabase/functions/hosting-automator/config.ts";
@@ -23,18 +24,21 @@ import {
 } from "../supabase/functions/hosting-automator/matomo.ts";
 import { connectSsh } from "../supabase/functions/hosting-automator/ssh.ts";
 import type {
+  JobKind,
   SiteDetail,
   SiteLogin,
   StatusReport,
+  StepName,
   Store,
 } from "../supabase/functions/hosting-automator/store.ts";
+import { KINDS } from "../supabase/functions/hosting-automator/steps.ts";
 import {
   Invocation,
   type JobOutcome,
   type RunResult,
 } from "../supabase/functions/hosting-automator/workflow.ts";
 import { loadEnv } from "./dotenv.ts";
-import { progressLines, styleFor, table } from "./format.ts";
+import { progressLines, STEP_LABEL, styleFor, table } from "./format.ts";
 
 export const USAGE = `Usage: deno task provision [options]
 
@@ -349,6 +353,48 @@ async function remove(
   return report(result);
 }
 
+/** What a step would send, secrets masked (a dry run's lines for one step). */
+function dryRunLines(
+  step: StepName,
+  domain: Domain,
+  config: Config,
+  mask: (text: string) => string,
+): string[] {
+  const matomo = (calls: Array<[method: string, params: Record<string, string>, note?: string]>) => {
+    if (!config.matomo) return [`  skip ${STEP_LABEL[step]} (Matomo not configured)`];
+    const endpoint = endpointOf(config.matomo.url);
+    const body = (params: Record<string, string>) =>
+      new URLSearchParams({ token_auth: REDACTED, ...params }).toString().replaceAll(
+        "%5BREDACTED%5D",
+        REDACTED,
+      );
+    return calls.flatMap(([method, params, note]) => [
+      ...(note ? [`  ${note}`] : []),
+      `  POST ${mask(requestUrl(endpoint, method))}  ${body(params)}`,
+    ]);
+  };
+  switch (step) {
+    case "cloudpanel_site":
+      return [`  ssh  ${addStaticSiteCommand(domain, siteUserFor(domain), REDACTED)}`];
+    case "ssl_certificate":
+      return [`  ssh  ${installCertificateCommand(domain)}`];
+    case "matomo_site":
+      return matomo([
+        ["SitesManager.getSitesIdFromSiteUrl", lookupParams(domain)],
+        ["SitesManager.addSite", addSiteParams(domain), "then, only when no site matches:"],
+      ]);
+    case "cloudpanel_site_delete":
+      return [`  ssh  ${deleteSiteCommand(domain)}`];
+    case "matomo_site_delete":
+      return config.matomoOnRemove === "keep"
+        ? [`  skip ${STEP_LABEL[step]} (MATOMO_ON_REMOVE=keep: the analytics data is kept)`]
+        : matomo([
+          ["SitesManager.getSitesIdFromSiteUrl", lookupParams(domain)],
+          ["SitesManager.deleteSite", { idSite: "<each id found whose main URL is the domain>" }, "then:"],
+        ]);
+  }
+}
+
 async function dryRun(config: Config, store: Store, redactor: Redactor, options: Options): Promise<number> {
   let ok = true;
   const check = (label: string, good: boolean, detail: string) => {
@@ -367,17 +413,22 @@ async function dryRun(config: Config, store: Store, redactor: Redactor, options:
   );
 
   let due: Awaited<ReturnType<Store["due"]>> = [];
-  let targets: Array<{ domain: string | null; steps: Record<string, { state: string }> }> = [];
+  let targets: Array<{ domain: string | null; kind: JobKind; steps: Record<string, { state: string }> }> = [];
   try {
     const status = await store.status();
     check("database", true, `reachable; ${status.queue.due} job(s) due, ${status.running.length} running`);
     if (options.site !== undefined) {
       const detail = await store.site(options.site);
       if (!detail.found) throw new UsageError(`no site has the id or domain ${JSON.stringify(options.site)}`);
-      targets = [{ domain: detail.site.domain, steps: detail.steps as Record<string, { state: string }> }];
+      const open = detail.job?.state === "queued" || detail.job?.state === "running";
+      targets = [{
+        domain: detail.site.domain,
+        kind: open && detail.job?.kind === "remove" ? "remove" : "provision",
+        steps: detail.steps as Record<string, { state: string }>,
+      }];
     } else {
       due = await store.due();
-      targets = due.map((d) => ({ domain: d.domain, steps: d.steps }));
+      targets = due.map((d) => ({ domain: d.domain, kind: d.kind, steps: d.steps }));
     }
   } catch (error) {
     if (error instanceof UsageError) throw error;
@@ -427,32 +478,10 @@ async function dryRun(config: Config, store: Store, redactor: Redactor, options:
       );
       continue;
     }
-    const done = (step: string) => target.steps[step]?.state === "done";
-    out(`${domain}:`);
-    out(
-      done("cloudpanel_site")
-        ? "  skip CloudPanel site (done)"
-        : `  ssh  ${addStaticSiteCommand(domain, siteUserFor(domain), REDACTED)}`,
-    );
-    out(
-      done("ssl_certificate") ? "  skip certificate (done)" : `  ssh  ${installCertificateCommand(domain)}`,
-    );
-    if (done("matomo_site")) out("  skip Matomo (done)");
-    else if (!config.matomo) out("  skip Matomo (not configured)");
-    else {
-      const endpoint = endpointOf(config.matomo.url);
-      const body = (params: Record<string, string>) =>
-        new URLSearchParams({ token_auth: REDACTED, ...params }).toString().replaceAll(
-          "%5BREDACTED%5D",
-          REDACTED,
-        );
-      out(
-        `  POST ${mask(requestUrl(endpoint, "SitesManager.getSitesIdFromSiteUrl"))}  ${
-          body(lookupParams(domain))
-        }`,
-      );
-      out(`  then, only when no site matches:`);
-      out(`  POST ${mask(requestUrl(endpoint, "SitesManager.addSite"))}  ${body(addSiteParams(domain))}`);
+    out(`${domain}${target.kind === "provision" ? "" : ` (${target.kind})`}:`);
+    for (const step of KINDS[target.kind].steps) {
+      if (target.steps[step]?.state === "done") out(`  skip ${STEP_LABEL[step]} (done)`);
+      else for (const line of dryRunLines(step, domain, config, mask)) out(line);
     }
   }
   out();

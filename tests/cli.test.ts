@@ -207,6 +207,26 @@ Deno.test("provision --dry-run checks everything, prints the commands with secre
   });
 });
 
+Deno.test("provision --dry-run shows a due removal's own commands, not a provisioning's", async () => {
+  await withStack({ label: "cli_dry_remove" }, async (stack) => {
+    const id = await stack.insertSite("dry-remove.example", { status_dns: "active" });
+    const run0 = await provision(stack, "--site", "dry-remove.example");
+    assert.equal(run0.code, 0, run0.stdout + run0.stderr);
+    await stack.sql`delete from public.sites where id = ${id}`;
+    const calls = (await readSimState(stack.clpctlState)).calls.length;
+    const run = await provision(stack, "--dry-run");
+    assert.equal(run.code, 0, run.stdout + run.stderr);
+    assert.ok(run.stdout.includes("dry-remove.example (remove):"), run.stdout);
+    assert.ok(
+      run.stdout.includes("ssh  clpctl site:delete --domainName='dry-remove.example' --force"),
+      run.stdout,
+    );
+    assert.ok(run.stdout.includes("skip Matomo site removal (MATOMO_ON_REMOVE=keep"), run.stdout);
+    assert.ok(!run.stdout.includes("site:add:static"), "no provisioning command for a removal");
+    assert.equal((await readSimState(stack.clpctlState)).calls.length, calls, "nothing was sent");
+  });
+});
+
 Deno.test("provision refuses a bad configuration naming the variable, without printing its value", async () => {
   await withStack({ label: "cli_config" }, async (stack) => {
     const out = await new Deno.Command(Deno.execPath(), {

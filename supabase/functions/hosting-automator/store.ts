@@ -256,6 +256,7 @@ const dueRow = z.object({
   job_id: id,
   site_id: z.string(),
   domain: z.string().nullable(),
+  kind: z.enum(JOB_KINDS).default("provision"),
   attempts: z.number(),
   run_at: z.union([z.string(), z.date()]).transform((v) => new Date(v)),
   steps: z.partialRecord(z.enum(STEP_NAMES), stepEntry).default({}),
