@@ -267,3 +267,33 @@ Deno.test("only service_role may read a site's credentials", async () => {
     assert.equal(denied, "42501");
   });
 });
+
+Deno.test("a removed row set back to pending is provisioned again from nothing, with a new password", async () => {
+  await withStack({ label: "reprovision_kept" }, async (stack) => {
+    const id = await provision(stack, "phoenix.example");
+    const first = await stack.app.store!.siteCredentials(id);
+    registerSecret(first.password);
+    await stack.app.store!.remove(id);
+    await drain(stack);
+    assert.equal((await stack.site(id)).status_hosting, "removed");
+
+    await stack.sql`update public.sites set status_hosting = 'pending' where id = ${id}`;
+    await drain(stack);
+    const row = await stack.site(id);
+    assert.equal(row.status_hosting, "active");
+    const state = await stack.simState();
+    assert.deepEqual(state.calls.map((c) => c.verb), [
+      "site:add:static",
+      "lets-encrypt:install:certificate",
+      "site:delete",
+      "site:add:static",
+      "lets-encrypt:install:certificate",
+    ], "every step ran again: the removal cleared the journal");
+    const second = await stack.app.store!.siteCredentials(id);
+    registerSecret(second.password);
+    assert.notEqual(second.password, first.password);
+    assert.equal(second.password, state.sites["phoenix.example"].siteUserPassword);
+    assert.equal(row.matomo_site_id, stack.matomo!.sites[0].idsite, "the kept Matomo site is found again");
+    assert.equal(stack.matomo!.sites.length, 1);
+  });
+});
