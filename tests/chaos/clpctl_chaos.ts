@@ -3,7 +3,8 @@
  * front of the clpctl simulator (imported, so one process per command as before), and injects the per-call
  * faults the plan picks for this call. A call is identified by its verb, its domain and how many times that
  * verb was run for that domain (a counter kept as files in the chaos directory), so the same seed faults the
- * same calls whatever the order of concurrent calls. What it does:
+ * same calls whatever the order of concurrent calls. The verbs faulted: site:add:static,
+ * lets-encrypt:install:certificate and site:delete. What it does:
  *
  *   clpctl_error        the simulator's own transient failure text, produced on a copy of the panel's state (so the
  *                       real state is untouched and concurrent calls are not affected)
@@ -22,7 +23,7 @@ import { runClpctl } from "../../dev/clpctl_sim.ts";
 import { type FaultName, type FaultPlan, pickFault } from "./faults.ts";
 import { unit } from "./rng.ts";
 
-const VERBS = new Set(["site:add:static", "lets-encrypt:install:certificate"]);
+const VERBS = new Set(["site:add:static", "lets-encrypt:install:certificate", "site:delete"]);
 
 /**
  * The simulator's transient failure texts per verb. Its common kinds (CloudPanel's internal database timing
@@ -40,6 +41,12 @@ const TEXTS: Record<string, { counter: string; kind: string; kinds: string[] }> 
     counter: "certificateFailures",
     kind: "certificateFailureKind",
     kinds: ["dns", "account", ...(common.includes("timeout") ? ["timeout"] : []), ...sharedTexts],
+  },
+  // A delete meets only the common kinds; `timeout` is CloudPanel's step timeout (removing the site user).
+  "site:delete": {
+    counter: "deleteFailures",
+    kind: "deleteFailureKind",
+    kinds: [...(common.includes("timeout") ? ["timeout"] : []), ...sharedTexts],
   },
 };
 
@@ -112,7 +119,13 @@ async function simulatedFailure(verb: string, domain: string, n: number) {
     const base = JSON.parse(await Deno.readTextFile(`${stateDir}/faults.json`).catch(() => "{}"));
     const texts = TEXTS[verb];
     const kind = texts.kinds[Math.floor(unit(plan.seed, "text", verb, domain, n) * texts.kinds.length)];
-    const faults = { ...base, [texts.counter]: 1, [texts.kind]: kind, siteFailureLeavesUser: false };
+    const faults = {
+      ...base,
+      [texts.counter]: 1,
+      [texts.kind]: kind,
+      siteFailureLeavesUser: false,
+      deleteFailureAfterWork: false,
+    };
     await Deno.writeTextFile(`${scratch}/faults.json`, JSON.stringify(faults));
     return await runClpctl(Deno.args, scratch);
   } finally {

@@ -8,8 +8,10 @@
  *              delivered to the handler (twice, concurrently, with `duplicate_kicks`); background work is
  *              tracked as `EdgeRuntime.waitUntil` would keep it alive
  *   pg_cron    `select hosting_automator.sweep()` every `sweepSeconds` (every minute on Supabase)
- *   the Hub    sites turn DNS-active in batches over `arrivalSeconds`, one UPDATE per batch
- *   the world  the faults (faults.ts): per call on clpctl and Matomo, and events at points of progress
+ *   the Hub    sites turn DNS-active in batches over `arrivalSeconds`, one UPDATE per batch; once every site
+ *              settled, it removes a share of them (removals.ts) and the run waits until all settles again
+ *   the world  the faults (faults.ts): per call on clpctl and Matomo, and events at points of each phase's
+ *              progress
  *
  * Nobody acts as an operator: no /retry, no SQL on jobs (except, with `fastLeaseExpiry`, expiring the lease
  * of jobs held by a worker process the harness killed — standing in for the wait until it expires).
@@ -22,6 +24,7 @@ import { type Stack, startStack } from "../support/stack.ts";
 import { FAULT_KINDS, type FaultName, type FaultPlan } from "./faults.ts";
 import { injectMatomoFaults } from "./matomo_faults.ts";
 import { measure, type Measured } from "./measure.ts";
+import { askForRemovals, planRemovals, type RemovalPlan } from "./removals.ts";
 import { sequence } from "./rng.ts";
 
 export interface ChaosOptions {
@@ -44,6 +47,11 @@ export interface ChaosOptions {
   matomoSlowWindows: number;
   /** Expire the lease of a killed worker's jobs at once instead of waiting for it (time warp). */
   fastLeaseExpiry: boolean;
+  /**
+   * After every site settled, this share of the active sites is removed (removals.ts), under the same faults;
+   * one of each event counted twice or more happens in that phase. 0: no removal phase.
+   */
+  removals: number;
   /** HOSTING_SITE_TIMEOUT_SECONDS and HOSTING_CERTIFICATE_TIMEOUT_SECONDS (5 is the least allowed). */
   stepTimeoutSeconds: number;
   /** A line of progress, every few seconds. */
@@ -64,11 +72,13 @@ export const DEFAULTS: ChaosOptions = {
   pgRestarts: 1,
   matomoSlowWindows: 2,
   fastLeaseExpiry: false,
+  removals: 0.2,
   stepTimeoutSeconds: 5,
 };
 
 export interface ChaosEvent {
   kind: FaultName;
+  phase: Phase;
   /** Seconds since the start, when it began. */
   at: number;
   seconds: number;
@@ -78,11 +88,15 @@ export interface ChaosEvent {
 export interface ChaosResult extends Measured {
   options: ChaosOptions;
   wallSeconds: number;
-  /** False when the deadline ended the run before every job settled. */
+  /** False when the deadline ended the run before every job settled (in both phases). */
   settled: boolean;
+  /** Seconds the removal phase took (from its first batch to settled); null without one. */
+  removalSeconds: number | null;
   events: ChaosEvent[];
   /** Faults injected per kind (per call, and events). */
   injected: Record<string, number>;
+  /** Per-call clpctl faults injected per verb. */
+  injectedByVerb: Record<string, number>;
   kicks: { delivered: number; requests: number; byStatus: Record<string, number> };
   sweeps: number;
   /**
@@ -95,6 +109,9 @@ export interface ChaosResult extends Measured {
 const WORKER = `${ROOT}tests/support/worker_process.ts`;
 const CHAOS_BIN = `${ROOT}tests/chaos/bin`;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** `provision`: the sites arrive and are built; `removal`: some are removed (removals.ts). */
+export type Phase = "provision" | "removal";
 
 export async function runChaos(input: Partial<ChaosOptions> = {}): Promise<ChaosResult> {
   const options: ChaosOptions = { ...DEFAULTS, ...input };
@@ -177,8 +194,11 @@ export async function runChaos(input: Partial<ChaosOptions> = {}): Promise<Chaos
       }
     })();
 
-    // pg_net: deliver queued kicks as they appear (up to 200 per round, its default batch).
+    // pg_net: deliver queued kicks as they appear (up to 200 per round, its default batch). While `kicksHeld`
+    // it lags (as its background worker may): the removal phase's worker kill uses that to let a worker
+    // process claim a removal before the in-process function does.
     const kicks = { delivered: 0, requests: 0, byStatus: {} as Record<string, number> };
+    let kicksHeld = false;
     const deliver = async (kick: { url: string; headers: Record<string, string>; body: unknown }) => {
       kicks.requests++;
       let status = "error";
@@ -194,6 +214,10 @@ export async function runChaos(input: Partial<ChaosOptions> = {}): Promise<Chaos
     };
     const pgNet = (async () => {
       while (!stopping) {
+        if (kicksHeld) {
+          await sleep(50);
+          continue;
+        }
         let batch: Array<{ url: string; headers: Record<string, string>; body: unknown }> = [];
         try {
           batch = await sql`delete from net.http_request_queue where id in (
@@ -224,26 +248,39 @@ export async function runChaos(input: Partial<ChaosOptions> = {}): Promise<Chaos
       }
     })();
 
-    // Events at seeded points of progress.
+    // Events at seeded points of each phase's progress. An event counted twice or more happens once in the
+    // removal phase (when there is one), the rest while the sites are provisioned.
+    const removing = options.removals > 0;
     const events: ChaosEvent[] = [];
-    const schedule: Array<{ kind: FaultName; at: number; fired: boolean }> = [];
+    type Planned = { kind: FaultName; at: number; fired: boolean };
+    const schedule: Record<Phase, Planned[]> = { provision: [], removal: [] };
     const plan1 = (kind: FaultName, count: number) => {
       if (!has(kind)) return;
-      for (let i = 0; i < count; i++) {
-        const at = 0.1 + 0.7 * (i + 0.5) / count + (random() - 0.5) * 0.1;
-        schedule.push({ kind, at, fired: false });
+      const later = removing && count >= 2 ? 1 : 0;
+      const now = count - later;
+      for (let i = 0; i < now; i++) {
+        const at = 0.1 + 0.7 * (i + 0.5) / now + (random() - 0.5) * 0.1;
+        schedule.provision.push({ kind, at, fired: false });
+      }
+      // The removal phase's worker kill is tied to its first batch (below), not to a point of progress.
+      if (later && kind !== "worker_kill") {
+        schedule.removal.push({ kind, at: 0.1 + 0.4 * random(), fired: false });
       }
     };
     plan1("worker_kill", options.workerKills);
     plan1("sshd_down", options.sshdOutages);
     plan1("pg_restart", options.pgRestarts);
     plan1("matomo_slow", options.matomoSlowWindows);
+    const killDuringRemoval = removing && has("worker_kill") && options.workerKills >= 2;
 
+    let phase: Phase = "provision";
     const event = async (kind: FaultName, body: () => Promise<string>) => {
       const at = elapsed();
+      const during = phase;
       const detail = await body().catch((e) => `failed: ${e instanceof Error ? e.message : e}`);
       events.push({
         kind,
+        phase: during,
         at: Math.round(at * 10) / 10,
         seconds: Math.round((elapsed() - at) * 10) / 10,
         detail,
@@ -281,72 +318,149 @@ export async function runChaos(input: Partial<ChaosOptions> = {}): Promise<Chaos
       }
     };
 
-    // Progress, events, and the end: every job settled, nothing in flight.
-    let settled = false;
-    let lastSay = -Infinity;
-    while (true) {
-      await sleep(500);
-      let counts: Record<string, number> = {};
-      let open = -1;
-      try {
-        const rows = await sql<{ status: string; n: number }[]>`
-          select coalesce(status_hosting, 'null') as status, count(*)::int as n from public.sites group by 1`;
-        counts = Object.fromEntries(rows.map((r) => [r.status, r.n]));
-        const [o] = await sql<{ n: number }[]>`select count(*)::int as n from hosting_automator.jobs
-          where state in ('queued', 'running')`;
-        open = o.n;
-      } catch {
-        // Restarting.
-      }
-      const done = (counts.active ?? 0) + (counts.failed ?? 0);
-      for (const item of schedule) {
-        if (!item.fired && done / options.sites >= item.at) {
-          item.fired = true;
-          track(fire(item.kind));
+    /**
+     * Waits until the phase has settled: every job finished, nothing in flight, no kick queued, every event of
+     * the phase fired (or past the end). Fires the phase's events as its progress (0 to 1) passes them. False
+     * when the deadline came first.
+     */
+    const settle = async (
+      planned: Planned[],
+      progress: (counts: Record<string, number>) => Promise<number>,
+      ready: () => boolean,
+    ): Promise<boolean> => {
+      let lastSay = -Infinity;
+      while (true) {
+        await sleep(500);
+        let counts: Record<string, number> = {};
+        let open = -1;
+        let done = 0;
+        try {
+          const rows = await sql<{ status: string; n: number }[]>`
+            select coalesce(status_hosting, 'null') as status, count(*)::int as n from public.sites group by 1`;
+          counts = Object.fromEntries(rows.map((r) => [r.status, r.n]));
+          const [o] = await sql<{ n: number }[]>`select count(*)::int as n from hosting_automator.jobs
+            where state in ('queued', 'running')`;
+          open = o.n;
+          done = await progress(counts);
+        } catch {
+          // Restarting.
+        }
+        for (const item of planned) {
+          if (!item.fired && done >= item.at) {
+            item.fired = true;
+            track(fire(item.kind));
+          }
+        }
+        if (elapsed() - lastSay >= 10) {
+          lastSay = elapsed();
+          say(
+            `  ${elapsed().toFixed(0).padStart(4)} s  ${phase}  arrived ${arrived}  ${
+              Object.entries(counts).map(([k, v]) => `${k} ${v}`).join("  ")
+            }  open jobs ${open}  background ${s.pendingWork()}`,
+          );
+        }
+        if (
+          ready() && open === 0 && s.pendingWork() === 0 && tracked.size === 0 &&
+          planned.every((e) => e.fired || e.at > 1)
+        ) {
+          const [{ n }] = await sql<{ n: number }[]>`select count(*)::int as n from net.http_request_queue`;
+          if (n === 0) return true;
+        }
+        if (elapsed() > options.deadlineSeconds) {
+          say(`  deadline of ${options.deadlineSeconds} s reached: reporting what there is`);
+          return false;
         }
       }
-      if (elapsed() - lastSay >= 10) {
-        lastSay = elapsed();
-        say(
-          `  ${elapsed().toFixed(0).padStart(4)} s  arrived ${arrived}  ${
-            Object.entries(counts).map(([k, v]) => `${k} ${v}`).join("  ")
-          }  open jobs ${open}  background ${s.pendingWork()}`,
-        );
-      }
-      if (
-        arrived === options.sites && open === 0 && s.pendingWork() === 0 && tracked.size === 0 &&
-        schedule.every((e) => e.fired || e.at > 1)
-      ) {
-        const [{ n }] = await sql<{ n: number }[]>`select count(*)::int as n from net.http_request_queue`;
-        if (n === 0) {
-          settled = true;
-          break;
+    };
+
+    let settled = await settle(
+      schedule.provision,
+      (counts) => Promise.resolve(((counts.active ?? 0) + (counts.failed ?? 0)) / options.sites),
+      () => arrived === options.sites,
+    );
+
+    // The removal phase: a share of the active sites, asked for in batches a second apart, under the same
+    // per-call faults and its own events.
+    let removals: RemovalPlan | null = null;
+    let removalSeconds: number | null = null;
+    if (settled && removing) {
+      phase = "removal";
+      const started = elapsed();
+      const active = await sql<{ id: string; domain: string }[]>`
+        select id::text, domain from public.sites where status_hosting = 'active' order by domain`;
+      const [{ last }] = await sql<{ last: number }[]>`
+        select coalesce(max(id), 0)::int as last from hosting_automator.jobs`;
+      const plan = planRemovals(active, options.removals, options.seed, last);
+      removals = plan;
+      say(
+        `  ${started.toFixed(1)} s  removal phase: ${plan.targets.length} of ${active.length} active sites ` +
+          `in ${plan.batches.length} batches`,
+      );
+      let asked = 0;
+      const hub = (async () => {
+        for (const [b, batch] of plan.batches.entries()) {
+          if (b > 0) await sleep(1000);
+          // The first batch meets a worker process that is killed during a removal step: kicks lag until
+          // it is killed, so that it (and not the in-process function) claims one of the batch's removals.
+          if (b === 0 && killDuringRemoval) kicksHeld = true;
+          while (!stopping) {
+            try {
+              await askForRemovals(sql, batch);
+              break;
+            } catch {
+              await sleep(500); // Restarting: the same batch again.
+            }
+          }
+          if (b === 0 && killDuringRemoval) {
+            track(
+              event("worker_kill", () =>
+                killWorker(s, options, random, () => stopping, workerOutput, {
+                  kinds: ["remove"],
+                  // A removal has one short step: kill at once, or the step is over.
+                  withinMs: 100,
+                  onKilled: () => (kicksHeld = false),
+                })).finally(() => (kicksHeld = false)),
+            );
+          }
+          asked++;
         }
-      }
-      if (elapsed() > options.deadlineSeconds) {
-        say(`  deadline of ${options.deadlineSeconds} s reached: reporting what there is`);
-        break;
-      }
+      })();
+      const targets = Math.max(1, plan.targets.length);
+      settled = await settle(
+        schedule.removal,
+        async () => {
+          const [{ n }] = await sql<{ n: number }[]>`select count(*)::int as n from hosting_automator.jobs
+            where kind = 'remove' and id > ${plan.afterJobId} and state in ('succeeded', 'failed')`;
+          return n / targets;
+        },
+        () => asked === plan.batches.length,
+      );
+      await hub;
+      removalSeconds = elapsed() - started;
     }
+
     const wallSeconds = elapsed();
     stopping = true;
+    kicksHeld = false;
     await Promise.all([arrival, pgNet, cron]);
     // Background invocations end by their own timeouts and budget; do not wait forever after a deadline.
     await Promise.race([
       Promise.allSettled([...tracked]).then(() => s.settle()),
       sleep(settled ? 600_000 : 30_000),
     ]);
-
-    const measured = await measure(s, chaosDir, options.sites, workerOutput);
+    const measured = await measure(s, chaosDir, options.sites, workerOutput, removals);
+    const byWrapper = await injectedByWrapper(chaosDir);
     return {
       ...measured,
       options,
       wallSeconds,
       settled,
+      removalSeconds,
       events,
       injected: Object.fromEntries(
-        [...injected, ...await injectedByWrapper(chaosDir)].sort(([a], [b]) => a.localeCompare(b)),
+        [...injected, ...byWrapper.byKind].sort(([a], [b]) => a.localeCompare(b)),
       ),
+      injectedByVerb: Object.fromEntries(byWrapper.byVerb),
       kicks,
       sweeps,
       uncaught,
@@ -359,19 +473,32 @@ export async function runChaos(input: Partial<ChaosOptions> = {}): Promise<Chaos
   }
 }
 
-async function injectedByWrapper(chaosDir: string): Promise<Array<[string, number]>> {
+async function injectedByWrapper(
+  chaosDir: string,
+): Promise<{ byKind: Map<string, number>; byVerb: Map<string, number> }> {
   const text = await Deno.readTextFile(`${chaosDir}/injected.jsonl`).catch(() => "");
-  const counts = new Map<string, number>();
+  const byKind = new Map<string, number>();
+  const byVerb = new Map<string, number>();
   for (const line of text.split("\n").filter(Boolean)) {
-    const { fault } = JSON.parse(line) as { fault: string };
-    counts.set(fault, (counts.get(fault) ?? 0) + 1);
+    const { fault, verb } = JSON.parse(line) as { fault: string; verb: string };
+    byKind.set(fault, (byKind.get(fault) ?? 0) + 1);
+    byVerb.set(verb, (byVerb.get(verb) ?? 0) + 1);
   }
-  return [...counts];
+  return { byKind, byVerb };
+}
+
+/** Which jobs a worker kill waits for, and whom it tells once it has killed. */
+interface KillTarget {
+  /** Job kinds the worker must hold in a step (default: any). */
+  kinds?: string[];
+  /** The kill comes up to this long after the job is seen in its step (default 800 ms). */
+  withinMs?: number;
+  onKilled?: () => void;
 }
 
 /**
- * Starts a worker process (one invocation draining the queue) and SIGKILLs it while one of its jobs is in a
- * step. The cap may leave it nothing to claim: then another is started a little later.
+ * Starts a worker process (one invocation draining the queue) and SIGKILLs it while one of its jobs (of the
+ * target's kinds) is in a step. The cap may leave it nothing to claim: then another is started a little later.
  */
 async function killWorker(
   stack: Stack,
@@ -379,7 +506,9 @@ async function killWorker(
   random: () => number,
   stopping: () => boolean,
   output: string[],
+  target: KillTarget = {},
 ): Promise<string> {
+  const kinds = target.kinds ?? ["provision", "analytics", "remove"];
   for (let attempt = 1; attempt <= 30 && !stopping(); attempt++) {
     const child = new Deno.Command(Deno.execPath(), {
       args: ["run", "-A", WORKER],
@@ -405,16 +534,18 @@ async function killWorker(
         jobs = await stack.sql<
           { id: string; current_step: string }[]
         >`select id::text, current_step::text from hosting_automator.jobs
-          where lease_owner = ${worker} and state = 'running' and current_step is not null`;
+          where lease_owner = ${worker} and state = 'running' and current_step is not null
+            and kind = any(${kinds}::text[])`;
       } catch {
         jobs = [];
       }
       if (jobs.length > 0) break;
     }
     if (jobs.length > 0 && !exited) {
-      await sleep(Math.round(random() * 800));
+      await sleep(Math.round(random() * (target.withinMs ?? 800)));
       try {
         child.kill("SIGKILL");
+        target.onKilled?.();
       } catch {
         // It finished the job first: counted as a kill that missed, and tried again.
         jobs = [];

@@ -21,7 +21,8 @@ export const FAULT_KINDS = {
     target: "clpctl",
     what:
       "CloudPanel's transient failure text (the simulator's own): site step timed out on the server or a cURL " +
-      "timeout; certificate not validated yet or the ACME account timed out",
+      "timeout; certificate not validated yet or the ACME account timed out; delete timed out removing the " +
+      "site user; or CloudPanel's database timing out or locked",
   },
   clpctl_exit137: {
     target: "clpctl",

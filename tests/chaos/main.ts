@@ -14,7 +14,11 @@ const HELP = `deno task chaos [flags]
 N sites through the real function, real sshd and the simulators, with transient faults from a seeded RNG.
 Ends by itself (all settled, or the deadline); exit status non-zero when a target is missed:
 ≥ ${TARGETS.activeWithAnalytics * 100} % active with analytics and no human action, 0 duplicated sites or
-Matomo sites, 0 lost rows, 0 secrets in logs or the database.
+Matomo sites, 0 lost rows, 0 secrets in logs or the database. Then (unless --removals 0) a share of the
+active sites is removed (half by deleting the row, half kept and set removing; half of the deleted domains
+inserted again at once) under the same faults, with one of each event counted twice or more: every kept row
+removed, every removed site gone from CloudPanel, every re-created row active on one new site, 0 Vault
+secrets left for removed sites, every active site's stored password the site user's, 0 half-made sites.
 
   --sites N              sites (default ${DEFAULTS.sites})
   --seed S               seed of every random decision (default ${DEFAULTS.seed})
@@ -29,6 +33,7 @@ Matomo sites, 0 lost rows, 0 secrets in logs or the database.
   --sshd-outages N       sshd down for 2-4 s (default ${DEFAULTS.sshdOutages})
   --pg-restarts N        PostgreSQL restarts (default ${DEFAULTS.pgRestarts})
   --matomo-slow N        windows of slow Matomo answers (default ${DEFAULTS.matomoSlowWindows})
+  --removals SHARE       share of the active sites removed after all settled; 0: none (default ${DEFAULTS.removals})
   --fast-lease-expiry    expire a killed worker's leases at once instead of waiting for them
   --help                 this text
 
@@ -36,8 +41,10 @@ Fault kinds:
 ${Object.entries(FAULT_KINDS).map(([k, v]) => `  ${k.padEnd(20)} ${v.target.padEnd(7)} ${v.what}`).join("\n")}
 `;
 
+// `deno task chaos -- --sites 200` hands the task's own `--` on: flags follow it, not positional arguments.
+const args = Deno.args[0] === "--" ? Deno.args.slice(1) : Deno.args;
 const { values } = parseArgs({
-  args: Deno.args,
+  args,
   options: {
     sites: { type: "string" },
     seed: { type: "string" },
@@ -52,6 +59,7 @@ const { values } = parseArgs({
     "sshd-outages": { type: "string" },
     "pg-restarts": { type: "string" },
     "matomo-slow": { type: "string" },
+    removals: { type: "string" },
     "fast-lease-expiry": { type: "boolean" },
     help: { type: "boolean" },
   },
@@ -82,9 +90,10 @@ if (values.help) {
     sshdOutages: number("sshd-outages", values["sshd-outages"], DEFAULTS.sshdOutages, 0, 100),
     pgRestarts: number("pg-restarts", values["pg-restarts"], DEFAULTS.pgRestarts, 0, 100),
     matomoSlowWindows: number("matomo-slow", values["matomo-slow"], DEFAULTS.matomoSlowWindows, 0, 100),
+    removals: number("removals", values.removals, DEFAULTS.removals, 0, 1),
     fastLeaseExpiry: values["fast-lease-expiry"] ?? false,
   };
-  const command = `deno task chaos ${Deno.args.join(" ")}`.trim();
+  const command = `deno task chaos ${args.join(" ")}`.trim();
   Deno.test({
     name: `chaos: ${sites} sites, seed ${options.seed}, fault rate ${options.faultRate}`,
     // The run leaves nothing behind, but the sanitizers cannot tell its background work from a leak.
