@@ -4,7 +4,12 @@
  * configuration, SQL functions and workflow as the Edge Function; see `--help`.
  */
 import { parseArgs } from "node:util";
-import { type Config, loadConfig } from "../supabase/functions/hosting-automator/config.ts";
+import {
+  type Config,
+  loadConfig,
+  type ServerAddress,
+  sshConfigFor,
+} from "../supabase/functions/hosting-automator/config.ts";
 import { storeFor, workflowDeps } from "../supabase/functions/hosting-automator/app.ts";
 import {
   addStaticSiteCommand,
@@ -406,17 +411,30 @@ async function dryRun(config: Config, store: Store, redactor: Redactor, options:
   check(
     "config",
     true,
-    `store ${config.store.kind}, CloudPanel ${config.ssh.user}@${config.ssh.host}:${config.ssh.port}, ` +
+    `store ${config.store.kind}, CloudPanel ${
+      config.fleet.defaultServer
+        ? `${config.fleet.defaultServer.user}@${config.fleet.defaultServer.host}:${config.fleet.defaultServer.port}`
+        : "servers from the database"
+    }, ` +
       `Matomo ${
         config.matomo ? mask(config.matomo.url) : "not configured (the analytics step will be skipped)"
       }`,
   );
 
   let due: Awaited<ReturnType<Store["due"]>> = [];
+  let servers: ServerAddress[] = [];
   let targets: Array<{ domain: string | null; kind: JobKind; steps: Record<string, { state: string }> }> = [];
   try {
     const status = await store.status();
     check("database", true, `reachable; ${status.queue.due} job(s) due, ${status.running.length} running`);
+    // Every server that may run jobs; with none registered yet, the configured one (registered at the first claim).
+    const registered = (await store.servers()).filter((server) => server.state !== "disabled");
+    servers = registered.length > 0
+      ? registered
+      : config.fleet.defaultServer
+      ? [{ name: "default", ...config.fleet.defaultServer }]
+      : [];
+    if (servers.length === 0) check("servers", false, "none registered and CLOUDPANEL_SSH_HOST is not set");
     if (options.site !== undefined) {
       const detail = await store.site(options.site);
       if (!detail.found) throw new UsageError(`no site has the id or domain ${JSON.stringify(options.site)}`);
@@ -435,13 +453,16 @@ async function dryRun(config: Config, store: Store, redactor: Redactor, options:
     check("database", false, mask(toHostingError(error).message));
   }
 
-  try {
-    const shell = await connectSsh(config.ssh);
-    await shell.close();
-    check("ssh", true, `logged in; host key matches ${config.ssh.hostKey}; no command was run`);
-  } catch (error) {
-    const failure = toHostingError(error);
-    check("ssh", false, `${failure.code}: ${mask(failure.message)}`);
+  for (const server of servers) {
+    const label = servers.length === 1 ? "ssh" : `ssh ${server.name}`;
+    try {
+      const shell = await connectSsh(sshConfigFor(config.fleet, server));
+      await shell.close();
+      check(label, true, `logged in; host key matches ${server.hostKey}; no command was run`);
+    } catch (error) {
+      const failure = toHostingError(error);
+      check(label, false, `${failure.code}: ${mask(failure.message)}`);
+    }
   }
 
   if (config.matomo) {

@@ -37,7 +37,7 @@ export const ERROR_CODES = {
   ssh_host_key_mismatch: {
     transient: false,
     text:
-      "The CloudPanel server's host key does not match CLOUDPANEL_SSH_HOST_KEY; nothing was executed on the server.",
+      "The CloudPanel server's host key does not match the pinned one (CLOUDPANEL_SSH_HOST_KEY, or the server's host_key in hosting_automator.servers); nothing was executed on the server.",
   },
   ssh_auth_failed: {
     transient: false,
