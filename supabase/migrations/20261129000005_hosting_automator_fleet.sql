@@ -493,10 +493,11 @@ begin
   if not found then
     return false;
   end if;
+  -- Failures seen while the circuit is already open (other jobs that met the same outage) count once.
   update hosting_automator.servers s set
-    failures = s.failures + 1,
-    -- A failure seen while the circuit is already open (another worker's) does not push it further.
-    open_until = greatest(s.open_until, now() + hosting_automator.retry_delay(s.failures + 1)),
+    failures = case when s.open_until > now() then s.failures else s.failures + 1 end,
+    open_until = case when s.open_until > now() then s.open_until
+      else now() + hosting_automator.retry_delay(s.failures + 1) end,
     last_error_code = p_code,
     last_error = left(coalesce(p_message, p_code), 500),
     last_error_at = now(),
