@@ -72,8 +72,8 @@ $$;
 comment on column hosting_automator.settings.server_concurrency is
   'Jobs at once on a server registered from the worker''s configuration (the `default` server).';
 
--- A server's address or state changed (an operator fixed its host key, or enabled it): its circuit closes and
--- the jobs that wait for it are due now.
+-- An operator changed a server. Its address or state (a fixed host key, a server enabled): its circuit closes
+-- and the jobs that waited for it are due now. Its room (capacity, state): the sites waiting for room are due now.
 create function hosting_automator.on_server_changed()
 returns trigger
 language plpgsql
@@ -81,21 +81,29 @@ security definer
 set search_path = ''
 as $$
 begin
-  new.failures := 0;
-  new.open_until := null;
   new.updated_at := now();
-  update hosting_automator.jobs j set run_at = now()
-  where j.state = 'queued' and j.server = new.name and j.run_at > now()
-    and j.last_error_code in ('ssh_unreachable', 'ssh_timeout', 'ssh_host_key_mismatch', 'ssh_auth_failed');
+  if (old.host, old.port, old.ssh_user, old.host_key, old.state)
+    is distinct from (new.host, new.port, new.ssh_user, new.host_key, new.state)
+  then
+    new.failures := 0;
+    new.open_until := null;
+    update hosting_automator.jobs j set run_at = now()
+    where j.state = 'queued' and j.server = new.name and j.run_at > now()
+      and j.last_error_code in ('ssh_unreachable', 'ssh_timeout', 'ssh_host_key_mismatch', 'ssh_auth_failed');
+  end if;
+  if (old.capacity, old.state) is distinct from (new.capacity, new.state) then
+    update hosting_automator.jobs j set run_at = now()
+    where j.state = 'queued' and j.run_at > now() and j.last_error_code = 'no_server_capacity';
+  end if;
   return new;
 end
 $$;
 
 create trigger servers_changed
-  before update of host, port, ssh_user, host_key, state on hosting_automator.servers
+  before update of host, port, ssh_user, host_key, state, capacity on hosting_automator.servers
   for each row
-  when ((old.host, old.port, old.ssh_user, old.host_key, old.state)
-    is distinct from (new.host, new.port, new.ssh_user, new.host_key, new.state))
+  when ((old.host, old.port, old.ssh_user, old.host_key, old.state, old.capacity)
+    is distinct from (new.host, new.port, new.ssh_user, new.host_key, new.state, new.capacity))
   execute function hosting_automator.on_server_changed();
 
 -- ---------------------------------------------------------------------------------------------------------
@@ -215,6 +223,32 @@ as $$
   limit 1
 $$;
 
+-- A placement that never held anything is given back when its site's jobs end: a site whose domain was refused
+-- before any step (or whose job was cancelled first) must not hold a place on a server for good.
+create function hosting_automator.on_job_ended()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  if not exists (select 1 from hosting_automator.steps st where st.site_id = new.site_id)
+    and not exists (
+      select 1 from hosting_automator.jobs j where j.site_id = new.site_id and j.state in ('queued', 'running'))
+  then
+    delete from hosting_automator.placements p where p.site_id = new.site_id;
+    update public.sites s set hosting_server = null where s.id = new.site_id and s.hosting_server is not null;
+  end if;
+  return null;
+end
+$$;
+
+create trigger jobs_ended
+  after update of state on hosting_automator.jobs
+  for each row
+  when (new.state in ('failed', 'cancelled') and old.state is distinct from new.state)
+  execute function hosting_automator.on_job_ended();
+
 -- ---------------------------------------------------------------------------------------------------------
 -- The worker's API.
 
@@ -269,6 +303,7 @@ declare
   v_job record;
   v_name text;
   v_new boolean;
+  v_new_ok boolean;
   v_server hosting_automator.servers;
   v_running integer;
   v_needed integer;
@@ -346,17 +381,32 @@ begin
   select c.site_id, c.id, 'info', 'job_cancelled', format('The %s job was cancelled: the site is being removed.', c.kind)
   from superseded c;
 
+  -- New sites can start now unless every server with room is paused (they would all be passed over).
+  v_new_ok := exists (
+      select 1 from hosting_automator.servers s
+      where s.state = 'active' and hosting_automator.server_runs(s) and hosting_automator.server_fill(s) < 1)
+    or not exists (
+      select 1 from hosting_automator.servers s where s.state = 'active' and hosting_automator.server_fill(s) < 1);
+
   for v_job in
     select j.id, j.site_id, j.kind, j.run_at, j.last_error_code
     from hosting_automator.jobs j
+    left join hosting_automator.placements pl on pl.site_id = j.site_id
+    left join hosting_automator.servers sv on sv.name = pl.server
     where j.state = 'queued' and j.run_at <= now() and (p_site_id is null or j.site_id = p_site_id)
       -- A site's jobs run in the order they were queued.
       and not exists (
         select 1 from hosting_automator.jobs e
         where e.site_id = j.site_id and e.state in ('queued', 'running') and e.id < j.id)
+      -- Only jobs that can start now: however many wait for a paused or full server, they do not hold up the
+      -- others (the candidates are a bounded window).
+      and case when pl.server is null then v_new_ok
+        else hosting_automator.server_runs(sv) and (
+          select count(*) from hosting_automator.jobs r where r.state = 'running' and r.server = sv.name) < sv.concurrency
+      end
     order by j.run_at, j.id
     limit greatest(p_limit * 5, 20)
-    for update skip locked
+    for update of j skip locked
   loop
     exit when v_claimed >= p_limit;
     -- Only a job whose expected remaining steps fit the time left.
@@ -372,11 +422,15 @@ begin
       end if;
     end if;
 
-    -- The site's server; a site without one is placed when its job starts (placement is sticky).
+    -- The site's server; a site without one is placed when its job starts (placement is sticky). A site built
+    -- before there was a fleet (its site step is journaled) lives on the configured server, `default`.
     select p.server into v_name from hosting_automator.placements p where p.site_id = v_job.site_id;
     v_new := v_name is null;
     if v_new then
-      v_name := hosting_automator.best_server();
+      select sv.name into v_name from hosting_automator.servers sv
+      where sv.name = 'default' and exists (
+        select 1 from hosting_automator.steps st where st.site_id = v_job.site_id and st.step = 'cloudpanel_site');
+      v_name := coalesce(v_name, hosting_automator.best_server());
     end if;
     if v_name is null then
       -- No server has room: the job waits without spending an attempt, said once per wait.
@@ -681,6 +735,9 @@ as $$
         'capacity', sv.capacity,
         'running', (select count(*) from hosting_automator.jobs j where j.state = 'running' and j.server = sv.name),
         'concurrency', sv.concurrency,
+        -- Jobs given back because this server could not be reached, waiting for its circuit to close.
+        'waiting', (select count(*) from hosting_automator.jobs j where j.state = 'queued' and j.server = sv.name
+          and j.last_error_code in ('ssh_unreachable', 'ssh_timeout', 'ssh_host_key_mismatch', 'ssh_auth_failed')),
         'failed_last_day', (
           select count(*) from hosting_automator.jobs j
           where j.server = sv.name and j.state = 'failed' and j.finished_at > now() - interval '1 day'),

@@ -26,6 +26,10 @@ export const ERROR_CODES = {
     text:
       "The domain is still being removed for another row of public.sites; this site is provisioned once that removal has finished.",
   },
+  no_server_capacity: {
+    transient: true,
+    text: "No active CloudPanel server has room for another site; add a server or raise a capacity.",
+  },
   credentials_unavailable: {
     transient: false,
     text: "The site user's password is not stored (this database has no Vault).",

@@ -269,6 +269,7 @@ const statusReport = z.object({
     capacity: z.number().nullable(),
     running: z.number(),
     concurrency: z.number(),
+    waiting: z.number(),
     failed_last_day: z.number(),
     circuit: z.object({
       state: z.enum(["closed", "open", "half_open"]),

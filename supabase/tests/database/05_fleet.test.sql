@@ -2,7 +2,7 @@
 -- per-server cap, draining and disabled servers, no room, the circuit, and a corrected host key.
 -- (Several real sshd servers: tests/fleet.test.ts.)
 begin;
-select plan(25);
+select plan(29);
 
 delete from net.http_request_queue;
 update hosting_automator.settings set backoff_base_seconds = 60, backoff_max_seconds = 600, server_concurrency = 3;
@@ -91,6 +91,24 @@ select is((select e -> 'circuit' ->> 'state' from jsonb_array_elements(public.ho
 update hosting_automator.servers set host_key = 'SHA256:' || repeat('D', 43) where name = 'cp-b';
 select ok((select failures = 0 and open_until is null from hosting_automator.servers where name = 'cp-b'), 'the circuit closes');
 select ok((select run_at <= now() from hosting_automator.jobs where id = :bj), 'and the job that waited for it is due now');
+
+-- A placement that never held anything is given back when the site's job ends (e.g. its domain was refused).
+insert into public.sites (domain, status_dns) values ('refused.example', 'active') returning id \gset r_
+create temporary table t_r as select * from pg_temp.claim(:'r_id') as (job_id bigint, site_id uuid, kind text, server jsonb);
+select job_id as rj from t_r \gset
+select lease_token as rt from hosting_automator.jobs where id = :rj \gset
+select is(public.hosting_fail_job(:rj, :'rt', 'invalid_domain', 'The domain is invalid.', null, true) ->> 'state', 'failed',
+  'a job fails before any step');
+select is((select count(*)::int from hosting_automator.placements where site_id = :'r_id'), 0, 'its placement is given back');
+select is((select hosting_server from public.sites where id = :'r_id'), null, 'and the row no longer names a server');
+
+-- A site built before there was a fleet (journaled, never placed) lives on `default`, whatever has more room.
+insert into public.sites (domain, status_dns, status_hosting) values ('old.example', 'active', 'active') returning id \gset old_
+insert into hosting_automator.steps (site_id, step, state, result)
+values (:'old_id', 'cloudpanel_site', 'done', '{"site_user": "old-example-abc", "doc_root": "/home/old-example-abc/htdocs/old.example"}');
+select hosting_automator.queue_job(:'old_id', 'analytics');
+select is((select server ->> 'name' from pg_temp.claim(:'old_id') as (job_id bigint, site_id uuid, kind text, server jsonb)),
+  'default', 'its next job runs on default');
 
 select * from finish();
 rollback;
