@@ -3,7 +3,7 @@
  * Pure formatting; callers decide where lines go.
  */
 import type { Progress } from "../supabase/functions/hosting-automator/workflow.ts";
-import type { StepName } from "../supabase/functions/hosting-automator/store.ts";
+import type { StatusReport, StepName } from "../supabase/functions/hosting-automator/store.ts";
 
 export interface Style {
   ok(text: string): string;
@@ -40,6 +40,25 @@ function pad(text: string, width: number): string {
   return text.length >= width ? text : text + " ".repeat(width - text.length);
 }
 
+type Finished = Extract<Progress, { kind: "job_finished" }>;
+
+/** What a finished job's line says after its status. */
+function finishedDetail(o: Finished["outcome"], job: Finished["job"]): string {
+  switch (o.status) {
+    case "active":
+      return `${o.doc_root}${o.matomo_site_id ? `, Matomo ${o.matomo_site_id}` : ""}`;
+    case "retrying":
+      return `retry at ${o.next_run_at}: ${o.error?.message ?? ""}`;
+    case "waiting":
+      // Its server could not be reached: the job waits for that server's circuit to close, attempt kept.
+      return `for server ${job.server.name} (${o.error?.code ?? "unreachable"}), attempt kept: ${
+        o.error?.message ?? ""
+      }`;
+    default:
+      return o.error?.message ?? "";
+  }
+}
+
 /** One line per event, as it happens. */
 export function progressLines(
   write: (line: string) => void,
@@ -49,7 +68,10 @@ export function progressLines(
     const domain = pad(event.job.domain ?? "(no domain)", 28);
     switch (event.kind) {
       case "job_started":
-        write(`${style.dim("▶")} ${domain} attempt ${event.job.attempt} of ${event.job.maxAttempts}`);
+        write(
+          `${style.dim("▶")} ${domain} attempt ${event.job.attempt} of ${event.job.maxAttempts}, ` +
+            `server ${event.job.server.name}`,
+        );
         break;
       case "step_started":
         write(`  ${style.dim("…")} ${domain} ${STEP_LABEL[event.step]}`);
@@ -64,11 +86,7 @@ export function progressLines(
       }
       case "job_finished": {
         const o = event.outcome;
-        const detail = o.status === "active"
-          ? `${o.doc_root}${o.matomo_site_id ? `, Matomo ${o.matomo_site_id}` : ""}`
-          : o.status === "retrying"
-          ? `retry at ${o.next_run_at}: ${o.error?.message ?? ""}`
-          : o.error?.message ?? "";
+        const detail = finishedDetail(o, event.job);
         const mark = GOOD.has(o.status)
           ? style.ok("■")
           : o.status === "failed"
@@ -95,4 +113,56 @@ export function table(
   const widths = headers.map((h, i) => Math.max(h.length, ...cells.map((row) => cut(row[i] ?? "").length)));
   const line = (row: string[]) => row.map((c, i) => pad(cut(c), widths[i])).join("  ").trimEnd();
   return [line(headers), widths.map((w) => "─".repeat(w)).join("  "), ...cells.map(line)].join("\n");
+}
+
+type ServerStatus = StatusReport["servers"][number];
+
+/** A timestamp from the database as UTC to the second (`2026-11-29T21:52:22Z`); unparseable text as it is. */
+export function utcSeconds(at: string | null | undefined): string {
+  if (!at) return "";
+  const date = new Date(at);
+  return Number.isNaN(date.getTime()) ? at : `${date.toISOString().slice(0, 19)}Z`;
+}
+
+/** A server's circuit in words: closed, open until when, or half-open (its next job tries it). */
+export function circuitText(circuit: ServerStatus["circuit"]): string {
+  const failures = `${circuit.failures} failure${circuit.failures === 1 ? "" : "s"}`;
+  switch (circuit.state) {
+    case "closed":
+      return "closed";
+    case "open":
+      return `open until ${utcSeconds(circuit.open_until)} (${failures})`;
+    case "half_open":
+      return `half-open (${failures}; the next job tries it)`;
+  }
+}
+
+/** The last connection error a server had (kept after its circuit closed), with when. */
+export function lastErrorText(circuit: ServerStatus["circuit"]): string {
+  if (!circuit.last_error_code) return "";
+  const message = circuit.last_error && circuit.last_error !== circuit.last_error_code
+    ? `: ${circuit.last_error}`
+    : "";
+  return `${utcSeconds(circuit.last_error_at)} ${circuit.last_error_code}${message}`.trim();
+}
+
+/**
+ * Every server of `/status` as a table: state, sites placed of capacity, jobs running of concurrency, circuit.
+ * Cells are cut to `maxWidth`; the default keeps a last error's sentence whole.
+ */
+export function serverTable(servers: StatusReport["servers"], maxWidth = 120): string {
+  return table(
+    ["server", "host", "state", "sites", "running", "failed 1 d", "circuit", "last error"],
+    servers.map((s) => [
+      s.name,
+      s.port === 22 ? s.host : `${s.host.includes(":") ? `[${s.host}]` : s.host}:${s.port}`,
+      s.state,
+      `${s.placed}/${s.capacity ?? "no limit"}`,
+      `${s.running}/${s.concurrency}`,
+      s.failed_last_day,
+      circuitText(s.circuit),
+      lastErrorText(s.circuit),
+    ]),
+    maxWidth,
+  );
 }

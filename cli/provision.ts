@@ -4,7 +4,12 @@
  * configuration, SQL functions and workflow as the Edge Function; see `--help`.
  */
 import { parseArgs } from "node:util";
-import { type Config, loadConfig } from "../supabase/functions/hosting-automator/config.ts";
+import {
+  type Config,
+  loadConfig,
+  type ServerAddress,
+  sshConfigFor,
+} from "../supabase/functions/hosting-automator/config.ts";
 import { storeFor, workflowDeps } from "../supabase/functions/hosting-automator/app.ts";
 import {
   addStaticSiteCommand,
@@ -38,7 +43,7 @@ import {
   type RunResult,
 } from "../supabase/functions/hosting-automator/workflow.ts";
 import { loadEnv } from "./dotenv.ts";
-import { progressLines, STEP_LABEL, styleFor, table } from "./format.ts";
+import { progressLines, serverTable, STEP_LABEL, styleFor, table } from "./format.ts";
 
 export const USAGE = `Usage: deno task provision [options]
 
@@ -54,7 +59,9 @@ Provisions websites on CloudPanel and Matomo the way the Edge Function does, fro
   --credentials <id|domain>
                        the site user's SFTP login: site user, host, port, doc root; the password masked
   --reveal             with --credentials: print the password in clear
-  --status             the status report: counts, queue, running jobs, retries, failures, missing analytics,
+  --status             the status report: counts, queue, every CloudPanel server (state, sites placed of its
+                       capacity, jobs running of its concurrency, failures in the last day, circuit and last
+                       error), jobs waiting for capacity, running jobs, retries, failures, missing analytics,
                        removals
   --dry-run            check the configuration, the database, the SSH connection (host key and login) and
                        Matomo (version, super user), then print the exact commands and requests a run would
@@ -69,7 +76,7 @@ talks to the database directly, the default uses SUPABASE_URL and the secret key
 
 Exit status: 0 done; 1 a site (or its removal) failed, a --dry-run check failed, or --remove or
 --credentials was refused (the message says why); 2 usage or configuration error, or no such site;
-3 a site (or its removal) failed for now and will be retried later.`;
+3 a site (or its removal) failed for now and will be retried later, or waits for its server.`;
 
 const EXIT = { ok: 0, failed: 1, usage: 2, retrying: 3 } as const;
 
@@ -172,7 +179,9 @@ const style = styleFor(Deno.stdout);
 
 function exitFor(outcomes: JobOutcome[]): number {
   if (outcomes.some((o) => o.status === "failed")) return EXIT.failed;
-  if (outcomes.some((o) => o.status === "retrying" || o.status === "interrupted")) return EXIT.retrying;
+  // Not done yet, and will run again by itself: retried with backoff, or waiting for its server to answer.
+  const later = new Set(["retrying", "interrupted", "waiting"]);
+  if (outcomes.some((o) => later.has(o.status))) return EXIT.retrying;
   return EXIT.ok;
 }
 
@@ -238,7 +247,34 @@ function printStatus(status: StatusReport): void {
     out(`${title} (${rows.length})`);
     if (rows.length) out(table(columns, rows.map((r) => columns.map((c) => r[c] as string))));
   };
-  section("Running", status.running, ["domain", "kind", "step", "attempt", "worker", "lease_expires_at"]);
+  out();
+  out(`Servers (${status.servers.length})`);
+  if (status.servers.length) out(serverTable(status.servers));
+  else out("  none registered yet: the configured server is registered as `default` at the first claim");
+  for (const server of status.servers.filter((s) => s.circuit.state === "open")) {
+    out(style.warn(
+      `  ${server.name} could not be reached: its jobs wait until its circuit closes; the other servers go on`,
+    ));
+  }
+  const waiting = status.waiting_for_capacity;
+  const capacityLine = `Waiting for capacity: ${waiting} job(s)`;
+  out(
+    waiting > 0
+      ? style.bad(
+        `${capacityLine}: no active server has room for another site; add a server, raise a capacity, ` +
+          "or set a draining server active again",
+      )
+      : capacityLine,
+  );
+  section("Running", status.running, [
+    "domain",
+    "kind",
+    "server",
+    "step",
+    "attempt",
+    "worker",
+    "lease_expires_at",
+  ]);
   section("Retrying", status.retrying, ["domain", "kind", "attempts", "next_run_at", "code", "error"]);
   section("Recent failures", status.recent_failures, ["domain", "failed_at", "code", "error_message"]);
   section(
@@ -406,17 +442,30 @@ async function dryRun(config: Config, store: Store, redactor: Redactor, options:
   check(
     "config",
     true,
-    `store ${config.store.kind}, CloudPanel ${config.ssh.user}@${config.ssh.host}:${config.ssh.port}, ` +
+    `store ${config.store.kind}, CloudPanel ${
+      config.fleet.defaultServer
+        ? `${config.fleet.defaultServer.user}@${config.fleet.defaultServer.host}:${config.fleet.defaultServer.port}`
+        : "servers from the database"
+    }, ` +
       `Matomo ${
         config.matomo ? mask(config.matomo.url) : "not configured (the analytics step will be skipped)"
       }`,
   );
 
   let due: Awaited<ReturnType<Store["due"]>> = [];
+  let servers: ServerAddress[] = [];
   let targets: Array<{ domain: string | null; kind: JobKind; steps: Record<string, { state: string }> }> = [];
   try {
     const status = await store.status();
     check("database", true, `reachable; ${status.queue.due} job(s) due, ${status.running.length} running`);
+    // Every server that may run jobs; with none registered yet, the configured one (registered at the first claim).
+    const registered = (await store.servers()).filter((server) => server.state !== "disabled");
+    servers = registered.length > 0
+      ? registered
+      : config.fleet.defaultServer
+      ? [{ name: "default", ...config.fleet.defaultServer }]
+      : [];
+    if (servers.length === 0) check("servers", false, "none registered and CLOUDPANEL_SSH_HOST is not set");
     if (options.site !== undefined) {
       const detail = await store.site(options.site);
       if (!detail.found) throw new UsageError(`no site has the id or domain ${JSON.stringify(options.site)}`);
@@ -435,13 +484,16 @@ async function dryRun(config: Config, store: Store, redactor: Redactor, options:
     check("database", false, mask(toHostingError(error).message));
   }
 
-  try {
-    const shell = await connectSsh(config.ssh);
-    await shell.close();
-    check("ssh", true, `logged in; host key matches ${config.ssh.hostKey}; no command was run`);
-  } catch (error) {
-    const failure = toHostingError(error);
-    check("ssh", false, `${failure.code}: ${mask(failure.message)}`);
+  for (const server of servers) {
+    const label = servers.length === 1 ? "ssh" : `ssh ${server.name}`;
+    try {
+      const shell = await connectSsh(sshConfigFor(config.fleet, server));
+      await shell.close();
+      check(label, true, `logged in; host key matches ${server.hostKey}; no command was run`);
+    } catch (error) {
+      const failure = toHostingError(error);
+      check(label, false, `${failure.code}: ${mask(failure.message)}`);
+    }
   }
 
   if (config.matomo) {

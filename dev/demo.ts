@@ -5,8 +5,9 @@
  * Real: every migration of supabase/migrations (on PostgreSQL, embedded as PGlite), the row trigger that queues
  * the jobs, the SQL functions of the store (called as service_role), the workflow, the CloudPanel client (its
  * command lines and output classification) and the Matomo client (over HTTP).
- * Simulated, in this process: CloudPanel's `clpctl` (dev/clpctl_sim.ts, reached through dev/inprocess_shell.ts
- * instead of SSH) and Matomo's HTTP API (dev/matomo_sim.ts on loopback).
+ * Simulated, in this process: two CloudPanel servers, each its own `clpctl` state (dev/clpctl_sim.ts, reached
+ * through dev/inprocess_shell.ts instead of SSH), one of which is down for a while (its connections refused),
+ * and Matomo's HTTP API (dev/matomo_sim.ts on loopback).
  * Absent, as on plain Postgres: pg_net, Vault and pg_cron. No kick is sent; this script does what the sweep
  * would, running the function's workflow until no job is due or waiting for a retry.
  *
@@ -14,12 +15,15 @@
  */
 import { PGlite } from "@electric-sql/pglite";
 import { fileURLToPath } from "node:url";
-import { progressLines, type Style, styleFor, table } from "../cli/format.ts";
+import { progressLines, serverTable, type Style, styleFor, table } from "../cli/format.ts";
 import { createApp } from "../supabase/functions/hosting-automator/app.ts";
+import type { ServerAddress } from "../supabase/functions/hosting-automator/config.ts";
 import { docRootFor, parseDomain, siteUserFor } from "../supabase/functions/hosting-automator/domain.ts";
+import { HostingError } from "../supabase/functions/hosting-automator/errors.ts";
 import type { LogLevel, LogSink } from "../supabase/functions/hosting-automator/log.ts";
-import type { JobOutcome } from "../supabase/functions/hosting-automator/workflow.ts";
-import { readSimState, setFaults } from "./clpctl_sim.ts";
+import type { Store } from "../supabase/functions/hosting-automator/store.ts";
+import type { JobOutcome, Progress } from "../supabase/functions/hosting-automator/workflow.ts";
+import { readSimState, setFaults, type SimState } from "./clpctl_sim.ts";
 import { inProcessShell } from "./inprocess_shell.ts";
 import { type MatomoSim, type SimRequestInfo, startMatomoSim } from "./matomo_sim.ts";
 import { pgliteStore } from "./store_pglite.ts";
@@ -44,6 +48,20 @@ const SITES: { domain: string; expect: Expected; note: string }[] = [
   { domain: "bad domain.example", expect: "invalid", note: "a space: refused before any command is built" },
   { domain: "shop.example;reboot", expect: "invalid", note: "a shell metacharacter: refused likewise" },
 ];
+
+/**
+ * The fleet: two rows of hosting_automator.servers, inserted before the sites (so no `default` server is
+ * registered). Their capacities add up to the number of sites, so while cp-2 is down cp-1 fills up and the
+ * sites left wait for cp-2.
+ */
+const SERVERS = [
+  { name: "cp-1", host: "cp-1.demo.invalid", capacity: 3, concurrency: 2 },
+  { name: "cp-2", host: "cp-2.demo.invalid", capacity: 4, concurrency: 2 },
+];
+/** This server is down as the run starts: it refuses this many connections, then answers again. */
+const OUTAGE = { server: "cp-2", refusals: 2 };
+/** The server whose first certificate request Let's Encrypt fails once (DNS not propagated yet). */
+const CERTIFICATE_FAULT_SERVER = "cp-1";
 
 /** Placeholders that only satisfy the configuration's syntax: `connect` is overridden, so no SSH happens. */
 const PLACEHOLDER_SSH_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\n" +
@@ -96,17 +114,24 @@ async function applyMigrations(pg: PGlite): Promise<void> {
 
 interface SiteRow {
   domain: string;
+  hosting_server: string | null;
   status_hosting: string | null;
   hosting_doc_root: string | null;
   matomo_site_id: number | null;
   error_message: string | null;
 }
 
+const SITE_COLUMNS =
+  "domain, hosting_server, status_hosting, hosting_doc_root, matomo_site_id, error_message";
+
+/** Each server's clpctl state, by server name. */
+type Fleet = Map<string, SimState>;
+
 /** Why a site did not end its provisioning as expected, or null when it did (a site to remove goes active). */
 function problem(
   site: (typeof SITES)[number],
   row: SiteRow | undefined,
-  clpctl: Awaited<ReturnType<typeof readSimState>>,
+  fleet: Fleet,
   matomo: MatomoSim,
 ): string | null {
   if (!row) return "row missing";
@@ -124,7 +149,12 @@ function problem(
   if (row.hosting_doc_root !== docRootFor(siteUserFor(ascii), ascii)) {
     return `unexpected doc root ${row.hosting_doc_root}`;
   }
-  if (!clpctl.sites[ascii]) return "no CloudPanel site";
+  // The site lives on the server its row names, and on no other.
+  const clpctl = row.hosting_server === null ? undefined : fleet.get(row.hosting_server);
+  if (!clpctl) return `hosting_server ${row.hosting_server} is not one of the demo's servers`;
+  const elsewhere = [...fleet].filter(([name, state]) => name !== row.hosting_server && state.sites[ascii]);
+  if (elsewhere.length > 0) return `also on ${elsewhere.map(([name]) => name).join(", ")}`;
+  if (!clpctl.sites[ascii]) return `no CloudPanel site on ${row.hosting_server}`;
   if (clpctl.certificates[ascii]?.type !== "lets-encrypt") return "no Let's Encrypt certificate";
   const registered = matomo.sites.find((s) => s.main_url === `https://${ascii}`);
   if (site.expect === "active_without_analytics") {
@@ -141,19 +171,57 @@ function problem(
 function removalProblem(
   domain: string,
   row: SiteRow | undefined,
-  clpctl: Awaited<ReturnType<typeof readSimState>>,
+  fleet: Fleet,
   matomo: MatomoSim,
 ): string | null {
   if (!row) return "row missing";
   if (row.status_hosting !== "removed") {
     return `expected removed, got ${row.status_hosting} (${row.error_message})`;
   }
-  if (row.hosting_doc_root !== null || row.matomo_site_id !== null) {
-    return "doc root or Matomo id not cleared";
+  if (row.hosting_doc_root !== null || row.matomo_site_id !== null || row.hosting_server !== null) {
+    return "doc root, Matomo id or server not cleared";
   }
-  if (clpctl.sites[domain]) return "the CloudPanel site is still there";
+  const still = [...fleet].filter(([, state]) => state.sites[domain]).map(([name]) => name);
+  if (still.length > 0) return `the CloudPanel site is still there on ${still.join(", ")}`;
   if (!matomo.sites.some((s) => s.main_url === `https://${domain}`)) return "its Matomo site was not kept";
   return null;
+}
+
+/** Every server's clpctl state. */
+async function readFleet(stateDirOf: (name: string) => string): Promise<Fleet> {
+  const fleet: Fleet = new Map();
+  for (const server of SERVERS) fleet.set(server.name, await readSimState(stateDirOf(server.name)));
+  return fleet;
+}
+
+/**
+ * When the next job can run, as pg_cron's sweep would find it: its retry time, or later when its server's
+ * circuit is open (a site not placed yet waits for the server it would be placed on). `server`: the open
+ * circuit it waits for, if any. Null when no job is left.
+ */
+async function nextDue(pg: PGlite): Promise<{ at: number; server: string | null } | null> {
+  const row = (await pg.query<{ at: number | null; server: string | null }>(`
+    select (extract(epoch from x.at) * 1000)::float8 as at, x.server
+    from (
+      select greatest(j.run_at, coalesce(sv.open_until, j.run_at)) as at,
+        case when sv.open_until > now() then sv.name end as server
+      from hosting_automator.jobs j
+      left join hosting_automator.placements p on p.site_id = j.site_id
+      left join hosting_automator.servers sv on sv.name = coalesce(p.server, hosting_automator.best_server())
+      where j.state in ('queued', 'running')
+    ) x
+    order by x.at
+    limit 1`)).rows[0];
+  return row?.at == null ? null : { at: row.at, server: row.server };
+}
+
+/** The servers as `/status` and `deno task provision --status` show them. */
+async function printServers(store: Store): Promise<void> {
+  const status = await store.status();
+  out(serverTable(status.servers));
+  if (status.waiting_for_capacity > 0) {
+    out(style.warn(`  ${status.waiting_for_capacity} job(s) waiting for capacity`));
+  }
 }
 
 async function main(): Promise<boolean> {
@@ -163,13 +231,13 @@ async function main(): Promise<boolean> {
   );
   out(
     style.dim(
-      "  simulated in this process: CloudPanel's clpctl, Matomo's HTTP API; PostgreSQL embedded (PGlite)",
+      "  simulated in this process: two CloudPanel servers (clpctl), Matomo's HTTP API; PostgreSQL embedded (PGlite)",
     ),
   );
 
   const work = await Deno.makeTempDir({ prefix: "hosting-automator-demo-" });
-  const stateDir = `${work}/clpctl`;
-  await Deno.mkdir(stateDir);
+  const stateDirOf = (server: string) => `${work}/clpctl-${server}`;
+  for (const server of SERVERS) await Deno.mkdir(stateDirOf(server.name));
   const logFile = await Deno.open(`${work}/app.log`, { create: true, write: true, append: true });
   let pg: PGlite | null = null;
   let matomo: MatomoSim | null = null;
@@ -192,15 +260,42 @@ async function main(): Promise<boolean> {
     const aboutNoAnalytics = (request: SimRequestInfo) =>
       Object.values(request.params).some((value) => value.includes(NO_ANALYTICS));
     matomo.failWhen(aboutNoAnalytics, { kind: "error", message: "Mysql server has gone away (simulated)" });
-    await setFaults(stateDir, { certificateFailures: 1, certificateFailureKind: "dns" });
+    await setFaults(stateDirOf(CERTIFICATE_FAULT_SERVER), {
+      certificateFailures: 1,
+      certificateFailureKind: "dns",
+    });
     out();
-    out(`▸ Simulators: clpctl in-process, Matomo on ${matomo.url}`);
     out(
-      style.dim("  faults: Let's Encrypt fails the first certificate request once (DNS not propagated yet);"),
+      `▸ Simulators: ${SERVERS.length} CloudPanel servers (clpctl in-process, one state each), Matomo on ${matomo.url}`,
+    );
+    out(
+      style.dim(
+        `  faults: ${OUTAGE.server} is down as the run starts: it refuses the next ${OUTAGE.refusals} connections;`,
+      ),
+    );
+    out(
+      style.dim(
+        `          Let's Encrypt fails ${CERTIFICATE_FAULT_SERVER}'s first certificate request once (DNS not propagated yet);`,
+      ),
     );
     out(style.dim(`          Matomo refuses every call about ${NO_ANALYTICS}`));
 
-    // 3. The Hub adds sites; the DNS module marks them active. The trigger queues the jobs.
+    // 3. The operator registers the servers (rows, edited with SQL; the SSH keys stay the function's secrets).
+    out();
+    out("▸ The operator registers two CloudPanel servers: rows of hosting_automator.servers");
+    for (const server of SERVERS) {
+      await pg.query(
+        "insert into hosting_automator.servers (name, host, host_key, capacity, concurrency) " +
+          "values ($1, $2, $3, $4, $5)",
+        [server.name, server.host, PLACEHOLDER_HOST_KEY, server.capacity, server.concurrency],
+      );
+      out(
+        `  + ${server.name.padEnd(6)} ${server.host.padEnd(20)} ` +
+          style.dim(`capacity ${server.capacity} sites, ${server.concurrency} jobs at once`),
+      );
+    }
+
+    // 4. The Hub adds sites; the DNS module marks them active. The trigger queues the jobs.
     out();
     out(`▸ The Hub inserts ${SITES.length} sites; the DNS module then sets status_dns = 'active' on all`);
     for (const site of SITES) {
@@ -217,35 +312,59 @@ async function main(): Promise<boolean> {
       }`,
     );
 
-    // 4. The function: its real composition root, with the store on PGlite and clpctl in-process.
+    // 5. The function: its real composition root, with the store on PGlite and each server's clpctl in-process.
     // No idle keep-alive connections to the Matomo simulator: Deno's client pool would keep one for 90 s, and
     // the simulator's graceful close waits for it (seen in about one run in ten before this).
     http = Deno.createHttpClient({ poolMaxIdlePerHost: 0 });
     const client = http;
+    let refused = 0;
+    /** A server that is down refuses the connection, as SSH to a stopped server does. */
+    const connect = (server: ServerAddress) => {
+      if (server.name === OUTAGE.server && refused < OUTAGE.refusals) {
+        refused++;
+        return Promise.reject(
+          new HostingError(
+            "ssh_unreachable",
+            `${server.host}:${server.port}: connection refused (simulated outage)`,
+          ),
+        );
+      }
+      return Promise.resolve(inProcessShell(stateDirOf(server.name)));
+    };
+    const store = pgliteStore(pg, { role: "service_role" });
     const app = createApp({
       HOSTING_STORE: "postgres",
       // Never connected to: the store is passed in below. The configuration only checks its form.
       SUPABASE_DB_URL: "postgresql://unused@pglite.invalid/postgres",
       SUPABASE_SECRET_KEYS: JSON.stringify({ default: `sb_secret_demo${crypto.randomUUID().slice(0, 8)}` }),
-      CLOUDPANEL_SSH_HOST: "cloudpanel.demo.invalid",
+      // No CLOUDPANEL_SSH_HOST: the servers are the rows above. One key for all of them.
       CLOUDPANEL_SSH_PRIVATE_KEY: PLACEHOLDER_SSH_KEY,
-      CLOUDPANEL_SSH_HOST_KEY: PLACEHOLDER_HOST_KEY,
       MATOMO_API_URL: matomo.url,
       MATOMO_API_TOKEN: matomo.token,
       HOSTING_MATOMO_TIMEOUT_SECONDS: "5",
     }, {
-      store: pgliteStore(pg, { role: "service_role" }),
-      connect: () => Promise.resolve(inProcessShell(stateDir)),
+      store,
+      connect,
       logSink: demoLogSink(logFile),
       fetch: (input, init) => fetch(input, { ...init, client }),
     });
     if (!app.newInvocation) throw new Error("the demo's configuration was refused (see the log line above)");
 
     out();
-    out("▸ The workflow runs the due jobs, two at a time");
+    out(
+      "▸ The workflow runs the due jobs, two at a time; each site is placed on a server when its job starts",
+    );
     const outcomes: JobOutcome[] = [];
-    const onProgress = progressLines(out, style);
+    /** The server of each job, from its progress events (an outcome does not name it). */
+    const serverOf = new Map<number, string>();
+    const print = progressLines(out, style);
+    const onProgress = (event: Progress) => {
+      serverOf.set(event.job.jobId, event.job.server.name);
+      print(event);
+    };
     const giveUp = performance.now() + WAIT_LIMIT_MS;
+    let shownOpen = false;
+    let idle = 0;
     for (;;) {
       const result = await app.newInvocation().run({ drain: true, concurrency: 2, onProgress });
       outcomes.push(...result.outcomes);
@@ -253,39 +372,52 @@ async function main(): Promise<boolean> {
         out(style.bad(`  the invocation stopped: ${result.stopped.message}`));
         break;
       }
-      // What pg_cron's sweep would do: come back when the next retry is due.
-      const next = (await pg.query<{ at: number | null }>(
-        "select (extract(epoch from min(run_at)) * 1000)::float8 as at from hosting_automator.jobs " +
-          "where state in ('queued', 'running')",
-      )).rows[0].at;
+      // What pg_cron's sweep would do: come back when the next job can run.
+      const next = await nextDue(pg);
       if (next === null) break;
-      const wait = Math.max(0, next - Date.now());
-      if (performance.now() + wait > giveUp) {
-        out(style.bad(`  a retry is due only in ${seconds(wait)}: stopped waiting`));
+      if (next.server && !shownOpen) {
+        shownOpen = true;
+        out();
+        out(`  what /status shows now (deno task provision --status), ${next.server} still down:`);
+        await printServers(store);
+        out();
+      }
+      const wait = Math.max(0, next.at - Date.now());
+      // Something is due but nothing could be claimed: stop rather than spin.
+      idle = result.outcomes.length === 0 && wait === 0 ? idle + 1 : 0;
+      if (idle > 20) {
+        out(style.bad("  jobs are due but none could be claimed: stopped waiting"));
         break;
       }
-      out(style.dim(`  … waiting ${seconds(wait)} for a retry to become due`));
+      if (performance.now() + wait > giveUp) {
+        out(style.bad(`  the next job is due only in ${seconds(wait)}: stopped waiting`));
+        break;
+      }
+      out(style.dim(
+        next.server
+          ? `  … waiting ${seconds(wait)} for ${next.server}'s circuit to close (it could not be reached)`
+          : `  … waiting ${seconds(wait)} for a retry to become due`,
+      ));
       await sleep(wait + 20);
     }
 
-    // 5. The outcome, as the Hub sees it in public.sites.
-    const rows = (await pg.query<SiteRow>(
-      "select domain, status_hosting, hosting_doc_root, matomo_site_id, error_message from public.sites",
-    )).rows;
+    // 6. The outcome, as the Hub sees it in public.sites.
+    const rows = (await pg.query<SiteRow>(`select ${SITE_COLUMNS} from public.sites`)).rows;
     const byDomain = new Map(rows.map((row) => [row.domain, row]));
     // Public text the workflow reported for a site that went live without analytics.
     const warningOf = (domain: string) =>
       outcomes.findLast((o) => o.domain === domain && o.status === "active")?.warning?.message;
-    const clpctl = await readSimState(stateDir);
+    const fleet = await readFleet(stateDirOf);
     const problems: [string, string][] = [];
     for (const site of SITES) {
-      const found = problem(site, byDomain.get(site.domain), clpctl, matomo);
+      const found = problem(site, byDomain.get(site.domain), fleet, matomo);
       if (found) problems.push([site.domain, found]);
     }
     const valid = new Set<string>(
       SITES.filter((s) => s.expect !== "invalid").map((s) => parseDomain(s.domain)),
     );
-    const stray = clpctl.calls.filter((call) => !valid.has(call.domainName ?? ""));
+    const stray = [...fleet.values()].flatMap((state) => state.calls)
+      .filter((call) => !valid.has(call.domainName ?? ""));
     if (stray.length > 0) {
       problems.push(["clpctl", `${stray.length} commands for a domain that is not valid`]);
     }
@@ -295,8 +427,31 @@ async function main(): Promise<boolean> {
     if (retried.length !== 1) {
       problems.push(["Let's Encrypt", `expected one retried certificate, saw ${retried.length}`]);
     }
+    // The outage: the down server's jobs waited (attempt kept) while the other server's sites went on.
+    const waited = outcomes.filter((o) => o.status === "waiting");
+    const firstWait = outcomes.findIndex((o) => o.status === "waiting");
+    const backOn = outcomes.findIndex((o) =>
+      o.status === "active" && serverOf.get(o.job_id) === OUTAGE.server
+    );
+    if (refused !== OUTAGE.refusals) {
+      problems.push([OUTAGE.server, `refused ${refused} connections, expected ${OUTAGE.refusals}`]);
+    }
+    if (waited.length === 0 || waited.some((o) => serverOf.get(o.job_id) !== OUTAGE.server)) {
+      problems.push([OUTAGE.server, `expected only its jobs to wait, saw ${waited.length} waiting`]);
+    }
+    if (waited.some((o) => o.error?.code !== "ssh_unreachable")) {
+      problems.push([OUTAGE.server, "a job waited for another reason than ssh_unreachable"]);
+    }
+    if (
+      backOn < 0 ||
+      !outcomes.slice(firstWait, backOn).some((o) =>
+        o.status === "active" && serverOf.get(o.job_id) !== OUTAGE.server
+      )
+    ) {
+      problems.push([OUTAGE.server, "no other server's site went active while it was down"]);
+    }
 
-    // 6. The Hub takes one site down: the row is kept and ends `removed`.
+    // 7. The Hub takes one site down: the row is kept and ends `removed`.
     const toRemove = SITES.filter((s) => s.expect === "removed").map((s) => s.domain);
     out();
     out(
@@ -309,11 +464,11 @@ async function main(): Promise<boolean> {
     }
     const removal = await app.newInvocation().run({ drain: true, concurrency: 2, onProgress });
     outcomes.push(...removal.outcomes);
-    const afterRemoval = await readSimState(stateDir);
+    const afterRemoval = await readFleet(stateDirOf);
     const removedRows = new Map(
-      (await pg.query<SiteRow>(
-        "select domain, status_hosting, hosting_doc_root, matomo_site_id, error_message from public.sites",
-      )).rows.map((row) => [row.domain, row]),
+      (await pg.query<SiteRow>(`select ${SITE_COLUMNS} from public.sites`)).rows.map((
+        row,
+      ) => [row.domain, row]),
     );
     for (const domain of toRemove) {
       byDomain.set(domain, removedRows.get(domain)!);
@@ -323,14 +478,19 @@ async function main(): Promise<boolean> {
     out(style.dim("  MATOMO_ON_REMOVE is keep (the default): the site's analytics data stays in Matomo"));
 
     out();
-    out("▸ public.sites");
+    out(`▸ The servers at the end (${OUTAGE.server} answers again: its circuit closed, its last error kept)`);
+    await printServers(store);
+
+    out();
+    out("▸ public.sites (hosting_server: where each site was placed; placement is sticky)");
     out(table(
-      ["domain", "status", "doc root", "Matomo id", "error"],
+      ["domain", "server", "status", "doc root", "Matomo id", "error"],
       SITES.map(({ domain }) => {
         const row = byDomain.get(domain);
         const warning = warningOf(domain);
         return [
           domain,
+          row?.hosting_server,
           row?.status_hosting,
           row?.hosting_doc_root,
           row?.matomo_site_id,
@@ -347,7 +507,8 @@ async function main(): Promise<boolean> {
       out(style.ok(
         `✓ all ${SITES.length} sites ended as expected: ${count("active")} active, ` +
           `${count("active_without_analytics")} active without analytics, ${count("invalid")} refused as ` +
-          `invalid, ${count("removed")} provisioned then removed; 1 certificate retried (${elapsed})`,
+          `invalid, ${count("removed")} provisioned then removed; 1 certificate retried; ` +
+          `${OUTAGE.server} was down: its jobs waited ${waited.length} time(s), attempt kept (${elapsed})`,
       ));
     } else {
       const listed = problems.map(([what, why]) => `${what}: ${why}`).join("; ");

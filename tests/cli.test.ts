@@ -136,6 +136,102 @@ Deno.test("provision --pending runs every due job and --status reports them", as
   });
 });
 
+Deno.test("provision --status shows every server (sites of capacity, jobs of concurrency, failures, circuit and last error) and the jobs waiting for capacity", async () => {
+  await withStack({ label: "cli_fleet" }, async (stack) => {
+    // A port nothing listens on: cp-b refuses every connection, as a server that is down does.
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const closedPort = (listener.addr as Deno.NetAddr).port;
+    listener.close();
+    // Two rows of hosting_automator.servers (so no `default` is registered): cp-a is the test's sshd.
+    await stack.sql`
+      insert into hosting_automator.servers (name, host, port, ssh_user, host_key, capacity, concurrency) values
+        ('cp-a', ${stack.sshd.host}, ${stack.sshd.port}, ${stack.sshd.user}, ${stack.sshd.hostKeyFingerprint}, 3, 2),
+        ('cp-b', '127.0.0.1', ${closedPort}, ${stack.sshd.user}, ${stack.sshd.hostKeyFingerprint}, null, 3)`;
+
+    // The first site goes to cp-a (the emptier by share of capacity, ties by name), the second to cp-b (no
+    // limit counts as empty), which refuses: that job waits for cp-b with its attempt kept, exit 3.
+    const first = await stack.insertSite("fleet-1.example", { status_dns: "active" });
+    const second = await stack.insertSite("fleet-2.example", { status_dns: "active" });
+    const run = await provision(stack, "--pending", "--concurrency", "1");
+    assert.equal(run.code, 3, run.stdout + run.stderr);
+    assert.match(run.stdout, /▶ fleet-1\.example\s+attempt 1 of \d+, server cp-a/);
+    assert.match(run.stdout, /■ fleet-1\.example\s+active/);
+    assert.match(
+      run.stdout,
+      /■ fleet-2\.example\s+waiting\s+for server cp-b \(ssh_unreachable\), attempt kept: The CloudPanel server could not be reached/,
+    );
+    assert.equal((await stack.site(first)).status_hosting, "active");
+    assert.deepEqual(
+      [...await stack.sql`select id, hosting_server from public.sites order by domain`],
+      [{ id: first, hosting_server: "cp-a" }, { id: second, hosting_server: "cp-b" }],
+    );
+
+    // While cp-b's circuit is open, new sites go to cp-a; an invalid domain fails there (a failure of the day).
+    await stack.insertSite("fleet-3.example", { status_dns: "active" });
+    await stack.insertSite("fleet bad.example", { status_dns: "active" });
+    assert.equal((await provision(stack, "--pending")).code, 1);
+    // cp-a is full (3 of 3) and cp-b too once its capacity is lowered to its one site: a new site must wait.
+    await stack.sql`update hosting_automator.servers set capacity = 1 where name = 'cp-b'`;
+    const fourth = await stack.insertSite("fleet-4.example", { status_dns: "active" });
+    assert.equal((await provision(stack, "--pending")).code, 0);
+    assert.equal((await stack.site(fourth)).status_hosting, "pending");
+
+    const status = await provision(stack, "--status");
+    assert.equal(status.code, 0, status.stdout + status.stderr);
+    const lines = status.stdout.split("\n");
+    const header = lines.indexOf(lines.find((line) => line.startsWith("server "))!);
+    assert.ok(header > 0, status.stdout);
+    assert.match(lines[header - 1], /^Servers \(2\)$/);
+    assert.deepEqual(lines[header].split(/\s{2,}/), [
+      "server",
+      "host",
+      "state",
+      "sites",
+      "running",
+      "failed 1 d",
+      "circuit",
+      "last error",
+    ]);
+    const row = (name: string) => {
+      const line = lines.slice(header + 2, header + 4).find((l) => l.startsWith(`${name} `));
+      assert.ok(line, `no row for ${name}:\n${status.stdout}`);
+      return line.split(/\s{2,}/);
+    };
+    const host = (port: number) => `${stack.sshd.host}:${port}`;
+    assert.deepEqual(row("cp-a"), [
+      "cp-a",
+      host(stack.sshd.port),
+      "active",
+      "3/3",
+      "0/2",
+      "1",
+      "closed",
+      "–",
+    ]);
+    const b = row("cp-b");
+    assert.deepEqual(b.slice(0, 6), ["cp-b", `127.0.0.1:${closedPort}`, "active", "1/1", "0/3", "0"]);
+    // Open with the default backoff (15 to 30 s after the first failure), until a time to the second.
+    assert.match(b[6], /^open until \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(1 failure\)$/);
+    const until = Date.parse(b[6].slice("open until ".length, "open until ".length + 20));
+    assert.ok(until > Date.now() + 5_000 && until < Date.now() + 31_000, b[6]);
+    assert.match(
+      b[7],
+      /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ssh_unreachable: The CloudPanel server could not be reached/,
+    );
+    assert.match(status.stdout, /cp-b could not be reached: its jobs wait until its circuit closes/);
+    assert.match(status.stdout, /^Waiting for capacity: 1 job\(s\): no active server has room/m);
+
+    // Its host key fixed (or any address or state change): the circuit closes and its waiting job is due now.
+    await stack.sql`update hosting_automator.servers set port = ${stack.sshd.port} where name = 'cp-b'`;
+    const fixed = await provision(stack, "--status");
+    const closed = fixed.stdout.split("\n").find((l) => l.startsWith("cp-b "))!.split(/\s{2,}/);
+    assert.deepEqual(closed.slice(6, 7), ["closed"], fixed.stdout);
+    assert.match(closed[7], /ssh_unreachable/, "the last error is kept after the circuit closed");
+    assert.match(fixed.stdout, /^Queue: 2 queued, 1 due/m);
+    assertNoSecret(stack, run.stdout + run.stderr + status.stdout + fixed.stdout);
+  });
+});
+
 Deno.test("provision --retry-failed re-queues and runs failed sites", async () => {
   await withStack({ label: "cli_retry" }, async (stack) => {
     const user = siteUserFor("again.example" as Domain);

@@ -2,7 +2,7 @@
  * Configuration is validated once: a bad value stops with the variable's name and the rule, never the value.
  */
 import assert from "node:assert/strict";
-import { loadConfig, secretsOf } from "../supabase/functions/hosting-automator/config.ts";
+import { loadConfig, secretsOf, sshConfigFor } from "../supabase/functions/hosting-automator/config.ts";
 import { createApp } from "../supabase/functions/hosting-automator/app.ts";
 import { isHostingError } from "../supabase/functions/hosting-automator/errors.ts";
 
@@ -31,8 +31,8 @@ function refusal(env: Record<string, string | undefined>): string {
 
 Deno.test("a valid configuration gets the documented defaults", () => {
   const config = loadConfig(VALID);
-  assert.equal(config.ssh.port, 22);
-  assert.equal(config.ssh.user, "root");
+  assert.equal(config.fleet.defaultServer?.port, 22);
+  assert.equal(config.fleet.defaultServer?.user, "root");
   assert.equal(config.store.kind, "rpc");
   assert.equal(config.budgetMs, 130_000);
   assert.equal(config.wallClockMs, null, "unset: the free plan's limit on the Edge Runtime, none elsewhere");
@@ -44,7 +44,23 @@ Deno.test("a valid configuration gets the documented defaults", () => {
 
 Deno.test("each bad value is refused with its variable's name and the rule, without echoing the value", () => {
   const cases: Array<[Record<string, string | undefined>, RegExp]> = [
-    [{ CLOUDPANEL_SSH_HOST: undefined }, /^CLOUDPANEL_SSH_HOST: is required$/],
+    [
+      { CLOUDPANEL_SSH_HOST_KEY: undefined },
+      /^CLOUDPANEL_SSH_HOST_KEY: is required when CLOUDPANEL_SSH_HOST is set$/,
+    ],
+    [
+      { CLOUDPANEL_SSH_PRIVATE_KEY: undefined },
+      /^CLOUDPANEL_SSH_PRIVATE_KEY: is required \(or CLOUDPANEL_SSH_PRIVATE_KEYS, a key per server\)$/,
+    ],
+    [{ CLOUDPANEL_SSH_PRIVATE_KEYS: "{not json" }, /^CLOUDPANEL_SSH_PRIVATE_KEYS: must be a JSON object/],
+    [
+      { CLOUDPANEL_SSH_PRIVATE_KEYS: JSON.stringify({ "Bad Name": KEY }) },
+      /^CLOUDPANEL_SSH_PRIVATE_KEYS: has a server name that is not/,
+    ],
+    [
+      { CLOUDPANEL_SSH_PRIVATE_KEYS: JSON.stringify({ "cp-2": "secret-but-not-a-key" }) },
+      /^CLOUDPANEL_SSH_PRIVATE_KEYS: the key of server cp-2 must be the text of a PEM or OpenSSH private key/,
+    ],
     [{ CLOUDPANEL_SSH_HOST: "bad host;rm" }, /^CLOUDPANEL_SSH_HOST: must be a host name or an IP address$/],
     [{ CLOUDPANEL_SSH_PORT: "70000" }, /^CLOUDPANEL_SSH_PORT: must be a port number from 1 to 65535$/],
     [{ CLOUDPANEL_SSH_USER: "Root User" }, /^CLOUDPANEL_SSH_USER: must be a Linux user name$/],
@@ -80,9 +96,36 @@ Deno.test("each bad value is refused with its variable's name and the rule, with
   }
 });
 
+Deno.test("without CLOUDPANEL_SSH_HOST the servers come from the database; a server's own key overrides the shared one", () => {
+  const other = KEY.replace("PRIVATE KEY-----\n", "PRIVATE KEY-----\nAAAA");
+  const config = loadConfig({
+    ...VALID,
+    CLOUDPANEL_SSH_HOST: undefined,
+    CLOUDPANEL_SSH_HOST_KEY: undefined,
+    CLOUDPANEL_SSH_PRIVATE_KEYS: JSON.stringify({ "cp-2": other }),
+  });
+  assert.equal(config.fleet.defaultServer, null);
+  const server = {
+    name: "cp-1",
+    host: "cp1.example",
+    port: 22,
+    user: "root",
+    hostKey: `SHA256:${"A".repeat(43)}`,
+  };
+  assert.equal(sshConfigFor(config.fleet, server).privateKey, KEY, "the shared key by default");
+  assert.equal(sshConfigFor(config.fleet, { ...server, name: "cp-2" }).privateKey, other, "its own key");
+  assert.ok(secretsOf(config).includes(other), "every key is a secret");
+  const onlyOwn = loadConfig({
+    ...VALID,
+    CLOUDPANEL_SSH_PRIVATE_KEY: undefined,
+    CLOUDPANEL_SSH_PRIVATE_KEYS: JSON.stringify({ "cp-2": other }),
+  });
+  assert.throws(() => sshConfigFor(onlyOwn.fleet, server), /no SSH key for server cp-1/);
+});
+
 Deno.test("a private key given on one line with \\n escapes is accepted", () => {
   const config = loadConfig({ ...VALID, CLOUDPANEL_SSH_PRIVATE_KEY: KEY.trim().replaceAll("\n", "\\n") });
-  assert.equal(config.ssh.privateKey, KEY);
+  assert.equal(config.fleet.sharedKey, KEY);
 });
 
 Deno.test("every secret of the configuration is known to the redactor", () => {

@@ -27,6 +27,10 @@ import { ROOT } from "./support/env.ts";
 
 const DEMO_TIME_LIMIT_MS = 90_000;
 
+/** The demo's two CloudPanel servers, and the one that is down for a while. */
+const SERVERS = ["cp-1", "cp-2"];
+const DOWN = "cp-2";
+
 /** The demo's sites and how each must end: status, and whether it has a Matomo id. */
 const EXPECTED: [domain: string, status: string, matomo: boolean][] = [
   ["bakery-berlin.example", "active", true],
@@ -38,7 +42,7 @@ const EXPECTED: [domain: string, status: string, matomo: boolean][] = [
   ["shop.example;reboot", "failed", false],
 ];
 
-Deno.test("the demo provisions its sites and ends with the summary table", async () => {
+Deno.test("the demo provisions its sites on two servers, one down for a while, and ends with the summary table", async () => {
   const started = performance.now();
   const output = await new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", "dev/demo.ts"],
@@ -63,25 +67,67 @@ Deno.test("the demo provisions its sites and ends with the summary table", async
   assert.ok(header >= 0, `no table header among the last lines${context}`);
   assert.deepEqual(
     tail[header].split(/\s{2,}/),
-    ["domain", "status", "doc root", "Matomo id", "error"],
+    ["domain", "server", "status", "doc root", "Matomo id", "error"],
     context,
   );
   const rows = tail.slice(header + 2, header + 2 + EXPECTED.length);
+  const placed = new Set<string>();
   for (const [domain, status, matomo] of EXPECTED) {
     const row = rows.find((line) => line.startsWith(`${domain} `));
     assert.ok(row, `no row for ${domain}${context}`);
     // Cells are separated by two spaces or more; cells themselves hold single spaces at most.
-    const cells = row.slice(domain.length).trim().split(/\s{2,}/);
+    const [server, ...cells] = row.slice(domain.length).trim().split(/\s{2,}/);
     assert.equal(cells[0], status, `${domain}: status${context}`);
     assert.match(cells[2], matomo ? /^\d+$/ : /^–$/, `${domain}: Matomo id${context}`);
     if (status === "failed") assert.match(cells[3], /^The domain is invalid/, `${domain}: error${context}`);
-    if (status === "active") assert.match(cells[1], /^\/home\/[a-z0-9-]+\/htdocs\//, `${domain}: doc root`);
+    if (status === "active") {
+      assert.match(cells[1], /^\/home\/[a-z0-9-]+\/htdocs\//, `${domain}: doc root`);
+      assert.ok(SERVERS.includes(server), `${domain}: server ${server}${context}`);
+      placed.add(server);
+    }
+    // A removal clears the row's server along with its doc root.
+    if (status === "removed") assert.equal(server, "–", `${domain}: server${context}`);
   }
-  assert.match(lines.at(-1)!, /^✓ all 7 sites ended as expected.*\(\d+\.\d s\)$/, context);
+  assert.deepEqual([...placed].sort(), SERVERS, `both servers hold active sites${context}`);
+  assert.match(
+    lines.at(-1)!,
+    new RegExp(
+      `^✓ all 7 sites ended as expected.*; ${DOWN} was down: its jobs waited \\d+ time\\(s\\), attempt kept \\(\\d+\\.\\d s\\)$`,
+    ),
+    context,
+  );
   // Live progress came before the table: every site's job finished on screen.
   for (const [domain] of EXPECTED) {
     assert.ok(lines.some((line) => line.startsWith(`■ ${domain} `)), `no progress line for ${domain}`);
   }
+  // The down server's jobs waited, naming it and why; each ran again later as the same attempt.
+  const attemptAt = (domain: string, from: number, step: 1 | -1) => {
+    for (let i = from; i >= 0 && i < lines.length; i += step) {
+      const started = new RegExp(`^▶ ${domain} +attempt (\\d+) of \\d+, server (\\S+)$`).exec(lines[i]);
+      if (started) return { attempt: started[1], server: started[2] };
+    }
+    return null;
+  };
+  let waits = 0;
+  lines.forEach((line, i) => {
+    const waited = /^■ (\S+) +waiting /.exec(line);
+    if (!waited) return;
+    waits++;
+    assert.match(
+      line,
+      new RegExp(`waiting +for server ${DOWN} \\(ssh_unreachable\\), attempt kept: `),
+      context,
+    );
+    const before = attemptAt(waited[1], i - 1, -1);
+    const after = attemptAt(waited[1], i + 1, 1);
+    assert.ok(before && after, `${waited[1]} ran again after waiting${context}`);
+    assert.deepEqual(after, before, `${waited[1]}: the same attempt, on the same server${context}`);
+  });
+  assert.ok(waits > 0, `no waiting job${context}`);
+  // What /status shows while it is down: its circuit open with its last error, the other closed.
+  const open = lines.find((line) => line.startsWith(`${DOWN} `) && / open until /.test(line));
+  assert.ok(open, `no server table with ${DOWN}'s circuit open${context}`);
+  assert.match(open, /ssh_unreachable/);
   assert.doesNotMatch(stdout + stderr, /siteUserPassword='?[A-Za-z0-9]{24}/, "a site password was printed");
 });
 

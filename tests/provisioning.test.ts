@@ -279,32 +279,47 @@ Deno.test("a worker process killed after the site step is resumed by another inv
   });
 });
 
-Deno.test("a wrong host key executes nothing on the server and fails the job with a clear message", async () => {
+Deno.test("a wrong host key executes nothing, pauses that server's jobs without spending an attempt, and a corrected key resumes them", async () => {
   await withStack({ label: "host_key" }, async (stack) => {
     const app = stack.newApp({ CLOUDPANEL_SSH_HOST_KEY: "SHA256:" + "A".repeat(43) });
     const id = await stack.insertSite("pinned.example", { status_dns: "active" });
-    const response = await app.fetch(
-      new Request("http://functions.test/hosting-automator?wait=true", {
-        method: "POST",
-        headers: { apikey: stack.serviceKey, "content-type": "application/json" },
-        body: "{}",
-      }),
-    );
-    const body = await response.json();
-    assert.equal(body.outcomes[0].status, "failed");
+    const call = (which: typeof app) =>
+      which.fetch(
+        new Request("http://functions.test/hosting-automator?wait=true", {
+          method: "POST",
+          headers: { apikey: stack.serviceKey, "content-type": "application/json" },
+          body: "{}",
+        }),
+      ).then((r) => r.json());
+    const body = await call(app);
+    assert.equal(body.outcomes[0].status, "waiting");
     assert.equal(body.outcomes[0].error.code, "ssh_host_key_mismatch");
-    const row = await stack.site(id);
-    assert.equal(row.status_hosting, "failed");
     assert.match(
-      row.error_message ?? "",
-      /host key does not match CLOUDPANEL_SSH_HOST_KEY; nothing was executed/,
+      body.outcomes[0].error.message,
+      /host key does not match the pinned one.*nothing was executed/,
     );
+    const [job] = await stack.sql`select state::text, attempts, run_at > now() as later
+      from hosting_automator.jobs where site_id = ${id}`;
+    assert.deepEqual({ ...job }, { state: "queued", attempts: 0, later: true }, "the attempt is kept");
+    assert.notEqual(
+      (await stack.site(id)).status_hosting,
+      "failed",
+      "the site is not failed for its server's trouble",
+    );
+    const [server] = (await stack.app.store!.status()).servers;
+    assert.equal(server.circuit.state, "open");
+    assert.equal(server.circuit.last_error_code, "ssh_host_key_mismatch");
     assert.equal((await stack.simState()).calls.length, 0, "no clpctl command ran");
     assert.doesNotMatch(
       await Deno.readTextFile(stack.sshd.logPath),
       /Accepted publickey/,
       "no login happened",
     );
+
+    // The corrected key (the stack's own app) reaches the server row at its next claim; the job is due at once.
+    const fixed = await call(stack.app);
+    assert.equal(fixed.outcomes[0]?.status, "active", JSON.stringify(fixed));
+    assert.equal((await stack.app.store!.status()).servers[0].circuit.state, "closed");
   });
 });
 

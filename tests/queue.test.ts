@@ -27,8 +27,12 @@ async function activeSite(sql: Sql, domain: string): Promise<string> {
   return row.id;
 }
 
-const claim = (sql: Sql, worker: string, limit = 1, server = "srv", lease = 60) =>
-  sql`select * from public.hosting_claim_jobs(${worker}, ${server}, ${lease}, ${limit})`;
+/** The worker's configured server, registered as `default` by the first claim (the cap is settings' then). */
+const DEFAULT_SERVER = { host: "srv.example", host_key: `SHA256:${"A".repeat(43)}` };
+
+const claim = (sql: Sql, worker: string, limit = 1, lease = 60) =>
+  sql`select * from public.hosting_claim_jobs(${worker}, 'srv', ${lease}, ${limit},
+    p_default_server => ${sql.json(DEFAULT_SERVER)})`;
 
 Deno.test("two workers claiming at the same moment: one gets the job, the other gets nothing", async () => {
   await withDb("claim_race", async ({ url, sql }) => {
@@ -105,9 +109,15 @@ Deno.test("the per-server cap holds: with cap 3 and 12 due jobs, eight racing cl
         }
         if (finished >= 12) break;
       }
-      // Another server's claims are not limited by this one's.
+      // Another server's claims are not limited by this one's: with the first server full (3 running), a new
+      // site goes to the second (fewer sites) and runs there.
+      for (let i = 0; i < 4; i++) await activeSite(sql, `full-${i}.example`);
+      assert.equal((await claim(workers[0], "w0", 5)).length, 3, "the first server fills to its cap");
+      await sql`insert into hosting_automator.servers (name, host, host_key, concurrency)
+        values ('other', 'other.example', ${`SHA256:${"B".repeat(43)}`}, 1)`;
       await activeSite(sql, "elsewhere.example");
-      assert.deepEqual((await claim(workers[0], "w0", 5, "other-server")).length, 1);
+      const more = await claim(workers[1], "w1", 5);
+      assert.deepEqual(more.map((job) => job.server.name), ["other"], "one more job, on the second server");
     } finally {
       await Promise.all(workers.map((w) => w.end()));
     }

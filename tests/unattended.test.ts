@@ -9,6 +9,9 @@ import { setFaults } from "../dev/clpctl_sim.ts";
 import { createApp } from "../supabase/functions/hosting-automator/app.ts";
 import { type Stack, withStack } from "./support/stack.ts";
 
+/** A configured server for claims made directly through the store (registered as `default` when none is). */
+const DEFAULT_SERVER = { host: "cp.example", port: 22, user: "root", hostKey: `SHA256:${"A".repeat(43)}` };
+
 /** Fake time for the backoff: queued jobs become due now. */
 async function makeDue(stack: Stack) {
   await stack.sql`update hosting_automator.jobs set run_at = now() where state = 'queued'`;
@@ -190,6 +193,7 @@ Deno.test("a worker near its wall-clock limit claims no job it cannot finish, an
     const again = await aged.store!.claim({
       worker: invocation.worker,
       server: "x:22",
+      defaultServer: DEFAULT_SERVER,
       leaseSeconds: 30,
       limit: 1,
       timeLeftMs: 0,
@@ -214,9 +218,16 @@ Deno.test("the same unrecognised failure a few times in a row fails the job; oth
       server: "s:22",
       leaseSeconds: 30,
       limit: 1,
+      defaultServer: DEFAULT_SERVER,
     });
     const fail = async (code: string, attemptLimit?: number) => {
-      const [c] = await stack.app.store!.claim({ worker: "w", server: "s:22", leaseSeconds: 30, limit: 1 });
+      const [c] = await stack.app.store!.claim({
+        worker: "w",
+        server: "s:22",
+        leaseSeconds: 30,
+        limit: 1,
+        defaultServer: DEFAULT_SERVER,
+      });
       return await stack.app.store!.fail({ jobId: c.jobId, leaseToken: c.leaseToken }, {
         code,
         publicMessage: "x",

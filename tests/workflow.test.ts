@@ -38,6 +38,15 @@ const SHORT = { siteMs: 10_000, certificateMs: 10_000, matomoMs: 10_000 };
 const T0 = 1_000_000;
 
 type Row = Record<string, unknown>;
+/** The server claimed jobs run on, as the claim answers it. */
+const SERVER = {
+  name: "cp-1",
+  host: "cloudpanel.test",
+  port: 22,
+  ssh_user: "root",
+  host_key: `SHA256:${"A".repeat(43)}`,
+  failures: 0,
+};
 let nextJobId = 1;
 
 /** A row of `hosting_claim_jobs` (its column names); `domain_chars`/`domain_bytes` measure the text given. */
@@ -56,6 +65,7 @@ function claimRow(over: Row = {}): Row {
     lease_expires_at: new Date(Date.now() + 30_000).toISOString(),
     steps: {},
     estimates: {},
+    server: SERVER,
     ...over,
   };
 }
@@ -253,7 +263,6 @@ function setup({ store, exec = clpctl, matomo, clock = { t: T0 }, deps }: Setup)
       return Promise.resolve(shell.shell);
     },
     matomo,
-    server: "cloudpanel.test:22",
     timeouts: { siteMs: 90_000, certificateMs: 120_000, matomoMs: 15_000 },
     budgetMs: BUDGET_MS,
     clock: () => clock.t,

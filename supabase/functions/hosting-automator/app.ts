@@ -3,7 +3,7 @@
  * `index.ts` serves it on Supabase; the local server, the CLI, the demo and the tests build it with their own
  * overrides.
  */
-import { type Config, loadConfig, secretsOf } from "./config.ts";
+import { type Config, loadConfig, secretsOf, type ServerAddress, sshConfigFor } from "./config.ts";
 import { toHostingError } from "./errors.ts";
 import { configErrorHandler, createHandler, type Handler } from "./http.ts";
 import { Logger, type LogSink, Redactor } from "./log.ts";
@@ -21,7 +21,7 @@ export interface AppOverrides {
   /** Defaults to `EdgeRuntime.waitUntil` where that global exists. */
   waitUntil?: (work: Promise<unknown>) => void;
   /** Replaces the SSH connection (the demo runs the clpctl simulator in-process). */
-  connect?: () => Promise<RemoteShell>;
+  connect?: (server: ServerAddress) => Promise<RemoteShell>;
   /** For supabase-js and Matomo (tests). */
   fetch?: typeof fetch;
   clock?: () => number;
@@ -74,9 +74,9 @@ export function workflowDeps(
   return {
     store,
     logger,
-    connect: overrides.connect ?? (() => connectSsh(config.ssh, { logger })),
+    connect: overrides.connect ?? ((server) => connectSsh(sshConfigFor(config.fleet, server), { logger })),
     matomo: config.matomo ? new MatomoClient(config.matomo, logger, { fetch: overrides.fetch }) : null,
-    server: `${config.ssh.host}:${config.ssh.port}`,
+    defaultServer: config.fleet.defaultServer,
     timeouts: {
       siteMs: config.timeouts.siteMs,
       certificateMs: config.timeouts.certificateMs,

@@ -17,6 +17,45 @@ export interface SshConfig {
   connectTimeoutMs: number;
 }
 
+/** Where a CloudPanel server is (a row of hosting_automator.servers, or the configured `default`). */
+export interface ServerAddress {
+  name: string;
+  host: string;
+  port: number;
+  user: string;
+  hostKey: string;
+}
+
+/** The CloudPanel servers as the configuration knows them; the fleet itself is rows in the database. */
+export interface FleetConfig {
+  /** CLOUDPANEL_SSH_HOST's server, registered as `default` while no server is registered; null without it. */
+  defaultServer: Omit<ServerAddress, "name"> | null;
+  /** CLOUDPANEL_SSH_PRIVATE_KEY: the key for every server without its own; null when only those are given. */
+  sharedKey: string | null;
+  /** CLOUDPANEL_SSH_PRIVATE_KEYS: a server's own key, by the server's name. */
+  keys: Record<string, string>;
+  connectTimeoutMs: number;
+}
+
+/** What to connect to a server with: its own key, else the shared one. */
+export function sshConfigFor(fleet: FleetConfig, server: ServerAddress): SshConfig {
+  const privateKey = fleet.keys[server.name] ?? fleet.sharedKey;
+  if (privateKey === null) {
+    throw new HostingError("ssh_auth_failed", `no SSH key for server ${server.name}`, {
+      publicMessage:
+        `No SSH key for CloudPanel server ${server.name}: set CLOUDPANEL_SSH_PRIVATE_KEY, or its entry in CLOUDPANEL_SSH_PRIVATE_KEYS.`,
+    });
+  }
+  return {
+    host: server.host,
+    port: server.port,
+    user: server.user,
+    privateKey,
+    hostKey: server.hostKey,
+    connectTimeoutMs: fleet.connectTimeoutMs,
+  };
+}
+
 export interface MatomoConfig {
   url: string;
   token: string;
@@ -31,7 +70,7 @@ export interface Config {
   store: StoreConfig;
   /** Keys a caller may present (`apikey` or `Authorization: Bearer`). */
   authKeys: string[];
-  ssh: SshConfig;
+  fleet: FleetConfig;
   /** Null when Matomo is not configured: the analytics step is skipped with a warning. */
   matomo: MatomoConfig | null;
   timeouts: { siteMs: number; certificateMs: number };
@@ -52,7 +91,11 @@ export interface Config {
 
 /** Every value that must never be printed. */
 export function secretsOf(config: Config): string[] {
-  const out = [...config.authKeys, config.ssh.privateKey];
+  const out = [
+    ...config.authKeys,
+    ...(config.fleet.sharedKey ? [config.fleet.sharedKey] : []),
+    ...Object.values(config.fleet.keys),
+  ];
   if (config.store.kind === "rpc") out.push(config.store.key);
   else out.push(config.store.dbUrl, dbPassword(config.store.dbUrl));
   if (config.matomo) out.push(config.matomo.token);
@@ -83,6 +126,19 @@ const SSH_USER_RE = /^[a-z_][a-z0-9_-]{0,31}$/;
 const FINGERPRINT_RE = /^SHA256:[A-Za-z0-9+/]{43}=?$/;
 const KEY_HEADER_RE = /^-----BEGIN (EC |RSA |OPENSSH )?PRIVATE KEY-----/;
 const TOKEN_RE = /^[A-Za-z0-9]{16,128}$/;
+/** A server's name, as hosting_automator.servers checks it. */
+const SERVER_NAME_RE = /^[a-z0-9][a-z0-9-]{0,62}$/;
+
+/** An optional setting; set to the empty string, it counts as not set. */
+const unsetWhenEmpty = <T extends z.ZodType>(schema: T) =>
+  z.preprocess((v) => (v === "" ? undefined : v), schema.optional());
+
+/** A private key's text (a `\n`-escaped one on one line is unfolded). */
+const privateKeyText = z.string()
+  .transform((v) => (v.includes("\\n") && !v.includes("\n") ? v.replaceAll("\\n", "\n") : v).trim() + "\n")
+  .refine((v) => KEY_HEADER_RE.test(v), {
+    message: "must be the text of a PEM or OpenSSH private key (ECDSA or RSA), starting with -----BEGIN",
+  });
 
 const env = z.object({
   HOSTING_STORE: z.enum(["rpc", "postgres"], { message: 'must be "rpc" or "postgres"' }).default("rpc"),
@@ -90,9 +146,9 @@ const env = z.object({
   SUPABASE_SECRET_KEYS: z.string().optional(),
   SUPABASE_SERVICE_ROLE_KEY: z.string().optional(),
   SUPABASE_DB_URL: z.string().optional(),
-  CLOUDPANEL_SSH_HOST: z.string({ message: "is required" }).regex(HOST_RE, {
-    message: "must be a host name or an IP address",
-  }),
+  CLOUDPANEL_SSH_HOST: unsetWhenEmpty(
+    z.string().regex(HOST_RE, { message: "must be a host name or an IP address" }),
+  ),
   CLOUDPANEL_SSH_PORT: z.string().optional().transform((v, ctx) => {
     if (v === undefined || v === "") return 22;
     const n = Number(v);
@@ -105,15 +161,14 @@ const env = z.object({
   CLOUDPANEL_SSH_USER: z.string().regex(SSH_USER_RE, { message: "must be a Linux user name" }).default(
     "root",
   ),
-  CLOUDPANEL_SSH_PRIVATE_KEY: z.string({ message: "is required" })
-    .transform((v) => (v.includes("\\n") && !v.includes("\n") ? v.replaceAll("\\n", "\n") : v).trim() + "\n")
-    .refine((v) => KEY_HEADER_RE.test(v), {
-      message: "must be the text of a PEM or OpenSSH private key (ECDSA or RSA), starting with -----BEGIN",
+  CLOUDPANEL_SSH_PRIVATE_KEY: unsetWhenEmpty(privateKeyText),
+  CLOUDPANEL_SSH_PRIVATE_KEYS: z.string().optional(),
+  CLOUDPANEL_SSH_HOST_KEY: unsetWhenEmpty(
+    z.string().trim().regex(FINGERPRINT_RE, {
+      message:
+        "must be the host key fingerprint as ssh-keygen -lf prints it: SHA256: followed by 43 characters",
     }),
-  CLOUDPANEL_SSH_HOST_KEY: z.string({ message: "is required" }).trim().regex(FINGERPRINT_RE, {
-    message:
-      "must be the host key fingerprint as ssh-keygen -lf prints it: SHA256: followed by 43 characters",
-  }),
+  ),
   MATOMO_API_URL: z.string().optional(),
   MATOMO_API_TOKEN: z.string().optional(),
   MATOMO_ON_REMOVE: z.enum(["keep", "delete"], { message: 'must be "keep" or "delete"' }).default("keep"),
@@ -156,6 +211,34 @@ function httpUrl(name: string, value: string, allowPlainHttpOnLoopback: boolean)
     name,
     allowPlainHttpOnLoopback ? "must use https (plain http only on localhost)" : "must be http or https",
   );
+}
+
+/** CLOUDPANEL_SSH_PRIVATE_KEYS: a JSON object of server name → private key text. */
+function serverKeys(raw: string | undefined): Record<string, string> {
+  const name = "CLOUDPANEL_SSH_PRIVATE_KEYS";
+  if (raw === undefined || raw.trim() === "") return {};
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(raw);
+  } catch {
+    fail(name, 'must be a JSON object of server names to private keys, such as {"cp-2": "-----BEGIN …"}');
+  }
+  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
+    fail(name, "must be a JSON object of server names to private keys");
+  }
+  const keys: Record<string, string> = {};
+  for (const [server, text] of Object.entries(parsed)) {
+    if (!SERVER_NAME_RE.test(server)) fail(name, "has a server name that is not 1 to 63 of a-z, 0-9 and -");
+    const key = privateKeyText.safeParse(text);
+    if (typeof text !== "string" || !key.success) {
+      fail(
+        name,
+        `the key of server ${server} must be the text of a PEM or OpenSSH private key (ECDSA or RSA)`,
+      );
+    }
+    keys[server] = key.data;
+  }
+  return keys;
 }
 
 /** Parses the secret keys Supabase injects: a JSON object of name → key. */
@@ -211,6 +294,27 @@ export function loadConfig(source: Record<string, string | undefined>): Config {
     store = { kind: "postgres", dbUrl: e.SUPABASE_DB_URL };
   }
 
+  const keys = serverKeys(e.CLOUDPANEL_SSH_PRIVATE_KEYS);
+  if (!e.CLOUDPANEL_SSH_PRIVATE_KEY && Object.keys(keys).length === 0) {
+    fail("CLOUDPANEL_SSH_PRIVATE_KEY", "is required (or CLOUDPANEL_SSH_PRIVATE_KEYS, a key per server)");
+  }
+  if (e.CLOUDPANEL_SSH_HOST && !e.CLOUDPANEL_SSH_HOST_KEY) {
+    fail("CLOUDPANEL_SSH_HOST_KEY", "is required when CLOUDPANEL_SSH_HOST is set");
+  }
+  const fleet: FleetConfig = {
+    defaultServer: e.CLOUDPANEL_SSH_HOST
+      ? {
+        host: e.CLOUDPANEL_SSH_HOST.replace(/^\[|\]$/g, ""),
+        port: e.CLOUDPANEL_SSH_PORT,
+        user: e.CLOUDPANEL_SSH_USER,
+        hostKey: e.CLOUDPANEL_SSH_HOST_KEY!.replace(/=$/, ""),
+      }
+      : null,
+    sharedKey: e.CLOUDPANEL_SSH_PRIVATE_KEY ?? null,
+    keys,
+    connectTimeoutMs: e.HOSTING_SSH_CONNECT_TIMEOUT_SECONDS,
+  };
+
   let matomo: MatomoConfig | null = null;
   const hasUrl = Boolean(e.MATOMO_API_URL), hasToken = Boolean(e.MATOMO_API_TOKEN);
   if (hasUrl !== hasToken) {
@@ -230,14 +334,7 @@ export function loadConfig(source: Record<string, string | undefined>): Config {
   return {
     store,
     authKeys,
-    ssh: {
-      host: e.CLOUDPANEL_SSH_HOST.replace(/^\[|\]$/g, ""),
-      port: e.CLOUDPANEL_SSH_PORT,
-      user: e.CLOUDPANEL_SSH_USER,
-      privateKey: e.CLOUDPANEL_SSH_PRIVATE_KEY,
-      hostKey: e.CLOUDPANEL_SSH_HOST_KEY.replace(/=$/, ""),
-      connectTimeoutMs: e.HOSTING_SSH_CONNECT_TIMEOUT_SECONDS,
-    },
+    fleet,
     matomo,
     timeouts: {
       siteMs: e.HOSTING_SITE_TIMEOUT_SECONDS,

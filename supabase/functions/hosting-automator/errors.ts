@@ -26,6 +26,10 @@ export const ERROR_CODES = {
     text:
       "The domain is still being removed for another row of public.sites; this site is provisioned once that removal has finished.",
   },
+  no_server_capacity: {
+    transient: true,
+    text: "No active CloudPanel server has room for another site; add a server or raise a capacity.",
+  },
   credentials_unavailable: {
     transient: false,
     text: "The site user's password is not stored (this database has no Vault).",
@@ -37,7 +41,7 @@ export const ERROR_CODES = {
   ssh_host_key_mismatch: {
     transient: false,
     text:
-      "The CloudPanel server's host key does not match CLOUDPANEL_SSH_HOST_KEY; nothing was executed on the server.",
+      "The CloudPanel server's host key does not match the pinned one (CLOUDPANEL_SSH_HOST_KEY, or the server's host_key in hosting_automator.servers); nothing was executed on the server.",
   },
   ssh_auth_failed: {
     transient: false,

@@ -129,7 +129,7 @@ function mismatchError(where: string, seen: HostKeyMismatch[]): HostingError {
   const keys = [...new Set(seen.map((m) => `${m.algorithm} ${m.presented}`))].join(", ");
   return new HostingError(
     "ssh_host_key_mismatch",
-    `${where}: the host key does not match CLOUDPANEL_SSH_HOST_KEY (the server presented ${keys}); ` +
+    `${where}: the host key does not match the pinned one (the server presented ${keys}); ` +
       "pin the fingerprint of its ECDSA or RSA host key (Ed25519 host keys cannot be used)",
   );
 }

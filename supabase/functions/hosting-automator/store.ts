@@ -79,6 +79,24 @@ const removalTarget = z.object({
 }).transform((t) => ({ siteUser: t.site_user, docRoot: t.doc_root, matomoSiteId: t.matomo_site_id }));
 export type RemovalTarget = z.output<typeof removalTarget>;
 
+/** The server a claimed job runs on: where to connect, and whether its circuit had failures. */
+const claimedServer = z.object({
+  name: z.string(),
+  host: z.string(),
+  port: z.number().int(),
+  ssh_user: z.string(),
+  host_key: z.string(),
+  failures: z.number().int().default(0),
+}).transform((s) => ({
+  name: s.name,
+  host: s.host,
+  port: s.port,
+  user: s.ssh_user,
+  hostKey: s.host_key,
+  failures: s.failures,
+}));
+export type ClaimedServer = z.output<typeof claimedServer>;
+
 const claimedRow = z.object({
   job_id: id,
   lease_token: z.string().uuid(),
@@ -93,6 +111,7 @@ const claimedRow = z.object({
   steps: z.partialRecord(z.enum(STEP_NAMES), stepEntry).default({}),
   estimates: z.partialRecord(z.enum(STEP_NAMES), z.number()).default({}),
   target: removalTarget.nullable().default(null),
+  server: claimedServer,
 }).transform((r) => ({
   jobId: r.job_id,
   leaseToken: r.lease_token,
@@ -111,6 +130,8 @@ const claimedRow = z.object({
   estimates: r.estimates,
   /** A removal's target, copied when it was queued (its row may be gone); null for other kinds. */
   target: r.target,
+  /** The CloudPanel server the site lives on. */
+  server: r.server,
 }));
 export type ClaimedJob = z.output<typeof claimedRow>;
 
@@ -148,6 +169,23 @@ const enqueueResult = z.object({
   status_hosting: z.string().nullable().optional(),
 });
 export type EnqueueResult = z.output<typeof enqueueResult>;
+
+const serverRow = z.object({
+  name: z.string(),
+  host: z.string(),
+  port: z.number().int(),
+  ssh_user: z.string(),
+  host_key: z.string(),
+  state: z.enum(["active", "draining", "disabled"]),
+}).transform((s) => ({
+  name: s.name,
+  host: s.host,
+  port: s.port,
+  user: s.ssh_user,
+  hostKey: s.host_key,
+  state: s.state,
+}));
+export type ServerRow = z.output<typeof serverRow>;
 
 const removeResult = z.union([
   z.object({ found: z.literal(false) }),
@@ -221,6 +259,29 @@ const statusReport = z.object({
     removed_last_day: z.number(),
     failed: z.array(z.record(z.string(), z.unknown())),
   }),
+  /** Every CloudPanel server: state, placed sites against capacity, running jobs, recent failures, circuit. */
+  servers: z.array(z.object({
+    name: z.string(),
+    host: z.string(),
+    port: z.number(),
+    state: z.string(),
+    placed: z.number(),
+    capacity: z.number().nullable(),
+    running: z.number(),
+    concurrency: z.number(),
+    waiting: z.number(),
+    failed_last_day: z.number(),
+    circuit: z.object({
+      state: z.enum(["closed", "open", "half_open"]),
+      failures: z.number(),
+      open_until: z.string().nullable(),
+      last_error_code: z.string().nullable(),
+      last_error: z.string().nullable(),
+      last_error_at: z.string().nullable(),
+    }),
+  })),
+  /** Jobs waiting because no active server has room for another site. */
+  waiting_for_capacity: z.number(),
 });
 export type StatusReport = z.output<typeof statusReport>;
 
@@ -277,6 +338,8 @@ export interface ClaimArgs {
   defaultStepMs?: number;
   /** The invocation's first claim: it answers one doorbell kick. */
   first?: boolean;
+  /** The configured server (CLOUDPANEL_SSH_HOST), registered as `default` while no server is registered. */
+  defaultServer?: { host: string; port: number; user: string; hostKey: string } | null;
 }
 
 export interface Lease {
@@ -399,6 +462,14 @@ export class Store {
       p_plan: args.plan ?? null,
       p_default_step_ms: args.defaultStepMs ?? 15_000,
       p_first: args.first ?? false,
+      p_default_server: args.defaultServer
+        ? {
+          host: args.defaultServer.host,
+          port: args.defaultServer.port,
+          ssh_user: args.defaultServer.user,
+          host_key: args.defaultServer.hostKey,
+        }
+        : null,
     }, "rows");
     return z.array(claimedRow).parse(rows);
   }
@@ -452,6 +523,35 @@ export class Store {
         p_backfill_analytics: completion.backfillAnalytics ?? false,
       }, "value"),
     );
+  }
+
+  /**
+   * The job's server could not be reached: its circuit opens with backoff and the job is given back without
+   * spending the attempt. False when the lease was lost.
+   */
+  async serverTrouble(
+    lease: Lease,
+    trouble: { code: string; message: string; done?: StepEnd | StepEnd[] },
+  ): Promise<boolean> {
+    return z.boolean().parse(
+      await this.#write("hosting_server_trouble", {
+        p_job_id: lease.jobId,
+        p_lease_token: lease.leaseToken,
+        p_code: trouble.code,
+        p_message: this.#redact(trouble.message),
+        p_done: endJson(trouble.done, this.#redact),
+      }, "value"),
+    );
+  }
+
+  /** A server with failures answered again: its circuit closes. */
+  async serverOk(name: string): Promise<void> {
+    await this.#call("hosting_server_ok", { p_name: name }, "value");
+  }
+
+  /** Every registered server (for the dry run's checks). */
+  async servers(): Promise<ServerRow[]> {
+    return z.array(serverRow).parse(await this.#call("hosting_servers", {}, "value"));
   }
 
   /** Finishes a removal; false when the lease was lost. */

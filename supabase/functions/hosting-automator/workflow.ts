@@ -31,17 +31,27 @@ import {
   STEPS,
   type StepTimeouts,
 } from "./steps.ts";
-import type { ClaimedJob, FailOutcome, Lease, SiteCredentials, StepEnd, StepName, Store } from "./store.ts";
+import type {
+  ClaimedJob,
+  ClaimedServer,
+  FailOutcome,
+  Lease,
+  SiteCredentials,
+  StepEnd,
+  StepName,
+  Store,
+} from "./store.ts";
+import type { FleetConfig, ServerAddress } from "./config.ts";
 
 export interface WorkflowDeps {
   store: Store;
   logger: Logger;
-  /** Opens the SSH connection; called at most once per invocation, at the first CloudPanel step. */
-  connect: () => Promise<RemoteShell>;
+  /** Opens the SSH connection to a server; called at most once per server and invocation, at its first step. */
+  connect: (server: ServerAddress) => Promise<RemoteShell>;
   /** Null when Matomo is not configured. */
   matomo: MatomoClient | null;
-  /** The CloudPanel server's identity, for the per-server cap (host:port). */
-  server: string;
+  /** The configured server (CLOUDPANEL_SSH_HOST), registered as `default` while no server is registered. */
+  defaultServer?: FleetConfig["defaultServer"];
   timeouts: StepTimeouts;
   /** What a removal does with the site's Matomo site (default: keep its analytics data). */
   matomoOnRemove?: StepOptions["matomoOnRemove"];
@@ -70,10 +80,12 @@ export interface StepOutcome {
 /**
  * active: done, the site is active. removed: a removal is done. retrying: failed, queued again with backoff.
  * failed: gave up. released: time ran out (or the worker shut down), queued again without spending the attempt.
- * cancelled: the site is being removed, so the job stopped. lease_lost: another worker owns the job now.
+ * cancelled: the site is being removed, so the job stopped. waiting: its server could not be reached, so it
+ * waits for the server's circuit to close, attempt kept. lease_lost: another worker owns the job now.
  * interrupted: the database could not be reached; the lease expires and the job resumes.
  */
 export type JobStatus =
+  | "waiting"
   | "active"
   | "removed"
   | "retrying"
@@ -132,15 +144,23 @@ export const RESERVE_MS = 3_000;
 export const WALL_CLOCK_MARGIN_MS = 5_000;
 export const DEFAULT_LEASE_SECONDS = 30;
 const SHUTDOWN_REASON = "The worker is shutting down; queued to continue.";
-/** Errors after which no further job is claimed in this invocation: the next would fail the same way. */
-const CONNECTION_CODES = new Set([
-  "ssh_unreachable",
-  "ssh_timeout",
-  "ssh_host_key_mismatch",
-  "ssh_auth_failed",
-]);
 
 class LeaseLost extends Error {}
+/**
+ * The job's server could not be reached (refused, timed out, wrong host key, key refused): the server's
+ * trouble, not the site's. Its circuit opens and the job waits for it without spending an attempt.
+ */
+class ServerTrouble extends Error {
+  constructor(readonly failure: HostingError) {
+    super(failure.message);
+  }
+}
+/** The server paused: the job was given back until its circuit closes. */
+class Paused extends Error {
+  constructor(readonly failure: HostingError) {
+    super(failure.message);
+  }
+}
 class Released extends Error {}
 class Shutdown extends Error {}
 /** A removal of the site was queued after this job: the database cancelled it. */
@@ -176,7 +196,8 @@ export class Invocation {
   readonly #leaseSeconds: number;
   /** Aborted on shutdown: running steps stop, their jobs are given back. */
   readonly #shutdown = new AbortController();
-  #shell: Promise<RemoteShell> | null = null;
+  /** One SSH connection per server, opened at the first step that needs it. */
+  readonly #shells = new Map<string, Promise<RemoteShell>>();
   #stopped: RunResult["stopped"];
   #onProgress: RunOptions["onProgress"];
   #answeredKick = false;
@@ -237,7 +258,8 @@ export class Invocation {
         try {
           [job] = await this.#deps.store.claim({
             worker: this.worker,
-            server: this.#deps.server,
+            server: this.#deps.defaultServer?.host ?? "fleet",
+            defaultServer: this.#deps.defaultServer ?? null,
             leaseSeconds: this.#leaseSeconds,
             limit: 1,
             siteId,
@@ -265,7 +287,7 @@ export class Invocation {
       await Promise.all(Array.from({ length: Math.max(1, options.concurrency ?? 1) }, lane));
     } finally {
       this.#deps.registry?.delete(this);
-      await this.#closeShell();
+      await this.#closeShells();
     }
     return { outcomes, stopped: this.#stopped };
   }
@@ -283,22 +305,45 @@ export class Invocation {
     });
   }
 
-  #cloudPanel(log: Logger): () => CloudPanel {
+  /** The CloudPanel client of one job, on its server's connection (opened once per server and invocation). */
+  #cloudPanel(log: Logger, server: ClaimedServer): () => CloudPanel {
     let client: CloudPanel | undefined;
     return () =>
       client ??= new CloudPanel(() => {
-        this.#shell ??= this.#deps.connect().catch((error) => {
-          const failure = toHostingError(error);
-          if (CONNECTION_CODES.has(failure.code)) this.#stop(failure);
-          throw failure;
-        });
-        return this.#shell;
+        let shell = this.#shells.get(server.name);
+        if (!shell) {
+          shell = this.#connect(server);
+          this.#shells.set(server.name, shell);
+        }
+        return shell;
       }, log);
   }
 
-  async #closeShell(): Promise<void> {
-    const shell = await this.#shell?.catch(() => null);
-    await shell?.close().catch(() => {});
+  async #connect(server: ClaimedServer): Promise<RemoteShell> {
+    let shell: RemoteShell;
+    try {
+      shell = await this.#deps.connect(server);
+    } catch (error) {
+      // Not kept: the next job on this server (once its circuit closes) connects again.
+      this.#shells.delete(server.name);
+      throw new ServerTrouble(toHostingError(error));
+    }
+    // It answered again after failures: its circuit closes (a best effort; the next failure would reopen it).
+    if (server.failures > 0) await this.#deps.store.serverOk(server.name).catch(() => {});
+    return shell;
+  }
+
+  /** Forgets a server's connection that broke, so the next job on it connects again. */
+  #dropShell(name: string): void {
+    const shell = this.#shells.get(name);
+    this.#shells.delete(name);
+    shell?.then((s) => s.close(), () => {}).catch(() => {});
+  }
+
+  async #closeShells(): Promise<void> {
+    const shells = [...this.#shells.values()];
+    this.#shells.clear();
+    for (const shell of shells) await (await shell.catch(() => null))?.close().catch(() => {});
   }
 
   async #runJob(job: ClaimedJob): Promise<JobOutcome> {
@@ -329,7 +374,7 @@ export class Invocation {
       }
       const domain = parseDomain(job.domain);
       const kind = KINDS[job.kind];
-      const cloudPanel = this.#cloudPanel(log);
+      const cloudPanel = this.#cloudPanel(log, job.server);
       const results: Partial<Record<StepName, Record<string, unknown>>> = {};
       /** The end of the step that ran last, written with the next transition. */
       let pending: StepEnd[] = [];
@@ -395,7 +440,7 @@ export class Invocation {
         log.info("site removed");
       }
     } catch (error) {
-      await this.#settle(error, lease, outcome, log);
+      await this.#settle(error, job, lease, outcome, log);
     }
 
     outcome.duration_ms = Math.round(this.#clock() - started);
@@ -421,10 +466,26 @@ export class Invocation {
   }
 
   /** Turns a job's failure into its next state: retry, fail, or nothing (lease lost, released, store down). */
-  async #settle(error: unknown, lease: Lease, outcome: JobOutcome, log: Logger): Promise<void> {
+  async #settle(
+    error: unknown,
+    job: ClaimedJob,
+    lease: Lease,
+    outcome: JobOutcome,
+    log: Logger,
+  ): Promise<void> {
     if (error instanceof LeaseLost) {
       outcome.status = "lease_lost";
       log.warn("lease lost: another worker owns this job now; stopping without writing");
+      return;
+    }
+    if (error instanceof Paused) {
+      outcome.status = "waiting";
+      outcome.error = { code: error.failure.code, message: error.failure.publicMessage };
+      log.warn("server unreachable: the job waits for it, attempt kept", {
+        server: job.server.name,
+        code: error.failure.code,
+        detail: error.failure.message,
+      });
       return;
     }
     if (error instanceof Cancelled) {
@@ -457,8 +518,8 @@ export class Invocation {
       this.#stop(failure);
       return;
     }
-    // The connection broke mid-command: later jobs of this invocation would meet the same dead connection.
-    if (failure.code === "ssh_unreachable") this.#stop(failure);
+    // The connection broke mid-command: the next job on this server connects again.
+    if (failure.code === "ssh_unreachable") this.#dropShell(job.server.name);
     try {
       const next = await this.#deps.store.fail(lease, {
         code: failure.code,
@@ -575,6 +636,15 @@ export class Invocation {
         durationMs: duration,
       });
       if (this.#shutdown.signal.aborted) await this.#release(lease, SHUTDOWN_REASON, [cut("shutdown")]);
+      if (error instanceof ServerTrouble) {
+        const paused = await store.serverTrouble(lease, {
+          code: error.failure.code,
+          message: error.failure.publicMessage,
+          done: [cut(`server ${job.server.name} unreachable (${error.failure.code})`)],
+        });
+        if (!paused) throw new LeaseLost();
+        throw new Paused(error.failure);
+      }
       const failure = toHostingError(error);
       // A timeout shortened by our own deadline says nothing about the server: continue elsewhere, attempt kept.
       if (atDeadline?.aborted || (failure.code === "ssh_timeout" && effective < timeoutMs)) {

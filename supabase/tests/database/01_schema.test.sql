@@ -5,7 +5,7 @@ select plan(34);
 -- public.sites (docs/architecture.md §3)
 select has_table('public', 'sites', 'public.sites exists');
 select columns_are('public', 'sites',
-  array['id', 'domain', 'status_dns', 'status_hosting', 'hosting_doc_root', 'matomo_site_id', 'error_message', 'created_at'],
+  array['id', 'domain', 'status_dns', 'status_hosting', 'hosting_doc_root', 'matomo_site_id', 'error_message', 'created_at', 'hosting_server'],
   'public.sites has the columns this module reads and writes');
 select col_type_is('public', 'sites', 'matomo_site_id', 'integer', 'matomo_site_id is an integer');
 select col_default_is('public', 'sites', 'status_hosting', 'pending', 'status_hosting defaults to pending');
@@ -13,7 +13,7 @@ select ok((select relrowsecurity from pg_class where oid = 'public.sites'::regcl
 
 -- the private schema
 select has_schema('hosting_automator', 'the private schema exists');
-select tables_are('hosting_automator', array['settings', 'jobs', 'steps', 'events', 'rings', 'domain_owners', 'kick_log', 'credentials'], 'the private schema holds jobs, steps, events, settings, kicks on their way and sent, domain owners and where credentials are kept');
+select tables_are('hosting_automator', array['settings', 'jobs', 'steps', 'events', 'rings', 'domain_owners', 'kick_log', 'credentials', 'servers', 'placements'], 'the private schema holds jobs, steps, events, settings, kicks on their way and sent, domain owners, where credentials are kept, the servers and where each site is placed');
 select has_index('hosting_automator', 'jobs', 'jobs_one_open_per_site', 'a partial unique index enforces one open job per site');
 select ok(
   (select indisunique and pg_get_expr(indpred, indrelid) like '%queued%running%'

@@ -8,6 +8,10 @@ delete from vault.secrets;
 update hosting_automator.settings set max_attempts = 3, backoff_base_seconds = 60, backoff_max_seconds = 600,
   server_concurrency = 2;
 
+-- One server to start with; sites are placed on it.
+insert into hosting_automator.servers (name, host, host_key, concurrency)
+values ('srv', 'srv.example', 'SHA256:' || repeat('A', 43), 2);
+
 insert into public.sites (domain, status_dns) values ('a.example', 'active') returning id \gset a_
 insert into public.sites (domain, status_dns) values ('b.example', 'active') returning id \gset b_
 insert into public.sites (domain, status_dns) values ('c.example', 'active') returning id \gset c_
@@ -30,6 +34,9 @@ select job_id as a_job, lease_token as a_token from t_claim \gset
 create temporary table t_cap as select * from public.hosting_claim_jobs('w2', 'srv', 120, 3);
 select is((select count(*)::int from t_cap), 1, 'with cap 2 and one running, a claim for 3 gets 1');
 select is((select count(*)::int from public.hosting_claim_jobs('w3', 'srv', 120, 3)), 0, 'a full server gets nothing more');
+-- A second server: the next site is placed there (fewer sites), under its own cap.
+insert into hosting_automator.servers (name, host, host_key, concurrency)
+values ('other', 'other.example', 'SHA256:' || repeat('B', 43), 2);
 create temporary table t_other as select * from public.hosting_claim_jobs('w3', 'other', 120, 3);
 select is((select count(*)::int from t_other), 1, 'another server has its own cap');
 select job_id as b_job, lease_token as b_token from t_cap \gset

@@ -7,6 +7,7 @@ select plan(41);
 delete from net.http_request_queue;
 delete from vault.secrets;
 update hosting_automator.settings set backoff_base_seconds = 60, backoff_max_seconds = 600, server_concurrency = 4;
+insert into hosting_automator.servers (name, host, host_key) values ('cp', 'cp.example', 'SHA256:' || repeat('A', 43));
 
 -- A row that never got hosting: nothing to remove, nothing queued.
 insert into public.sites (domain) values ('never.example') returning id \gset never_
