@@ -168,9 +168,16 @@ Deno.test("provision --status shows every server (sites of capacity, jobs of con
 
     // While cp-b's circuit is open, new sites go to cp-a; an invalid domain fails there (a failure of the day).
     await stack.insertSite("fleet-3.example", { status_dns: "active" });
-    await stack.insertSite("fleet bad.example", { status_dns: "active" });
+    const bad = await stack.insertSite("fleet bad.example", { status_dns: "active" });
     assert.equal((await provision(stack, "--pending")).code, 1);
-    // cp-a is full (3 of 3) and cp-b too once its capacity is lowered to its one site: a new site must wait.
+    assert.equal(
+      (await stack.site(bad)).hosting_server,
+      null,
+      "a site refused before any step gives its place back",
+    );
+    // With both servers full (cp-a holds 2 of 2, cp-b its one site once the capacities are lowered), a new site
+    // must wait.
+    await stack.sql`update hosting_automator.servers set capacity = 2 where name = 'cp-a'`;
     await stack.sql`update hosting_automator.servers set capacity = 1 where name = 'cp-b'`;
     const fourth = await stack.insertSite("fleet-4.example", { status_dns: "active" });
     assert.equal((await provision(stack, "--pending")).code, 0);
@@ -202,7 +209,7 @@ Deno.test("provision --status shows every server (sites of capacity, jobs of con
       "cp-a",
       host(stack.sshd.port),
       "active",
-      "3/3",
+      "2/2",
       "0/2",
       "1",
       "closed",

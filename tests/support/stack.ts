@@ -35,6 +35,8 @@ export interface SiteRow {
   hosting_doc_root: string | null;
   matomo_site_id: number | null;
   error_message: string | null;
+  /** The server the site was placed on (null before placement, and after removal). */
+  hosting_server: string | null;
 }
 
 export interface EventRow {
