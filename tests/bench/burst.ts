@@ -25,6 +25,7 @@ import assert from "node:assert/strict";
 import { setFaults } from "../../dev/clpctl_sim.ts";
 import type { App } from "../../supabase/functions/hosting-automator/app.ts";
 import { type Stack, startStack } from "../support/stack.ts";
+import { startPlatform } from "./platform.ts";
 
 const N = Number(Deno.env.get("BENCH_BURST_SITES") ?? 200);
 const CAP = 8;
@@ -127,30 +128,7 @@ async function meters(stack: Stack, postmaster: number): Promise<Meters> {
  * samples the slots until every given site is active. Returns the makespan and how the slots were used.
  */
 async function drive(stack: Stack, app: App, ids: string[], started: number) {
-  let stop = false;
-  const deliveries = new Set<Promise<unknown>>();
-  let kicks = 0;
-  const pgNet = (async () => {
-    while (!stop) {
-      const batch = await stack.sql<{ url: string; headers: Record<string, string>; body: unknown }[]>`
-        delete from net.http_request_queue where id in (
-          select id from net.http_request_queue order by id limit 200) returning url, headers, body`;
-      for (const kick of batch) {
-        kicks++;
-        const d = app.fetch(
-          new Request(kick.url, { method: "POST", headers: kick.headers, body: JSON.stringify(kick.body) }),
-        ).then((r) => r.body?.cancel()).finally(() => deliveries.delete(d));
-        deliveries.add(d);
-      }
-      await sleep(batch.length > 0 ? 10 : 50);
-    }
-  })();
-  const cron = (async () => {
-    while (!stop) {
-      await sleep(SWEEP_MS);
-      if (!stop) await stack.sql`select hosting_automator.sweep()`;
-    }
-  })();
+  const platform = startPlatform(stack, app, SWEEP_MS);
   let busySlotSeconds = 0;
   let idleSlotSeconds = 0;
   let peakRss = 0;
@@ -172,11 +150,8 @@ async function drive(stack: Stack, app: App, ids: string[], started: number) {
     if (row.active === ids.length) break;
   }
   const makespan = (performance.now() - started) / 1000;
-  stop = true;
-  await Promise.all([pgNet, cron]);
-  await Promise.allSettled([...deliveries]);
-  await stack.settle();
-  return { makespan, kicks, busySlotSeconds, idleSlotSeconds, peakRss };
+  await platform.stop();
+  return { makespan, kicks: platform.kicks, busySlotSeconds, idleSlotSeconds, peakRss };
 }
 
 async function insertSites(stack: Stack, prefix: string, count: number): Promise<string[]> {

@@ -17,6 +17,7 @@ import assert from "node:assert/strict";
 import { setFaults } from "../../dev/clpctl_sim.ts";
 import { type ServerSpec, withFleet } from "../support/fleet.ts";
 import type { Stack } from "../support/stack.ts";
+import { startPlatform } from "./platform.ts";
 
 const N = Number(Deno.env.get("BENCH_FLEET_SITES") ?? 120);
 const CLPCTL_MS = Number(Deno.env.get("BENCH_BURST_CLPCTL_MS") ?? 350);
@@ -29,28 +30,7 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
  * site is active. The makespan and the slot-seconds left idle while jobs were due.
  */
 async function drive(stack: Stack, ids: string[], started: number) {
-  let stop = false;
-  const deliveries = new Set<Promise<unknown>>();
-  const pgNet = (async () => {
-    while (!stop) {
-      const batch = await stack.sql<{ url: string; headers: Record<string, string>; body: unknown }[]>`
-        delete from net.http_request_queue where id in (
-          select id from net.http_request_queue order by id limit 200) returning url, headers, body`;
-      for (const kick of batch) {
-        const d = stack.app.fetch(
-          new Request(kick.url, { method: "POST", headers: kick.headers, body: JSON.stringify(kick.body) }),
-        ).then((r) => r.body?.cancel()).finally(() => deliveries.delete(d));
-        deliveries.add(d);
-      }
-      await sleep(batch.length > 0 ? 10 : 50);
-    }
-  })();
-  const cron = (async () => {
-    while (!stop) {
-      await sleep(SWEEP_MS);
-      if (!stop) await stack.sql`select hosting_automator.sweep()`;
-    }
-  })();
+  const platform = startPlatform(stack, stack.app, SWEEP_MS);
   let idleSlotSeconds = 0;
   let last = performance.now();
   while (true) {
@@ -73,10 +53,7 @@ async function drive(stack: Stack, ids: string[], started: number) {
     if (active === ids.length) break;
   }
   const makespan = (performance.now() - started) / 1000;
-  stop = true;
-  await Promise.all([pgNet, cron]);
-  await Promise.allSettled([...deliveries]);
-  await stack.settle();
+  await platform.stop();
   return { makespan, idleSlotSeconds };
 }
 

@@ -79,22 +79,25 @@ const removalTarget = z.object({
 }).transform((t) => ({ siteUser: t.site_user, docRoot: t.doc_root, matomoSiteId: t.matomo_site_id }));
 export type RemovalTarget = z.output<typeof removalTarget>;
 
-/** The server a claimed job runs on: where to connect, and whether its circuit had failures. */
-const claimedServer = z.object({
+/** A server's address as the SQL answers it, and as the SSH client takes it. */
+const serverFields = {
   name: z.string(),
   host: z.string(),
   port: z.number().int(),
   ssh_user: z.string(),
   host_key: z.string(),
-  failures: z.number().int().default(0),
-}).transform((s) => ({
+};
+const addressOf = (s: { name: string; host: string; port: number; ssh_user: string; host_key: string }) => ({
   name: s.name,
   host: s.host,
   port: s.port,
   user: s.ssh_user,
   hostKey: s.host_key,
-  failures: s.failures,
-}));
+});
+
+/** The server a claimed job runs on: where to connect, and whether its circuit had failures. */
+const claimedServer = z.object({ ...serverFields, failures: z.number().int().default(0) })
+  .transform((s) => ({ ...addressOf(s), failures: s.failures }));
 export type ClaimedServer = z.output<typeof claimedServer>;
 
 const claimedRow = z.object({
@@ -170,21 +173,8 @@ const enqueueResult = z.object({
 });
 export type EnqueueResult = z.output<typeof enqueueResult>;
 
-const serverRow = z.object({
-  name: z.string(),
-  host: z.string(),
-  port: z.number().int(),
-  ssh_user: z.string(),
-  host_key: z.string(),
-  state: z.enum(["active", "draining", "disabled"]),
-}).transform((s) => ({
-  name: s.name,
-  host: s.host,
-  port: s.port,
-  user: s.ssh_user,
-  hostKey: s.host_key,
-  state: s.state,
-}));
+const serverRow = z.object({ ...serverFields, state: z.enum(["active", "draining", "disabled"]) })
+  .transform((s) => ({ ...addressOf(s), state: s.state }));
 export type ServerRow = z.output<typeof serverRow>;
 
 const removeResult = z.union([
