@@ -27,7 +27,9 @@ export function styleFor(stream: { isTerminal(): boolean }): Style {
 
 export const STEP_LABEL: Record<StepName, string> = {
   cloudpanel_site: "CloudPanel site",
+  dns_check: "DNS check",
   ssl_certificate: "Let's Encrypt certificate",
+  https_verify: "HTTPS check",
   matomo_site: "Matomo site",
   cloudpanel_site_delete: "CloudPanel site removal",
   matomo_site_delete: "Matomo site removal",

@@ -412,8 +412,15 @@ function dryRunLines(
   switch (step) {
     case "cloudpanel_site":
       return [`  ssh  ${addStaticSiteCommand(domain, siteUserFor(domain), REDACTED)}`];
+    case "dns_check":
+      return [`  GET  ${config.checks.dohUrl}?name=<each name the certificate covers>&type=A and AAAA`];
     case "ssl_certificate":
-      return [`  ssh  ${installCertificateCommand(domain)}`];
+      return [
+        `  TLS  <server>:443 with SNI ${domain}: a valid certificate already served is not issued again`,
+        `  ssh  ${installCertificateCommand(domain)}`,
+      ];
+    case "https_verify":
+      return [`  TLS  <server>:443 with SNI ${domain}: the served certificate must be valid`];
     case "matomo_site":
       return matomo([
         ["SitesManager.getSitesIdFromSiteUrl", lookupParams(domain)],

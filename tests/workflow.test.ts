@@ -16,7 +16,7 @@ import { HostingError } from "../supabase/functions/hosting-automator/errors.ts"
 import { Logger, Redactor } from "../supabase/functions/hosting-automator/log.ts";
 import type { MatomoClient, MatomoSite } from "../supabase/functions/hosting-automator/matomo.ts";
 import type { ExecResult, RemoteShell } from "../supabase/functions/hosting-automator/remote.ts";
-import { PLANS } from "../supabase/functions/hosting-automator/steps.ts";
+import { type Checks, PLANS } from "../supabase/functions/hosting-automator/steps.ts";
 import { type SqlCaller, Store } from "../supabase/functions/hosting-automator/store.ts";
 import {
   DEFAULT_STEP_MS,
@@ -34,7 +34,7 @@ const USER = siteUserFor(DOMAIN);
 const DOC_ROOT = docRootFor(USER, DOMAIN);
 const BUDGET_MS = 100_000;
 /** Step timeouts for tests where the step must be stopped long before its own timeout would stop it. */
-const SHORT = { siteMs: 10_000, certificateMs: 10_000, matomoMs: 10_000 };
+const SHORT = { siteMs: 10_000, certificateMs: 10_000, matomoMs: 10_000, checkMs: 10_000 };
 const T0 = 1_000_000;
 
 type Row = Record<string, unknown>;
@@ -248,10 +248,37 @@ interface Setup {
   matomo?: MatomoClient | null;
   clock?: { t: number };
   deps?: Partial<WorkflowDeps>;
+  /** The domains whose valid certificate the server serves from the start (a certificate journaled earlier). */
+  served?: string[];
+}
+
+const PUBLIC_IP = "203.0.113.10";
+
+/**
+ * The checks around the certificate: DNS points at the server; the server serves a valid certificate for a
+ * domain once the fake shell ran its certificate command (or from the start, for `served`).
+ */
+function fakeChecks(shell: ReturnType<typeof fakeShell>, served: string[]): Checks {
+  const installed = new Set(served);
+  return {
+    publicIps: [PUBLIC_IP],
+    dnsPointsTo: (names) =>
+      Promise.resolve({ answered: Object.fromEntries(names.map((n) => [n, [PUBLIC_IP]])) }),
+    servedCertificate: (servername) => {
+      for (const seen of shell.seen) {
+        if (seen.command === "clpctl lets-encrypt:install:certificate") installed.add(servername);
+      }
+      return Promise.resolve(
+        installed.has(servername)
+          ? { valid: true, notAfter: new Date("2027-02-27T00:00:00Z"), names: [servername] }
+          : { valid: false, reason: "self-signed certificate" },
+      );
+    },
+  };
 }
 
 /** An invocation over the fakes (Matomo answers site 7 unless given); `connects` counts SSH connections. */
-function setup({ store, exec = clpctl, matomo, clock = { t: T0 }, deps }: Setup) {
+function setup({ store, exec = clpctl, matomo, clock = { t: T0 }, deps, served = [] }: Setup) {
   if (matomo === undefined) matomo = fakeMatomo(() => ({ idSite: 7, reused: false })).client;
   const shell = fakeShell(exec);
   const state = { connects: 0 };
@@ -263,16 +290,17 @@ function setup({ store, exec = clpctl, matomo, clock = { t: T0 }, deps }: Setup)
       return Promise.resolve(shell.shell);
     },
     matomo,
-    timeouts: { siteMs: 90_000, certificateMs: 120_000, matomoMs: 15_000 },
+    timeouts: { siteMs: 90_000, certificateMs: 120_000, matomoMs: 15_000, checkMs: 40_000 },
     budgetMs: BUDGET_MS,
     clock: () => clock.t,
+    checksFor: () => fakeChecks(shell, served),
     ...deps,
   });
   const run = (options: Partial<RunOptions> = {}) => invocation.run({ drain: false, ...options });
   return { invocation, run, shell, state };
 }
 
-Deno.test("a provision job runs cloudpanel_site, ssl_certificate, matomo_site in order in five statements", async () => {
+Deno.test("a provision job runs its five steps in order in seven statements, the certificate's expiry with the completion", async () => {
   const row = claimRow();
   const fake = fakeStore({ jobs: [row] });
   const matomo = fakeMatomo(() => ({ idSite: 7, reused: false }));
@@ -282,10 +310,13 @@ Deno.test("a provision job runs cloudpanel_site, ssl_certificate, matomo_site in
   assert.deepEqual(fake.brief(), [
     claim(true),
     advance(null, "cloudpanel_site", DOMAIN),
-    advance([ended("cloudpanel_site")], "ssl_certificate"),
-    advance([ended("ssl_certificate")], "matomo_site"),
+    advance([ended("cloudpanel_site")], "dns_check"),
+    advance([ended("dns_check")], "ssl_certificate"),
+    advance([ended("ssl_certificate")], "https_verify"),
+    advance([ended("https_verify")], "matomo_site"),
     complete([ended("matomo_site")], 7, false),
   ]);
+  assert.equal(fake.calls.at(-1)!.args.p_certificate_expires_at, "2027-02-27T00:00:00.000Z");
   for (const { args } of fake.calls.slice(1)) {
     assert.equal(args.p_job_id, row.job_id);
     assert.equal(args.p_lease_token, row.lease_token);
@@ -305,7 +336,7 @@ Deno.test("a provision job runs cloudpanel_site, ssl_certificate, matomo_site in
   assert.deepEqual(matomo.domains, [DOMAIN]);
   assert.equal(outcomes[0].status, "active");
   assert.equal(outcomes[0].doc_root, DOC_ROOT);
-  assert.deepEqual(outcomes[0].steps.map((s) => s.status), ["done", "done", "done"]);
+  assert.deepEqual(outcomes[0].steps.map((s) => s.status), ["done", "done", "done", "done", "done"]);
 });
 
 Deno.test("an analytics job runs only matomo_site: claim, one transition, completion", async () => {
@@ -337,8 +368,10 @@ Deno.test("steps the journal shows done are skipped without a statement or a com
   const { outcomes } = await run();
   assert.deepEqual(fake.brief(), [
     claim(true),
-    advance(null, "ssl_certificate"),
-    advance([ended("ssl_certificate")], "matomo_site"),
+    advance(null, "dns_check"),
+    advance([ended("dns_check")], "ssl_certificate"),
+    advance([ended("ssl_certificate")], "https_verify"),
+    advance([ended("https_verify")], "matomo_site"),
     complete([ended("matomo_site")], 7, false, doneRoot),
   ]);
   assert.deepEqual(shell.commands(), ["clpctl lets-encrypt:install:certificate"]);
@@ -361,7 +394,7 @@ Deno.test("a job whose time runs out before a step is released with the last end
 
   // Between steps: the site step took the time the certificate step needs; the site's end goes with the release.
   const later = { t: T0 };
-  const estimates = { cloudpanel_site: 5_000, ssl_certificate: 10_000 };
+  const estimates = { cloudpanel_site: 5_000, dns_check: 10_000, ssl_certificate: 10_000 };
   const second = fakeStore({ jobs: [claimRow({ estimates })] });
   const b = setup({
     store: second.store,
@@ -398,7 +431,7 @@ Deno.test("a step's timeout is cut to the deadline, and a timeout so cut release
   const slow = setup({
     store: own.store,
     exec: hang,
-    deps: { timeouts: { siteMs: left, certificateMs: 120_000, matomoMs: 15_000 } },
+    deps: { timeouts: { siteMs: left, certificateMs: 120_000, matomoMs: 15_000, checkMs: 40_000 } },
   });
   const { outcomes: [failed] } = await slow.run();
   assert.equal(slow.shell.seen[0].timeoutMs, left);
@@ -481,7 +514,12 @@ Deno.test("a shutdown while a step runs releases the job with the step cut short
 });
 
 Deno.test("Matomo failing in a provision job: transient → active with a backfill, permanent → active without", async () => {
-  const journaled = { cloudpanel_site: JOURNALED_SITE, ssl_certificate: JOURNALED_CERT };
+  const journaled = {
+    cloudpanel_site: JOURNALED_SITE,
+    dns_check: { state: "done", result: {} },
+    ssl_certificate: JOURNALED_CERT,
+    https_verify: { state: "done", result: {} },
+  };
   for (
     const [error, backfill] of [
       [new HostingError("matomo_unreachable", "Matomo could not be reached: connection refused"), true],
@@ -507,9 +545,11 @@ Deno.test("Matomo not configured: the step is journaled skipped with the complet
   const { outcomes: [outcome] } = await run();
   assert.deepEqual(fake.brief(), [
     claim(true),
-    advance(null, "ssl_certificate"),
+    advance(null, "dns_check"),
+    advance([ended("dns_check")], "ssl_certificate"),
+    advance([ended("ssl_certificate")], "https_verify"),
     complete(
-      [ended("ssl_certificate"), "matomo_site:skipped:matomo_not_configured"],
+      [ended("https_verify"), "matomo_site:skipped:matomo_not_configured"],
       null,
       false,
     ),
@@ -763,7 +803,7 @@ Deno.test("a job the database cancels at a step boundary (a removal was queued) 
   assert.deepEqual(fake.brief(), [
     claim(true),
     advance(null, "cloudpanel_site", DOMAIN),
-    advance([ended("cloudpanel_site")], "ssl_certificate"),
+    advance([ended("cloudpanel_site")], "dns_check"),
   ]);
   assert.deepEqual(shell.commands(), ["clpctl site:add:static"], "no certificate for a site being removed");
   assert.equal(outcome.status, "cancelled");
@@ -829,4 +869,96 @@ Deno.test("the site step sends the password the database stored, and journals wh
   });
   await setup({ store: noVault.store }).run();
   assert.equal((noVault.calls[2].args.p_done as { result: Row }[])[0].result.credentials, "not_stored");
+});
+
+// ---------------------------------------------------------------------------------------------------------
+// The checks around the certificate: DNS first, the served certificate before and after.
+
+/** Checks whose DNS and served certificate a test sets. */
+function scriptedChecks(over: Partial<Checks>): Partial<WorkflowDeps> {
+  return {
+    checksFor: () => ({
+      publicIps: [PUBLIC_IP],
+      dnsPointsTo: (names) =>
+        Promise.resolve({ answered: Object.fromEntries(names.map((n) => [n, [PUBLIC_IP]])) }),
+      servedCertificate: () => Promise.resolve({ valid: false, reason: "self-signed certificate" }),
+      ...over,
+    }),
+  };
+}
+
+Deno.test("DNS not pointing at the server yet: dns_not_ready is retried and no certificate command is sent", async () => {
+  const fake = fakeStore({ jobs: [claimRow()] });
+  const notReady = new HostingError("dns_not_ready", "example.com → 198.51.100.7 (expected 203.0.113.10)", {
+    publicMessage:
+      "DNS does not point at the server yet: example.com → 198.51.100.7 (expected 203.0.113.10).",
+  });
+  const { run, shell } = setup({
+    store: fake.store,
+    deps: scriptedChecks({ dnsPointsTo: () => Promise.reject(notReady) }),
+  });
+  const { outcomes: [outcome] } = await run();
+  assert.deepEqual(fake.brief().at(-1), fail("dns_not_ready", false, ["dns_check:failed:dns_not_ready"]));
+  assert.deepEqual(shell.commands(), ["clpctl site:add:static"], "no certificate command");
+  assert.equal(outcome.status, "retrying");
+  assert.match(outcome.error!.message, /198\.51\.100\.7 \(expected 203\.0\.113\.10\)/);
+});
+
+Deno.test("without public addresses the DNS check is skipped with a warning and the certificate is asked for", async () => {
+  const fake = fakeStore({ jobs: [claimRow()] });
+  const { run, shell } = setup({
+    store: fake.store,
+    deps: scriptedChecks({
+      publicIps: [],
+      servedCertificate: () =>
+        Promise.resolve(
+          shell.commands().includes("clpctl lets-encrypt:install:certificate")
+            ? { valid: true, notAfter: new Date("2027-01-01T00:00:00Z"), names: [DOMAIN] }
+            : { valid: false, reason: "self-signed certificate" },
+        ),
+    }),
+  });
+  const { outcomes: [outcome] } = await run();
+  assert.deepEqual(
+    fake.brief()[2],
+    advance([ended("cloudpanel_site"), "dns_check:skipped:dns_check_skipped"], "ssl_certificate"),
+  );
+  assert.equal(outcome.status, "active");
+});
+
+Deno.test("a valid certificate already served is not issued again, also when an earlier attempt's answer was lost", async () => {
+  const fake = fakeStore({
+    jobs: [
+      claimRow({
+        attempt: 2,
+        steps: { cloudpanel_site: JOURNALED_SITE, dns_check: { state: "done", result: {} } },
+      }),
+    ],
+  });
+  const { run, shell } = setup({ store: fake.store, served: [DOMAIN] });
+  const { outcomes: [outcome] } = await run();
+  assert.deepEqual(shell.commands(), [], "no certificate command: the server already serves a valid one");
+  const certificateEnd = (fake.calls[2].args.p_done as { step: string; result: Row }[])[0];
+  assert.equal(certificateEnd.step, "ssl_certificate");
+  assert.equal(certificateEnd.result.reused, true);
+  assert.equal(outcome.status, "active");
+});
+
+Deno.test("a site that does not serve a valid certificate after issuing is retried with https_not_ready", async () => {
+  const fake = fakeStore({ jobs: [claimRow()] });
+  const { run, shell } = setup({
+    store: fake.store,
+    deps: scriptedChecks({
+      servedCertificate: () =>
+        Promise.resolve({ valid: false, reason: "the certificate is for other.example" }),
+    }),
+  });
+  const { outcomes: [outcome] } = await run();
+  assert.deepEqual(shell.commands(), ["clpctl site:add:static", "clpctl lets-encrypt:install:certificate"]);
+  assert.deepEqual(
+    fake.brief().at(-1),
+    fail("https_not_ready", false, ["https_verify:failed:https_not_ready"]),
+  );
+  assert.equal(outcome.status, "retrying");
+  assert.match(outcome.error!.message, /other\.example/);
 });

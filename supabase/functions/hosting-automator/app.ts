@@ -14,6 +14,10 @@ import type { Store } from "./store.ts";
 import { postgresStore } from "./store_pg.ts";
 import { rpcStore } from "./store_rpc.ts";
 import { Invocation, type WorkflowDeps } from "./workflow.ts";
+import { checkPointsTo } from "./dns.ts";
+import { probeCertificate } from "./tls_probe.ts";
+import type { Checks } from "./steps.ts";
+import type { ClaimedServer } from "./store.ts";
 
 export interface AppOverrides {
   store?: Store;
@@ -22,8 +26,10 @@ export interface AppOverrides {
   waitUntil?: (work: Promise<unknown>) => void;
   /** Replaces the SSH connection (the demo runs the clpctl simulator in-process). */
   connect?: (server: ServerAddress) => Promise<RemoteShell>;
-  /** For supabase-js and Matomo (tests). */
+  /** For supabase-js, Matomo and the DNS-over-HTTPS resolver (tests). */
   fetch?: typeof fetch;
+  /** Where the HTTPS check connects and what it trusts (tests: a TLS simulator with its own CA). */
+  https?: { port?: number; caCerts?: string[] };
   clock?: () => number;
 }
 
@@ -63,6 +69,37 @@ export function storeFor(config: Config, options: { fetch?: typeof fetch; redact
     : postgresStore(config.store.dbUrl, { redactor: options.redactor });
 }
 
+/** The checks around the certificate on one server: DNS over HTTPS, and the certificate it serves over TLS. */
+function checksFor(config: Config, server: ClaimedServer, overrides: AppOverrides): Checks {
+  const { checks } = config;
+  const publicIps = server.publicIps.length > 0
+    ? server.publicIps
+    : server.name === "default"
+    ? checks.defaultPublicIps
+    : [];
+  return {
+    publicIps,
+    dnsPointsTo: (names, signal) =>
+      checkPointsTo(names, publicIps, {
+        resolverUrl: checks.dohUrl,
+        fetch: overrides.fetch,
+        timeoutMs: checks.timeoutMs,
+        signal,
+      }),
+    servedCertificate: (servername, signal) =>
+      probeCertificate({
+        // The server itself, whatever DNS says: the certificate it serves is what counts.
+        address: server.host,
+        port: overrides.https?.port ?? 443,
+        servername,
+        caCerts: overrides.https?.caCerts,
+        timeoutMs: checks.timeoutMs,
+        signal,
+        minValidDays: checks.certificateMinDays,
+      }),
+  };
+}
+
 export function workflowDeps(
   config: Config,
   logger: Logger,
@@ -81,8 +118,11 @@ export function workflowDeps(
       siteMs: config.timeouts.siteMs,
       certificateMs: config.timeouts.certificateMs,
       matomoMs: config.matomo?.timeoutMs ?? 15_000,
+      // Two DNS queries per name, or a TLS handshake and a certificate read: a few round trips each.
+      checkMs: 4 * config.checks.timeoutMs,
     },
     matomoOnRemove: config.matomoOnRemove,
+    checksFor: (server) => checksFor(config, server, overrides),
     budgetMs: config.budgetMs,
     workerDeadline: worker.startedAt === undefined || wallClock === null
       ? undefined

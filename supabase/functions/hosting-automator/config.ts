@@ -2,6 +2,7 @@
  * Configuration, validated once at start (docs/architecture.md §13). A bad value stops with the variable's
  * name and the rule it broke; values are never echoed, because most of them are secrets.
  */
+import { isIP } from "node:net";
 import { z } from "zod";
 import { HostingError } from "./errors.ts";
 import type { LogLevel } from "./log.ts";
@@ -76,6 +77,8 @@ export interface Config {
   timeouts: { siteMs: number; certificateMs: number };
   /** What a removal does with the site's Matomo site: keep its analytics data (default) or delete it. */
   matomoOnRemove: "keep" | "delete";
+  /** The checks around the certificate: DNS before it, the served certificate before and after it. */
+  checks: ChecksConfig;
   /** Wall-clock time one invocation may spend on jobs before it stops claiming. */
   budgetMs: number;
   /**
@@ -87,6 +90,17 @@ export interface Config {
   /** How long a claimed job's lease lasts; renewed every third of it while a step runs. */
   leaseSeconds: number;
   logLevel: LogLevel;
+}
+
+export interface ChecksConfig {
+  /** The DNS-over-HTTPS resolver (JSON API) the DNS check asks. */
+  dohUrl: string;
+  /** CLOUDPANEL_PUBLIC_IPS: the configured server's public addresses (a server row has its own `public_ips`). */
+  defaultPublicIps: string[];
+  /** A served certificate counts as valid only with more than this many days left. */
+  certificateMinDays: number;
+  /** Each DNS query and each TLS connection. */
+  timeoutMs: number;
 }
 
 /** Every value that must never be printed. */
@@ -179,6 +193,18 @@ const env = z.object({
   HOSTING_SITE_TIMEOUT_SECONDS: seconds("HOSTING_SITE_TIMEOUT_SECONDS", 90, 5, 900),
   HOSTING_CERTIFICATE_TIMEOUT_SECONDS: seconds("HOSTING_CERTIFICATE_TIMEOUT_SECONDS", 120, 5, 900),
   HOSTING_MATOMO_TIMEOUT_SECONDS: seconds("HOSTING_MATOMO_TIMEOUT_SECONDS", 15, 1, 120),
+  HOSTING_DOH_URL: z.string().optional(),
+  CLOUDPANEL_PUBLIC_IPS: z.string().optional(),
+  HOSTING_CERTIFICATE_MIN_DAYS: z.string().optional().transform((v, ctx) => {
+    if (v === undefined || v === "") return 14;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 0 || n > 60) {
+      ctx.addIssue({ code: "custom", message: "must be a whole number of days from 0 to 60" });
+      return z.NEVER;
+    }
+    return n;
+  }),
+  HOSTING_CHECK_TIMEOUT_SECONDS: seconds("HOSTING_CHECK_TIMEOUT_SECONDS", 10, 1, 60),
   HOSTING_ACCEPT_SERVICE_ROLE_KEY: z.enum(["true", "false"], { message: "must be true or false" }).default(
     "true",
   ),
@@ -211,6 +237,19 @@ function httpUrl(name: string, value: string, allowPlainHttpOnLoopback: boolean)
     name,
     allowPlainHttpOnLoopback ? "must use https (plain http only on localhost)" : "must be http or https",
   );
+}
+
+/** A public resolver, asked when HOSTING_DOH_URL is not set. */
+export const DEFAULT_DOH_URL = "https://cloudflare-dns.com/dns-query";
+
+/** CLOUDPANEL_PUBLIC_IPS: IPv4 and IPv6 addresses, separated by commas or spaces. */
+function publicIps(raw: string | undefined): string[] {
+  const name = "CLOUDPANEL_PUBLIC_IPS";
+  const list = (raw ?? "").split(/[\s,]+/).filter(Boolean);
+  for (const ip of list) {
+    if (!isIP(ip)) fail(name, "must be IPv4 or IPv6 addresses separated by commas");
+  }
+  return list;
 }
 
 /** CLOUDPANEL_SSH_PRIVATE_KEYS: a JSON object of server name → private key text. */
@@ -341,6 +380,12 @@ export function loadConfig(source: Record<string, string | undefined>): Config {
       certificateMs: e.HOSTING_CERTIFICATE_TIMEOUT_SECONDS,
     },
     matomoOnRemove: e.MATOMO_ON_REMOVE,
+    checks: {
+      dohUrl: e.HOSTING_DOH_URL ? httpUrl("HOSTING_DOH_URL", e.HOSTING_DOH_URL, true) : DEFAULT_DOH_URL,
+      defaultPublicIps: publicIps(e.CLOUDPANEL_PUBLIC_IPS),
+      certificateMinDays: e.HOSTING_CERTIFICATE_MIN_DAYS,
+      timeoutMs: e.HOSTING_CHECK_TIMEOUT_SECONDS,
+    },
     budgetMs: e.HOSTING_TIME_BUDGET_SECONDS,
     wallClockMs: e.HOSTING_WALL_CLOCK_SECONDS || null,
     leaseSeconds: e.HOSTING_LEASE_SECONDS / 1000,

@@ -85,6 +85,25 @@ export const ERROR_CODES = {
       "The Let's Encrypt certificate could not be issued and CloudPanel's answer is not recognised; retried a few times.",
   },
 
+  // DNS before the certificate, asked over DNS-over-HTTPS: Let's Encrypt validates against the same records
+  dns_not_ready: {
+    transient: true,
+    text:
+      "DNS does not point at the server yet (a name has no A or AAAA record, or one that is not the server's); will retry.",
+  },
+  dns_resolver_unavailable: {
+    transient: true,
+    text:
+      "The DNS resolver could not be asked whether the domain points at the server (unreachable, too slow, or an answer that is not DNS); will retry.",
+  },
+
+  // The certificate the server serves (a TLS handshake with the domain as SNI)
+  https_unreachable: {
+    transient: true,
+    text: "The site's server could not be reached over HTTPS; will retry.",
+  },
+  https_not_ready: { transient: true, text: "The site does not serve a valid certificate yet." },
+
   // Matomo over HTTP (never fails a provisioning job: the site goes active without analytics)
   matomo_unreachable: { transient: true, text: "Matomo could not be reached." },
   matomo_error: { transient: false, text: "Matomo refused the request." },

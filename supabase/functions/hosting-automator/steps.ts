@@ -8,11 +8,45 @@ import { docRootFor, type Domain, siteUserFor } from "./domain.ts";
 import type { Logger } from "./log.ts";
 import type { MatomoClient } from "./matomo.ts";
 import type { ClaimedJob, EventLevel, JobKind, SiteCredentials, StepName } from "./store.ts";
+import { HostingError, toHostingError } from "./errors.ts";
 
 export interface StepTimeouts {
   siteMs: number;
   certificateMs: number;
   matomoMs: number;
+  /** The DNS check and the HTTPS check, each. */
+  checkMs: number;
+}
+
+/** What the served certificate is, as the TLS check saw it. */
+export interface ServedCertificate {
+  valid: boolean;
+  /** Why it is not valid (untrusted, another name, expired or expiring soon). */
+  reason?: string;
+  notAfter?: Date;
+  names?: string[];
+}
+
+/** The checks around the certificate, bound to the job's server. */
+export interface Checks {
+  /** The server's public addresses (its row's `public_ips`, or CLOUDPANEL_PUBLIC_IPS for `default`). */
+  publicIps: readonly string[];
+  /** Every name resolves only to the server's addresses; else throws `dns_not_ready` (or the resolver's trouble). */
+  dnsPointsTo(names: string[], signal: AbortSignal): Promise<{ answered: Record<string, string[]> }>;
+  /** The certificate the server presents for `servername`; throws `https_unreachable` when it cannot be reached. */
+  servedCertificate(servername: string, signal: AbortSignal): Promise<ServedCertificate>;
+}
+
+/**
+ * The names the certificate covers. CloudPanel's documentation says a certificate for `domain.com` also covers
+ * `www.domain.com`, and the other way round; whether its CLI does the same is not confirmed, so both must point
+ * at the server for a two-label domain or a `www.` one. Deeper names are certified alone.
+ */
+export function certificateNames(domain: Domain): string[] {
+  const labels = domain.split(".");
+  if (labels[0] === "www" && labels.length === 3) return [labels.slice(1).join("."), domain];
+  if (labels.length === 2) return [domain, `www.${domain}`];
+  return [domain];
 }
 
 /** Choices of the deployment that steps read. */
@@ -32,6 +66,8 @@ export interface StepContext {
   results: Partial<Record<StepName, Record<string, unknown>>>;
   /** The site user's password, for a step that declares `password` (stored before the step starts). */
   credentials?: SiteCredentials;
+  /** The checks around the certificate, on the job's server. */
+  checks: Checks;
   /** Aborted when the lease is lost or the worker shuts down. */
   signal: AbortSignal;
 }
@@ -63,7 +99,7 @@ export interface StepDef {
    * step stores it in Vault (or returns the one an earlier attempt stored), so every retry sends the same.
    */
   password?: true;
-  skip: (context: { matomo: MatomoClient | null; options: StepOptions }) => Skip | null;
+  skip: (context: { matomo: MatomoClient | null; options: StepOptions; checks: Checks }) => Skip | null;
   run: (context: StepContext, timeoutMs: number) => Promise<StepDone>;
 }
 
@@ -98,16 +134,71 @@ export const STEPS: Record<StepName, StepDef> = {
       };
     },
   },
+  dns_check: {
+    name: "dns_check",
+    timeoutMs: (t) => t.checkMs,
+    optional: false,
+    skip: ({ checks }) =>
+      checks.publicIps.length > 0 ? null : {
+        code: "dns_check_skipped",
+        message:
+          "DNS is not checked before the certificate: the server has no public addresses (its public_ips, or CLOUDPANEL_PUBLIC_IPS).",
+        level: "warn",
+      },
+    run: async ({ domain, checks, signal }) => {
+      const names = certificateNames(domain);
+      const { answered } = await checks.dnsPointsTo(names, signal);
+      return {
+        result: { names, answered },
+        message: `DNS points at the server: ${
+          names.map((n) => `${n} → ${answered[n].join(", ")}`).join("; ")
+        }.`,
+      };
+    },
+  },
   ssl_certificate: {
     name: "ssl_certificate",
     timeoutMs: (t) => t.certificateMs,
     optional: false,
     skip: () => null,
-    run: async ({ cloudPanel, domain, signal }, timeoutMs) => {
+    run: async ({ cloudPanel, domain, checks, signal, log }, timeoutMs) => {
+      // A certificate that is already served and valid (an earlier attempt's, whose answer was lost) is not
+      // issued again: Let's Encrypt allows 5 duplicates a week.
+      const served = await checks.servedCertificate(domain, signal).catch((error) => {
+        log.info("the served certificate could not be checked before issuing; issuing", {
+          code: toHostingError(error).code,
+        });
+        return null;
+      });
+      if (served?.valid) {
+        return {
+          result: { installed_at: null, reused: true, not_after: served.notAfter?.toISOString() ?? null },
+          message:
+            `A valid certificate is already served (until ${served.notAfter?.toISOString()}); not issued again.`,
+        };
+      }
       await cloudPanel().installCertificate(domain, { timeoutMs, signal });
       return {
-        result: { installed_at: new Date().toISOString() },
+        result: { installed_at: new Date().toISOString(), reused: false },
         message: "Let's Encrypt certificate installed.",
+      };
+    },
+  },
+  https_verify: {
+    name: "https_verify",
+    timeoutMs: (t) => t.checkMs,
+    optional: false,
+    skip: () => null,
+    run: async ({ domain, checks, signal }) => {
+      const served = await checks.servedCertificate(domain, signal);
+      if (!served.valid) {
+        throw new HostingError("https_not_ready", `the served certificate is not valid: ${served.reason}`, {
+          publicMessage: `The site does not serve a valid certificate yet (${served.reason}); will retry.`,
+        });
+      }
+      return {
+        result: { not_after: served.notAfter?.toISOString() ?? null, names: served.names ?? [] },
+        message: `The site serves a valid certificate until ${served.notAfter?.toISOString()}.`,
       };
     },
   },
@@ -183,6 +274,8 @@ export type Completion =
     type: "site";
     docRoot: string;
     matomoSiteId: number | null;
+    /** The served certificate's expiry, when this job checked it. */
+    certificateExpiresAt: string | null;
     message: string;
     /** Queue an analytics job: the Matomo step failed for now. */
     backfillAnalytics: boolean;
@@ -214,10 +307,12 @@ function siteCompletion({ domain, results, warning, retryable }: CompletionConte
   const matomoSiteId = typeof results.matomo_site?.matomo_site_id === "number"
     ? results.matomo_site.matomo_site_id
     : null;
+  const notAfter = results.https_verify?.not_after;
   return {
     type: "site",
     docRoot,
     matomoSiteId,
+    certificateExpiresAt: typeof notAfter === "string" ? notAfter : null,
     message: matomoSiteId === null
       ? `Site is active without analytics (${warning?.code ?? "matomo_site"}).`
       : `Site is active; Matomo site ${matomoSiteId}.`,
@@ -228,7 +323,7 @@ function siteCompletion({ domain, results, warning, retryable }: CompletionConte
 /** The kinds of job: their steps in order and how each ends. */
 export const KINDS: Record<JobKind, KindDef> = {
   provision: {
-    steps: ["cloudpanel_site", "ssl_certificate", "matomo_site"],
+    steps: ["cloudpanel_site", "dns_check", "ssl_certificate", "https_verify", "matomo_site"],
     ownsDomain: true,
     allowsOptionalFailure: true,
     complete: siteCompletion,

@@ -9,7 +9,9 @@ import { Redactor } from "./log.ts";
 
 export const STEP_NAMES = [
   "cloudpanel_site",
+  "dns_check",
   "ssl_certificate",
+  "https_verify",
   "matomo_site",
   "cloudpanel_site_delete",
   "matomo_site_delete",
@@ -96,8 +98,11 @@ const addressOf = (s: { name: string; host: string; port: number; ssh_user: stri
 });
 
 /** The server a claimed job runs on: where to connect, and whether its circuit had failures. */
-const claimedServer = z.object({ ...serverFields, failures: z.number().int().default(0) })
-  .transform((s) => ({ ...addressOf(s), failures: s.failures }));
+const claimedServer = z.object({
+  ...serverFields,
+  failures: z.number().int().default(0),
+  public_ips: z.array(z.string()).default([]),
+}).transform((s) => ({ ...addressOf(s), failures: s.failures, publicIps: s.public_ips }));
 export type ClaimedServer = z.output<typeof claimedServer>;
 
 const claimedRow = z.object({
@@ -371,6 +376,8 @@ export interface Completion {
   done?: StepEnd | StepEnd[];
   /** Queue an analytics job: the Matomo step failed for now and the site goes active without it. */
   backfillAnalytics?: boolean;
+  /** The expiry of the certificate the site was seen to serve. */
+  certificateExpiresAt?: string | null;
 }
 
 export interface Failure {
@@ -511,6 +518,7 @@ export class Store {
         p_message: completion.message === undefined ? null : this.#redact(completion.message),
         p_done: endJson(completion.done, this.#redact),
         p_backfill_analytics: completion.backfillAnalytics ?? false,
+        p_certificate_expires_at: completion.certificateExpiresAt ?? null,
       }, "value"),
     );
   }

@@ -22,6 +22,7 @@ import type { Logger } from "./log.ts";
 import type { MatomoClient } from "./matomo.ts";
 import type { RemoteShell } from "./remote.ts";
 import {
+  type Checks,
   type Completion,
   type KindDef,
   KINDS,
@@ -53,6 +54,11 @@ export interface WorkflowDeps {
   /** The configured server (CLOUDPANEL_SSH_HOST), registered as `default` while no server is registered. */
   defaultServer?: FleetConfig["defaultServer"];
   timeouts: StepTimeouts;
+  /**
+   * The checks around the certificate on a job's server (DNS, the served certificate). Without it, DNS is not
+   * checked and the served certificate is reported unreachable (tests of other paths).
+   */
+  checksFor?: (server: ClaimedServer) => Checks;
   /** What a removal does with the site's Matomo site (default: keep its analytics data). */
   matomoOnRemove?: StepOptions["matomoOnRemove"];
   /** Wall-clock time this invocation may spend. */
@@ -178,6 +184,13 @@ class DomainTaken extends Error {
     super(message);
   }
 }
+/** Without checks configured: no public addresses (DNS is not checked), and no served certificate to see. */
+const NO_CHECKS: Checks = {
+  publicIps: [],
+  dnsPointsTo: () => Promise.reject(new HostingError("internal", "no DNS check configured")),
+  servedCertificate: () => Promise.reject(new HostingError("https_unreachable", "no HTTPS check configured")),
+};
+
 /** Said once per process: where the database has no Vault, site passwords are not kept. */
 let vaultAbsenceSaid = false;
 /** A step failed; `end` is its journal entry, written with the job's failure. */
@@ -375,6 +388,7 @@ export class Invocation {
       const domain = parseDomain(job.domain);
       const kind = KINDS[job.kind];
       const cloudPanel = this.#cloudPanel(log, job.server);
+      const checks = this.#deps.checksFor?.(job.server) ?? NO_CHECKS;
       const results: Partial<Record<StepName, Record<string, unknown>>> = {};
       /** The end of the step that ran last, written with the next transition. */
       let pending: StepEnd[] = [];
@@ -388,7 +402,7 @@ export class Invocation {
           outcome.steps.push({ step: name, status: "already_done", duration_ms: 0 });
           continue;
         }
-        const skip = def.skip({ matomo: this.#deps.matomo, options: this.#stepOptions });
+        const skip = def.skip({ matomo: this.#deps.matomo, options: this.#stepOptions, checks });
         if (skip) {
           pending.push({
             step: name,
@@ -401,7 +415,18 @@ export class Invocation {
           if (skip.level === "warn") outcome.warning = { code: skip.code, message: skip.message };
           continue;
         }
-        const ran = await this.#step({ job, lease, log, def, kind, domain, cloudPanel, results, pending });
+        const ran = await this.#step({
+          job,
+          lease,
+          log,
+          def,
+          kind,
+          domain,
+          cloudPanel,
+          checks,
+          results,
+          pending,
+        });
         pending = [ran.end];
         outcome.steps.push(ran.outcome);
         if (ran.end.state === "done") {
@@ -457,6 +482,7 @@ export class Invocation {
         message: completion.message,
         done,
         backfillAnalytics: completion.backfillAnalytics,
+        certificateExpiresAt: completion.certificateExpiresAt,
       })
       : this.#deps.store.completeRemoval(lease, { message: completion.message, done });
   }
@@ -555,7 +581,7 @@ export class Invocation {
    * step's failure in a job that may go on without it is returned as a `failed` end; any other failure is thrown.
    */
   async #step(
-    { job, lease, log, def, kind, domain, cloudPanel, results, pending }: {
+    { job, lease, log, def, kind, domain, cloudPanel, checks, results, pending }: {
       job: ClaimedJob;
       lease: Lease;
       log: Logger;
@@ -563,6 +589,7 @@ export class Invocation {
       kind: KindDef;
       domain: Domain;
       cloudPanel: () => CloudPanel;
+      checks: Checks;
       results: Partial<Record<StepName, Record<string, unknown>>>;
       pending: StepEnd[];
     },
@@ -604,7 +631,7 @@ export class Invocation {
     try {
       const done = await abortable(
         def.run(
-          { job, domain, log, cloudPanel, matomo: this.#deps.matomo, results, credentials, signal },
+          { job, domain, log, cloudPanel, matomo: this.#deps.matomo, results, credentials, checks, signal },
           effective,
         ),
         signal,

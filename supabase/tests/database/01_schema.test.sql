@@ -5,7 +5,7 @@ select plan(34);
 -- public.sites (docs/architecture.md §3)
 select has_table('public', 'sites', 'public.sites exists');
 select columns_are('public', 'sites',
-  array['id', 'domain', 'status_dns', 'status_hosting', 'hosting_doc_root', 'matomo_site_id', 'error_message', 'created_at', 'hosting_server'],
+  array['id', 'domain', 'status_dns', 'status_hosting', 'hosting_doc_root', 'matomo_site_id', 'error_message', 'created_at', 'hosting_server', 'certificate_expires_at'],
   'public.sites has the columns this module reads and writes');
 select col_type_is('public', 'sites', 'matomo_site_id', 'integer', 'matomo_site_id is an integer');
 select col_default_is('public', 'sites', 'status_hosting', 'pending', 'status_hosting defaults to pending');
