@@ -90,9 +90,10 @@ function checksFor(config: Config, server: ClaimedServer, overrides: AppOverride
       probeCertificate({
         // The server itself, whatever DNS says: the certificate it serves is what counts.
         address: server.host,
-        port: overrides.https?.port ?? 443,
+        port: overrides.https?.port ?? checks.httpsPort,
         servername,
-        caCerts: overrides.https?.caCerts,
+        caCerts: overrides.https?.caCerts ??
+          (checks.extraCaCerts.length > 0 ? checks.extraCaCerts : undefined),
         timeoutMs: checks.timeoutMs,
         signal,
         minValidDays: checks.certificateMinDays,

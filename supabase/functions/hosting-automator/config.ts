@@ -101,6 +101,10 @@ export interface ChecksConfig {
   certificateMinDays: number;
   /** Each DNS query and each TLS connection. */
   timeoutMs: number;
+  /** The port the HTTPS checks connect to on a server (443). */
+  httpsPort: number;
+  /** HOSTING_HTTPS_CA: certificates (PEM) trusted besides the system's roots, e.g. a private or staging CA. */
+  extraCaCerts: string[];
 }
 
 /** Every value that must never be printed. */
@@ -205,6 +209,20 @@ const env = z.object({
     return n;
   }),
   HOSTING_CHECK_TIMEOUT_SECONDS: seconds("HOSTING_CHECK_TIMEOUT_SECONDS", 10, 1, 60),
+  HOSTING_HTTPS_PORT: z.string().optional().transform((v, ctx) => {
+    if (v === undefined || v === "") return 443;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 1 || n > 65535) {
+      ctx.addIssue({ code: "custom", message: "must be a port number from 1 to 65535" });
+      return z.NEVER;
+    }
+    return n;
+  }),
+  HOSTING_HTTPS_CA: unsetWhenEmpty(
+    z.string().refine((v) => v.includes("-----BEGIN CERTIFICATE-----"), {
+      message: "must be PEM certificates (-----BEGIN CERTIFICATE-----)",
+    }),
+  ),
   HOSTING_ACCEPT_SERVICE_ROLE_KEY: z.enum(["true", "false"], { message: "must be true or false" }).default(
     "true",
   ),
@@ -385,6 +403,8 @@ export function loadConfig(source: Record<string, string | undefined>): Config {
       defaultPublicIps: publicIps(e.CLOUDPANEL_PUBLIC_IPS),
       certificateMinDays: e.HOSTING_CERTIFICATE_MIN_DAYS,
       timeoutMs: e.HOSTING_CHECK_TIMEOUT_SECONDS,
+      httpsPort: e.HOSTING_HTTPS_PORT,
+      extraCaCerts: e.HOSTING_HTTPS_CA ? [e.HOSTING_HTTPS_CA] : [],
     },
     budgetMs: e.HOSTING_TIME_BUDGET_SECONDS,
     wallClockMs: e.HOSTING_WALL_CLOCK_SECONDS || null,
