@@ -6,8 +6,10 @@
  * the jobs, the SQL functions of the store (called as service_role), the workflow, the CloudPanel client (its
  * command lines and output classification) and the Matomo client (over HTTP).
  * Simulated, in this process: two CloudPanel servers, each its own `clpctl` state (dev/clpctl_sim.ts, reached
- * through dev/inprocess_shell.ts instead of SSH), one of which is down for a while (its connections refused),
- * and Matomo's HTTP API (dev/matomo_sim.ts on loopback).
+ * through dev/inprocess_shell.ts instead of SSH), one of which is down for a while (its connections refused);
+ * their HTTPS side (dev/tls_sim.ts: the certificate each site serves, signed by a CA made at start); public DNS
+ * (dev/doh_sim.ts, a DNS-over-HTTPS resolver answering each site's names with its server's address, read from
+ * the placements in the database); and Matomo's HTTP API (dev/matomo_sim.ts on loopback).
  * Absent, as on plain Postgres: pg_net, Vault and pg_cron. No kick is sent; this script does what the sweep
  * would, running the function's workflow until no job is due or waiting for a retry.
  *
@@ -20,14 +22,17 @@ import { createApp } from "../supabase/functions/hosting-automator/app.ts";
 import type { ServerAddress } from "../supabase/functions/hosting-automator/config.ts";
 import { docRootFor, parseDomain, siteUserFor } from "../supabase/functions/hosting-automator/domain.ts";
 import { HostingError } from "../supabase/functions/hosting-automator/errors.ts";
+import { certificateNames } from "../supabase/functions/hosting-automator/steps.ts";
 import type { LogLevel, LogSink } from "../supabase/functions/hosting-automator/log.ts";
 import type { Store } from "../supabase/functions/hosting-automator/store.ts";
 import type { JobOutcome, Progress } from "../supabase/functions/hosting-automator/workflow.ts";
 import { readSimState, setFaults, type SimState } from "./clpctl_sim.ts";
+import { type DohSim, startDohSim } from "./doh_sim.ts";
 import { inProcessShell } from "./inprocess_shell.ts";
 import { type MatomoSim, type SimRequestInfo, startMatomoSim } from "./matomo_sim.ts";
 import { pgliteStore } from "./store_pglite.ts";
 import { SUPABASE_DATABASE_SQL, SUPABASE_ROLES_SQL } from "./supabase_base.ts";
+import { startTlsSim, type TlsSim } from "./tls_sim.ts";
 
 const started = performance.now();
 const MIGRATIONS = fileURLToPath(new URL("../supabase/migrations", import.meta.url));
@@ -52,16 +57,29 @@ const SITES: { domain: string; expect: Expected; note: string }[] = [
 /**
  * The fleet: two rows of hosting_automator.servers, inserted before the sites (so no `default` server is
  * registered). Their capacities add up to the number of sites, so while cp-2 is down cp-1 fills up and the
- * sites left wait for cp-2.
+ * sites left wait for cp-2. `public_ips` is where the sites' DNS must point (documentation addresses, RFC 5737);
+ * `host` is loopback because the HTTPS check connects to it, and one TLS simulator there serves both servers'
+ * sites (SSH is not used: clpctl runs in-process).
  */
 const SERVERS = [
-  { name: "cp-1", host: "cp-1.demo.invalid", capacity: 3, concurrency: 2 },
-  { name: "cp-2", host: "cp-2.demo.invalid", capacity: 4, concurrency: 2 },
+  { name: "cp-1", host: "127.0.0.1", publicIp: "203.0.113.10", capacity: 3, concurrency: 2 },
+  { name: "cp-2", host: "127.0.0.1", publicIp: "203.0.113.20", capacity: 4, concurrency: 2 },
 ];
 /** This server is down as the run starts: it refuses this many connections, then answers again. */
 const OUTAGE = { server: "cp-2", refusals: 2 };
-/** The server whose first certificate request Let's Encrypt fails once (DNS not propagated yet). */
+/** The server whose first certificate request Let's Encrypt fails once (its own view of DNS lagging). */
 const CERTIFICATE_FAULT_SERVER = "cp-1";
+/**
+ * The site whose DNS is not ready at first: the resolver still has its apex's old address cached, and answers
+ * it for `staleMs` after the first question (the record's TTL running out); `www.` already points right. The
+ * certificate covers both names, so the job waits (`dns_not_ready`) without asking for a certificate.
+ */
+const DNS_LATE = {
+  site: "www.flower-shop.example",
+  name: "flower-shop.example",
+  oldIp: "198.51.100.7",
+  staleMs: 3_000,
+};
 
 /** Placeholders that only satisfy the configuration's syntax: `connect` is overridden, so no SSH happens. */
 const PLACEHOLDER_SSH_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\n" +
@@ -119,10 +137,13 @@ interface SiteRow {
   hosting_doc_root: string | null;
   matomo_site_id: number | null;
   error_message: string | null;
+  certificate_expires_at: Date | null;
 }
 
 const SITE_COLUMNS =
-  "domain, hosting_server, status_hosting, hosting_doc_root, matomo_site_id, error_message";
+  "domain, hosting_server, status_hosting, hosting_doc_root, matomo_site_id, error_message, certificate_expires_at";
+const DAY_MS = 86_400_000;
+const CERTIFICATE_COMMAND = "lets-encrypt:install:certificate";
 
 /** Each server's clpctl state, by server name. */
 type Fleet = Map<string, SimState>;
@@ -156,6 +177,17 @@ function problem(
   if (elsewhere.length > 0) return `also on ${elsewhere.map(([name]) => name).join(", ")}`;
   if (!clpctl.sites[ascii]) return `no CloudPanel site on ${row.hosting_server}`;
   if (clpctl.certificates[ascii]?.type !== "lets-encrypt") return "no Let's Encrypt certificate";
+  // No certificate issued twice: one certificate command succeeded for the site, on any server.
+  const issued = [...fleet.values()].flatMap((state) => state.calls)
+    .filter((call) => call.verb === CERTIFICATE_COMMAND && call.domainName === ascii && call.exitCode === 0);
+  if (issued.length !== 1) return `${issued.length} certificates issued, expected 1`;
+  // The HTTPS check saw the served certificate and stored its expiry (Let's Encrypt's: 90 days).
+  const daysLeft = row.certificate_expires_at === null
+    ? null
+    : (new Date(row.certificate_expires_at).getTime() - Date.now()) / DAY_MS;
+  if (daysLeft === null || daysLeft < 89 || daysLeft > 90) {
+    return `certificate expiry ${row.certificate_expires_at} is not the served certificate's (90 days)`;
+  }
   const registered = matomo.sites.find((s) => s.main_url === `https://${ascii}`);
   if (site.expect === "active_without_analytics") {
     if (row.matomo_site_id !== null || registered) return "expected no Matomo site";
@@ -224,6 +256,37 @@ async function printServers(store: Store): Promise<void> {
   }
 }
 
+/**
+ * Public DNS as the DNS check sees it: each site's names (the domain, and `www.` or the apex as its certificate
+ * covers them) answer the public address of the server the site was placed on, read from the database as the
+ * Hub's DNS module would have set it; DNS_LATE's name answers its old address for a while. Other names: none.
+ */
+function demoResolver(pg: PGlite, clock: { staleUntil: number | null }) {
+  const siteOf = new Map<string, string>();
+  for (const site of SITES) {
+    if (site.expect === "invalid") continue;
+    for (const name of certificateNames(parseDomain(site.domain))) siteOf.set(name, site.domain);
+  }
+  return async (name: string, type: "A" | "AAAA"): Promise<string[] | null> => {
+    const domain = siteOf.get(name);
+    if (domain === undefined) return null;
+    // The demo's servers have IPv4 addresses only.
+    if (type === "AAAA") return [];
+    const placed = (await pg.query<{ server: string }>(
+      "select p.server from hosting_automator.placements p join public.sites s on s.id = p.site_id " +
+        "where s.domain = $1",
+      [domain],
+    )).rows[0];
+    const server = SERVERS.find((s) => s.name === placed?.server);
+    if (!server) return null;
+    if (name === DNS_LATE.name) {
+      clock.staleUntil ??= Date.now() + DNS_LATE.staleMs;
+      if (Date.now() < clock.staleUntil) return [DNS_LATE.oldIp];
+    }
+    return [server.publicIp];
+  };
+}
+
 async function main(): Promise<boolean> {
   out(style.ok("hosting-automator demo"));
   out(
@@ -231,9 +294,10 @@ async function main(): Promise<boolean> {
   );
   out(
     style.dim(
-      "  simulated in this process: two CloudPanel servers (clpctl), Matomo's HTTP API; PostgreSQL embedded (PGlite)",
+      "  simulated in this process: two CloudPanel servers (clpctl, HTTPS), public DNS (DNS-over-HTTPS), Matomo's",
     ),
   );
+  out(style.dim("  HTTP API; PostgreSQL embedded (PGlite)"));
 
   const work = await Deno.makeTempDir({ prefix: "hosting-automator-demo-" });
   const stateDirOf = (server: string) => `${work}/clpctl-${server}`;
@@ -241,6 +305,10 @@ async function main(): Promise<boolean> {
   const logFile = await Deno.open(`${work}/app.log`, { create: true, write: true, append: true });
   let pg: PGlite | null = null;
   let matomo: MatomoSim | null = null;
+  let doh: DohSim | null = null;
+  let tls: TlsSim | null = null;
+  /** When DNS_LATE's name starts answering the server's address: set by its first lookup. */
+  const dnsClock: { staleUntil: number | null } = { staleUntil: null };
   let http: Deno.HttpClient | null = null;
   let ok = false;
   try {
@@ -264,9 +332,16 @@ async function main(): Promise<boolean> {
       certificateFailures: 1,
       certificateFailureKind: "dns",
     });
+    // The servers' HTTPS side: one listener for both (a domain lives on one server), its own CA, trusted below.
+    tls = await startTlsSim({ stateDirs: SERVERS.map((server) => stateDirOf(server.name)) });
+    doh = await startDohSim();
+    doh.setResolver(demoResolver(pg, dnsClock));
     out();
     out(
       `▸ Simulators: ${SERVERS.length} CloudPanel servers (clpctl in-process, one state each), Matomo on ${matomo.url}`,
+    );
+    out(
+      style.dim(`  HTTPS of both servers on 127.0.0.1:${tls.port} (test CA), DNS-over-HTTPS on ${doh.url}`),
     );
     out(
       style.dim(
@@ -275,7 +350,14 @@ async function main(): Promise<boolean> {
     );
     out(
       style.dim(
-        `          Let's Encrypt fails ${CERTIFICATE_FAULT_SERVER}'s first certificate request once (DNS not propagated yet);`,
+        `          Let's Encrypt fails ${CERTIFICATE_FAULT_SERVER}'s first certificate request once (its view of DNS lags);`,
+      ),
+    );
+    out(
+      style.dim(
+        `          DNS still answers ${DNS_LATE.name} → ${DNS_LATE.oldIp} (its old host) for ${
+          seconds(DNS_LATE.staleMs)
+        } after the first lookup;`,
       ),
     );
     out(style.dim(`          Matomo refuses every call about ${NO_ANALYTICS}`));
@@ -285,12 +367,19 @@ async function main(): Promise<boolean> {
     out("▸ The operator registers two CloudPanel servers: rows of hosting_automator.servers");
     for (const server of SERVERS) {
       await pg.query(
-        "insert into hosting_automator.servers (name, host, host_key, capacity, concurrency) " +
-          "values ($1, $2, $3, $4, $5)",
-        [server.name, server.host, PLACEHOLDER_HOST_KEY, server.capacity, server.concurrency],
+        "insert into hosting_automator.servers (name, host, public_ips, host_key, capacity, concurrency) " +
+          "values ($1, $2, $3, $4, $5, $6)",
+        [
+          server.name,
+          server.host,
+          [server.publicIp],
+          PLACEHOLDER_HOST_KEY,
+          server.capacity,
+          server.concurrency,
+        ],
       );
       out(
-        `  + ${server.name.padEnd(6)} ${server.host.padEnd(20)} ` +
+        `  + ${server.name.padEnd(6)} ${server.host.padEnd(10)} public ${server.publicIp.padEnd(14)} ` +
           style.dim(`capacity ${server.capacity} sites, ${server.concurrency} jobs at once`),
       );
     }
@@ -342,11 +431,16 @@ async function main(): Promise<boolean> {
       MATOMO_API_URL: matomo.url,
       MATOMO_API_TOKEN: matomo.token,
       HOSTING_MATOMO_TIMEOUT_SECONDS: "5",
+      HOSTING_DOH_URL: doh.url,
+      HOSTING_CHECK_TIMEOUT_SECONDS: "5",
     }, {
       store,
       connect,
       logSink: demoLogSink(logFile),
+      // Matomo and the DNS-over-HTTPS resolver.
       fetch: (input, init) => fetch(input, { ...init, client }),
+      // The HTTPS check connects to the servers' host on the simulator's port and trusts its CA.
+      https: { port: tls.port, caCerts: [tls.caPem] },
     });
     if (!app.newInvocation) throw new Error("the demo's configuration was refused (see the log line above)");
 
@@ -427,6 +521,38 @@ async function main(): Promise<boolean> {
     if (retried.length !== 1) {
       problems.push(["Let's Encrypt", `expected one retried certificate, saw ${retried.length}`]);
     }
+    // DNS: only DNS_LATE's job waited for it, until its name pointed at the server, and asked for no
+    // certificate meanwhile; every other active site's DNS and HTTPS checks passed at their first run.
+    const dnsWaits = outcomes.filter((o) => o.error?.code === "dns_not_ready");
+    if (dnsWaits.length === 0 || dnsWaits.some((o) => o.domain !== DNS_LATE.site)) {
+      problems.push(["DNS", `expected only ${DNS_LATE.site} to wait for DNS, saw ${dnsWaits.length} waits`]);
+    }
+    if (dnsWaits.some((o) => o.status !== "retrying")) {
+      problems.push(["DNS", "a job that waited for DNS was not retried"]);
+    }
+    const lateCertificates = [...fleet.values()].flatMap((state) => state.calls)
+      .filter((call) => call.verb === CERTIFICATE_COMMAND && call.domainName === parseDomain(DNS_LATE.site));
+    if (
+      dnsClock.staleUntil === null ||
+      lateCertificates.some((call) => Date.parse(call.time) < dnsClock.staleUntil!)
+    ) {
+      problems.push([DNS_LATE.site, "a certificate was asked for before its DNS pointed at the server"]);
+    }
+    for (const site of SITES.filter((s) => s.expect !== "invalid")) {
+      const done = outcomes.findLast((o) => o.domain === site.domain && o.status.startsWith("active"));
+      const unchecked = ["dns_check", "https_verify"].filter((step) =>
+        !done?.steps.some((s) => s.step === step && (s.status === "done" || s.status === "already_done"))
+      );
+      if (unchecked.length > 0) problems.push([site.domain, `went active without ${unchecked.join(", ")}`]);
+    }
+    const httpsWaits = outcomes.filter((o) => o.error?.code?.startsWith("https_"));
+    if (httpsWaits.length > 0) {
+      problems.push([
+        "HTTPS",
+        `${httpsWaits.length} job(s) did not see a valid certificate after issuing it`,
+      ]);
+    }
+
     // The outage: the down server's jobs waited (attempt kept) while the other server's sites went on.
     const waited = outcomes.filter((o) => o.status === "waiting");
     const firstWait = outcomes.findIndex((o) => o.status === "waiting");
@@ -481,6 +607,24 @@ async function main(): Promise<boolean> {
     out(`▸ The servers at the end (${OUTAGE.server} answers again: its circuit closed, its last error kept)`);
     await printServers(store);
 
+    // The expiry the HTTPS check read from each served certificate, as /status reports it.
+    const certificates = (await pg.query<
+      { c: { expiring_within_30_days: number; soonest: { domain: string; expires_at: string }[] } }
+    >("select public.hosting_status() -> 'certificates' as c")).rows[0].c;
+    const soonest = certificates.soonest[0];
+    out();
+    out(
+      `▸ /status's certificates: ${certificates.soonest.length} served and checked, ` +
+        `${certificates.expiring_within_30_days} expiring within 30 days` +
+        (soonest ? `; the soonest: ${soonest.domain} on ${soonest.expires_at.slice(0, 10)}` : ""),
+    );
+    if (certificates.soonest.length !== SITES.filter((s) => s.expect.startsWith("active")).length) {
+      problems.push([
+        "/status",
+        `${certificates.soonest.length} certificates listed, expected one per active site`,
+      ]);
+    }
+
     out();
     out("▸ public.sites (hosting_server: where each site was placed; placement is sticky)");
     out(table(
@@ -508,6 +652,7 @@ async function main(): Promise<boolean> {
         `✓ all ${SITES.length} sites ended as expected: ${count("active")} active, ` +
           `${count("active_without_analytics")} active without analytics, ${count("invalid")} refused as ` +
           `invalid, ${count("removed")} provisioned then removed; 1 certificate retried; ` +
+          `${DNS_LATE.site} waited for DNS ${dnsWaits.length} time(s), no certificate asked meanwhile; ` +
           `${OUTAGE.server} was down: its jobs waited ${waited.length} time(s), attempt kept (${elapsed})`,
       ));
     } else {
@@ -518,6 +663,8 @@ async function main(): Promise<boolean> {
   } finally {
     logFile.close();
     await matomo?.close();
+    await doh?.close();
+    await tls?.close();
     http?.close();
     // PGlite keeps the process alive for seconds unless closed.
     await pg?.close();

@@ -18,6 +18,8 @@
  * injected faults. AD is always false: nothing here is signed.
  *
  * In-process: `const sim = await startDohSim(); sim.setRecords("example.com", { A: ["203.0.113.10"] }); …`
+ * Records that follow something else (the demo's: where each site was placed, read from its database) come from
+ * `setResolver((name, type) => addresses | null)`, asked first for every A and AAAA question.
  * Stand-alone: `deno run -A dev/doh_sim.ts [--port=8053] [--record=example.com=203.0.113.10,2001:db8::10 …]`
  * prints its URL.
  */
@@ -41,6 +43,16 @@ export interface DohSimOptions {
   /** Delay before each answer. */
   latencyMs?: number;
 }
+
+/**
+ * Answers A and AAAA questions before the records set with `setRecords`: the addresses of that type (an empty
+ * list: the name exists without such a record), or null to fall back to the records (NXDOMAIN when none).
+ * `name` is in lower case without the trailing dot. May be async (it may read a database).
+ */
+export type DohResolver = (
+  name: string,
+  type: "A" | "AAAA",
+) => string[] | null | Promise<string[] | null>;
 
 /** What the next requests answer instead of DNS; see also `servfail(name)` and `down()`. */
 export type DohFault =
@@ -77,6 +89,8 @@ export interface DohSim {
   setRecords(name: string, records: DohRecords): void;
   /** The name no longer exists (NXDOMAIN). */
   removeRecords(name: string): void;
+  /** Asked first for every A and AAAA question (null: no hook). A hook that throws answers SERVFAIL. */
+  setResolver(resolver: DohResolver | null): void;
   /** Queries about this name answer this Status (2 SERVFAIL by default, 5 REFUSED…) until `clearFaults()`. */
   servfail(name: string, rcode?: number): void;
   /** Injects `fault` into the next `times` requests, or every request until `clearFaults()`. */
@@ -144,6 +158,7 @@ class Sim implements DohSim {
   readonly #style: DohStyle;
   #latencyMs: number;
   #fault: { fault: DohFault; left: number } | null = null;
+  #resolver: DohResolver | null = null;
   #unavailable = false;
   #server: Deno.HttpServer<Deno.NetAddr> | null = null;
   /** Aborted when the simulator goes down or closes: releases hanging and sleeping handlers. */
@@ -181,6 +196,10 @@ class Sim implements DohSim {
 
   removeRecords(name: string): void {
     this.#zones.delete(key(name));
+  }
+
+  setResolver(resolver: DohResolver | null): void {
+    this.#resolver = resolver;
   }
 
   servfail(name: string, rcode = 2): void {
@@ -262,7 +281,7 @@ class Sim implements DohSim {
     } else {
       const fault = this.#takeFault();
       if (fault) entry.fault = fault.kind;
-      response = fault ? await faultResponse(fault, signals) : this.#route(request, url, entry);
+      response = fault ? await faultResponse(fault, signals) : await this.#route(request, url, entry);
     }
     entry.status = response.status;
     return response;
@@ -275,7 +294,7 @@ class Sim implements DohSim {
     return f.fault;
   }
 
-  #route(request: Request, url: URL, entry: DohQuery): Response {
+  async #route(request: Request, url: URL, entry: DohQuery): Promise<Response> {
     if (url.pathname !== "/dns-query" && url.pathname !== "/resolve") {
       return new Response("404 page not found", { status: 404 });
     }
@@ -291,7 +310,7 @@ class Sim implements DohSim {
     const type = parseType(url.searchParams.get("type"));
     if (type === null) return badRequest(`Invalid query type '${url.searchParams.get("type")}'`);
 
-    const body = this.#answer(name, type);
+    const body = await this.#answer(name, type);
     entry.rcode = body.Status;
     if (url.pathname === "/resolve") body.Comment = "Response from 127.0.0.1 (simulated).";
     return new Response(JSON.stringify(body), {
@@ -300,7 +319,7 @@ class Sim implements DohSim {
     });
   }
 
-  #answer(name: string, type: number): Record<string, unknown> & { Status: number } {
+  async #answer(name: string, type: number): Promise<Record<string, unknown> & { Status: number }> {
     const header = (Status: number) => ({
       Status,
       TC: false,
@@ -317,6 +336,15 @@ class Sim implements DohSim {
       const rcode = this.#servfail.get(current);
       // A resolver that cannot finish the chain answers SERVFAIL without a partial answer.
       if (rcode !== undefined) return header(rcode);
+      const hooked = await this.#hook(current, type);
+      if (hooked === "servfail") return header(2);
+      if (hooked !== null) {
+        for (const d of hooked) answer.push({ name: fqdn(current), type, TTL: DEFAULT_TTL, data: d });
+        if (hooked.length === 0) {
+          return { ...header(0), ...(answer.length ? { Answer: answer } : {}), Authority: [soa(current)] };
+        }
+        return { ...header(0), Answer: answer };
+      }
       const zone = this.#zones.get(current);
       if (!zone) {
         return { ...header(3), ...(answer.length ? { Answer: answer } : {}), Authority: [soa(current)] };
@@ -340,6 +368,19 @@ class Sim implements DohSim {
         return { ...header(0), ...(answer.length ? { Answer: answer } : {}), Authority: [soa(current)] };
       }
       return { ...header(0), Answer: answer };
+    }
+  }
+
+  /** The hook's addresses for an A or AAAA question; null: no hook or no answer from it; "servfail": it threw. */
+  async #hook(name: string, type: number): Promise<string[] | null | "servfail"> {
+    const resolver = this.#resolver;
+    const mnemonic = type === TYPES.A ? "A" : type === TYPES.AAAA ? "AAAA" : null;
+    if (!resolver || !mnemonic) return null;
+    try {
+      const addresses = await resolver(name, mnemonic);
+      return addresses === null ? null : [...addresses];
+    } catch {
+      return "servfail";
     }
   }
 }

@@ -19,6 +19,10 @@
  * pipes the connection, the peeked bytes first, to a loopback `Deno.listenTls` backend that holds that
  * certificate.
  *
+ * A fleet of simulated servers shares one simulator: `addStateDir(dir)` adds another server's clpctl state, and
+ * a domain's certificate comes from whichever state has it (a domain lives on one server). All servers are on
+ * 127.0.0.1 here, so one listener answers for every one of them.
+ *
  * `const sim = await startTlsSim({ stateDir }); … sim.address, sim.port, sim.caPem … await sim.close();`
  */
 import { readSimState } from "./clpctl_sim.ts";
@@ -44,8 +48,10 @@ export interface CertificateOverride {
 export type Override = CertificateOverride | "expired" | "wrong-name";
 
 export interface TlsSimOptions {
-  /** The clpctl simulator's state directory. */
-  stateDir: string;
+  /** The clpctl simulator's state directory (more with `stateDirs` or `addStateDir`). */
+  stateDir?: string;
+  /** More state directories: the other servers of a fleet. */
+  stateDirs?: string[];
   hostname?: string;
   /** Default 0: a free port. */
   port?: number;
@@ -57,6 +63,8 @@ export interface TlsSim {
   port: number;
   /** The CA that signs the "Let's Encrypt" certificates: pass it as `caCerts` to trust them. */
   caPem: string;
+  /** Serves the certificates of this clpctl state too, from the next connection on (another server). */
+  addStateDir(dir: string): void;
   /** Serves `domain` this certificate from the next connection on; `undefined` goes back to the state's. */
   override(domain: string, override: Override | undefined): void;
   /** The SNI of every connection so far, in order ("" for none). */
@@ -87,6 +95,9 @@ export async function startTlsSim(options: TlsSimOptions): Promise<TlsSim> {
     isCa: true,
   });
   const overrides = new Map<string, Override>(Object.entries(options.overrides ?? {}));
+  const stateDirs = [
+    ...new Set([...(options.stateDir ? [options.stateDir] : []), ...(options.stateDirs ?? [])]),
+  ];
   const backends = new Map<string, Promise<Backend>>();
   const open = new Set<Deno.Conn>();
   const tasks = new Set<Promise<void>>();
@@ -103,7 +114,12 @@ export async function startTlsSim(options: TlsSimOptions): Promise<TlsSim> {
   async function specFor(servername: string): Promise<CertificateSpec> {
     const domain = servername.toLowerCase();
     // A site's certificate also answers for its other names (`www.`), as the site's vhost does.
-    const certificates = domain ? Object.values((await readSimState(options.stateDir)).certificates) : [];
+    const certificates = domain
+      ? (await Promise.all(
+        stateDirs.map(async (dir) => Object.values((await readSimState(dir)).certificates)),
+      ))
+        .flat()
+      : [];
     const record = certificates.find((c) => c.domainName === domain) ??
       certificates.find((c) => c.names.includes(domain));
     const chosen = overrides.get(domain);
@@ -213,6 +229,9 @@ export async function startTlsSim(options: TlsSimOptions): Promise<TlsSim> {
     port: (listener.addr as Deno.NetAddr).port,
     caPem: ca.certPem,
     served,
+    addStateDir(dir) {
+      if (!stateDirs.includes(dir)) stateDirs.push(dir);
+    },
     override(domain, override) {
       if (override === undefined) overrides.delete(domain.toLowerCase());
       else overrides.set(domain.toLowerCase(), override);

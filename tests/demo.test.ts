@@ -1,9 +1,11 @@
 /**
- * The demo (`deno task demo`) as a newcomer runs it, and the two pieces written for it: the in-process
- * clpctl shell (its command-line parsing above all) and the Matomo simulator's `failWhen` fault rules.
+ * The demo (`deno task demo`) as a newcomer runs it, and the pieces written for it: the in-process clpctl shell
+ * (its command-line parsing above all), the Matomo simulator's `failWhen` fault rules, and the DNS-over-HTTPS
+ * simulator's resolver hook (the demo's DNS follows where each site was placed).
  */
 import assert from "node:assert/strict";
 import { readSimState, setFaults } from "../dev/clpctl_sim.ts";
+import { startDohSim } from "../dev/doh_sim.ts";
 import {
   CommandRefused,
   inProcessShell,
@@ -22,6 +24,7 @@ import {
   shellQuote,
   siteUserFor,
 } from "../supabase/functions/hosting-automator/domain.ts";
+import { checkPointsTo } from "../supabase/functions/hosting-automator/dns.ts";
 import { HostingError } from "../supabase/functions/hosting-automator/errors.ts";
 import { ROOT } from "./support/env.ts";
 
@@ -30,6 +33,9 @@ const DEMO_TIME_LIMIT_MS = 90_000;
 /** The demo's two CloudPanel servers, and the one that is down for a while. */
 const SERVERS = ["cp-1", "cp-2"];
 const DOWN = "cp-2";
+/** The site whose DNS answers an old address at first (its apex), and what its server's address is. */
+const DNS_LATE = { site: "www.flower-shop.example", name: "flower-shop.example", oldIp: "198.51.100.7" };
+const PUBLIC_IPS: Record<string, string> = { "cp-1": "203.0.113.10", "cp-2": "203.0.113.20" };
 
 /** The demo's sites and how each must end: status, and whether it has a Matomo id. */
 const EXPECTED: [domain: string, status: string, matomo: boolean][] = [
@@ -129,6 +135,138 @@ Deno.test("the demo provisions its sites on two servers, one down for a while, a
   assert.ok(open, `no server table with ${DOWN}'s circuit open${context}`);
   assert.match(open, /ssh_unreachable/);
   assert.doesNotMatch(stdout + stderr, /siteUserPassword='?[A-Za-z0-9]{24}/, "a site password was printed");
+
+  // DNS: one site waited for its DNS, saying what DNS answered and what was expected, and asked for no
+  // certificate until its DNS check passed; then it went active.
+  assert.match(
+    lines.at(-1)!,
+    new RegExp(`; ${DNS_LATE.site} waited for DNS (\\d+) time\\(s\\), no certificate asked meanwhile; `),
+    context,
+  );
+  const late = lines.map((line, i) => ({ line, i })).filter(({ line }) =>
+    line.includes(` ${DNS_LATE.site} `)
+  );
+  const lateServer = attemptAt(DNS_LATE.site, lines.length - 1, -1)?.server;
+  assert.ok(lateServer && PUBLIC_IPS[lateServer], `${DNS_LATE.site}: its server${context}`);
+  const dnsFailures = late.filter(({ line }) => /^ {2}✗ \S+ +DNS check +dns_not_ready: /.test(line));
+  assert.ok(dnsFailures.length > 0, `no dns_not_ready for ${DNS_LATE.site}${context}`);
+  for (const { line } of dnsFailures) {
+    assert.ok(
+      line.endsWith(
+        `DNS does not point at the server yet: ${DNS_LATE.name} → ${DNS_LATE.oldIp} ` +
+          `(expected ${PUBLIC_IPS[lateServer]}).`,
+      ),
+      `${line}${context}`,
+    );
+  }
+  const retried = late.filter(({ line }) =>
+    new RegExp(`^■ \\S+ +retrying +retry at \\S+: DNS does not point`).test(line)
+  );
+  assert.equal(retried.length, dnsFailures.length, `each DNS wait is a retry${context}`);
+  assert.match(lines.at(-1)!, new RegExp(`waited for DNS ${dnsFailures.length} time\\(s\\)`), context);
+  const lastWait = dnsFailures.at(-1)!.i;
+  const certificateAsked = late.filter(({ line }) => /^ {2}… \S+ +Let's Encrypt certificate$/.test(line));
+  assert.ok(certificateAsked.length > 0, `${DNS_LATE.site}: no certificate step${context}`);
+  assert.ok(
+    certificateAsked.every(({ i }) => i > lastWait),
+    `a certificate step ran before DNS was ready${context}`,
+  );
+  const after = late.filter(({ i }) => i > lastWait).map(({ line }) => line.replace(/\s+\d+ ms$/, ""));
+  const passed = (step: string) => after.findIndex((line) => new RegExp(`^ {2}✓ \\S+ +${step}$`).test(line));
+  const order = ["DNS check", "Let's Encrypt certificate", "HTTPS check"].map(passed);
+  assert.ok(
+    order.every((at, k) => at >= 0 && (k === 0 || at > order[k - 1])),
+    `${after.join("\n")}${context}`,
+  );
+  assert.ok(after.some((line) => /^■ \S+ +active /.test(line)), `${DNS_LATE.site} went active${context}`);
+  // No other site waited for DNS, and every active site's DNS and served certificate were checked.
+  const otherWaits = lines.filter((line) =>
+    /^( {2}✗|■) /.test(line) && /dns_not_ready|DNS does not point/.test(line) &&
+    !line.includes(` ${DNS_LATE.site} `)
+  );
+  assert.deepEqual(otherWaits, [], context);
+  for (const [domain, status] of EXPECTED) {
+    if (status !== "active") continue;
+    for (const step of ["DNS check", "HTTPS check"]) {
+      assert.ok(
+        lines.some((line) => new RegExp(`^ {2}✓ ${domain} +${step} +\\d+ ms$`).test(line)),
+        `${domain}: no passed ${step}${context}`,
+      );
+    }
+  }
+  // /status lists the expiry the HTTPS check read, one per active site.
+  const activeCount = EXPECTED.filter(([, status]) => status === "active").length;
+  assert.ok(
+    lines.some((line) => line.startsWith(`▸ /status's certificates: ${activeCount} served and checked, `)),
+    context,
+  );
+});
+
+Deno.test("DNS-over-HTTPS simulator: the resolver hook answers first, falls back to the records, SERVFAILs when it throws", async () => {
+  const sim = await startDohSim();
+  const client = Deno.createHttpClient({ poolMaxIdlePerHost: 0 });
+  const fetchThrough: typeof fetch = (input, init) => fetch(input, { ...init, client });
+  try {
+    const ask = async (name: string, type: string) => {
+      const response = await fetchThrough(`${sim.url}?name=${name}&type=${type}`, {
+        headers: { accept: "application/dns-json" },
+      });
+      assert.equal(response.status, 200);
+      return await response.json() as {
+        Status: number;
+        Answer?: { name: string; type: number; data: string }[];
+      };
+    };
+    sim.setRecords("fixed.example", { A: ["192.0.2.1"] });
+    sim.setRecords("alias.example", { CNAME: "hooked.example" });
+    const asked: string[] = [];
+    let ip = "203.0.113.10";
+    sim.setResolver(async (name, type) => {
+      asked.push(`${name} ${type}`);
+      await Promise.resolve(); // an async hook, as the demo's (it reads a database)
+      if (name === "broken.example") throw new Error("the hook failed");
+      if (name !== "hooked.example") return null;
+      return type === "A" ? [ip] : [];
+    });
+
+    assert.deepEqual((await ask("Hooked.Example.", "A")).Answer, [
+      { name: "hooked.example.", type: 1, TTL: 300, data: "203.0.113.10" },
+    ]);
+    // An empty list: the name exists without such a record (NOERROR, no answer).
+    const aaaa = await ask("hooked.example", "AAAA");
+    assert.equal(aaaa.Status, 0);
+    assert.equal(aaaa.Answer, undefined);
+    // Null: the records set with setRecords, else NXDOMAIN.
+    assert.deepEqual((await ask("fixed.example", "A")).Answer?.map((r) => r.data), ["192.0.2.1"]);
+    assert.equal((await ask("nowhere.example", "A")).Status, 3);
+    // A CNAME from the records leads into the hook's name.
+    assert.deepEqual((await ask("alias.example", "A")).Answer?.map((r) => [r.type, r.data]), [
+      [5, "hooked.example."],
+      [1, "203.0.113.10"],
+    ]);
+    assert.equal((await ask("broken.example", "A")).Status, 2);
+    // Only A and AAAA questions reach the hook; names in lower case without the trailing dot.
+    await ask("hooked.example", "CNAME");
+    assert.ok(asked.every((entry) => /^[a-z.]+[a-z] (A|AAAA)$/.test(entry)), asked.join(", "));
+    assert.ok(asked.includes("hooked.example A") && asked.includes("hooked.example AAAA"));
+
+    // The function's DNS check reads the hook's answers: what it answers now is what the check sees.
+    const options = { resolverUrl: sim.url, fetch: fetchThrough, timeoutMs: 2_000 };
+    assert.deepEqual(await checkPointsTo(["hooked.example"], ["203.0.113.10"], options), {
+      answered: { "hooked.example": ["203.0.113.10"] },
+    });
+    ip = "198.51.100.7";
+    await assert.rejects(
+      checkPointsTo(["hooked.example"], ["203.0.113.10"], options),
+      (error: unknown) => error instanceof HostingError && error.code === "dns_not_ready",
+    );
+
+    sim.setResolver(null);
+    assert.equal((await ask("hooked.example", "A")).Status, 3);
+  } finally {
+    await sim.close();
+    client.close();
+  }
 });
 
 Deno.test("in-process shell: the CloudPanel client's command lines parse into clpctl's arguments", () => {

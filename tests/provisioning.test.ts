@@ -134,11 +134,18 @@ Deno.test("Let's Encrypt failing validation twice, then succeeding, ends active 
     await makeDue(stack, id);
     const third = await drain(stack);
     assert.equal(third.outcomes[0].status, "active");
-    assert.deepEqual(third.outcomes[0].steps.map((s: { status: string }) => s.status), [
-      "already_done",
-      "done",
-      "done",
-    ], "the resumed job skips the site step");
+    assert.deepEqual(
+      third.outcomes[0].steps.map((s: { step: string; status: string }) => `${s.step}:${s.status}`),
+      [
+        "cloudpanel_site:already_done",
+        // No public addresses configured on this stack: DNS is not checked (a warning), on every attempt.
+        "dns_check:skipped",
+        "ssl_certificate:done",
+        "https_verify:done",
+        "matomo_site:done",
+      ],
+      "the resumed job skips the site step",
+    );
 
     const state = await stack.simState();
     assert.equal(siteCalls(state).length, 1, "the site was created once");

@@ -2,7 +2,8 @@
  * Running unattended, end to end on the real stack (real Postgres, supabase-js through the PostgREST stand-in,
  * real sshd with the clpctl simulator, the Matomo simulator): the queue backfills analytics by itself, leases
  * live while work lives and die with their worker, a shutdown gives jobs back at once, a worker near its
- * wall-clock limit takes no job it cannot finish, and a site costs at most six statements.
+ * wall-clock limit takes no job it cannot finish, and a site costs seven statements (six where DNS is not
+ * checked).
  */
 import assert from "node:assert/strict";
 import { setFaults } from "../dev/clpctl_sim.ts";
@@ -92,28 +93,40 @@ Deno.test("the analytics backfill gives up after its attempts and leaves the liv
   });
 });
 
-Deno.test("a site costs at most six statements on the normal path", async () => {
-  await withStack({ label: "statements" }, async (stack) => {
-    const id = await stack.insertSite("counted.example");
-    await stack.sql`update public.sites set status_dns = 'active' where id = ${id}`;
-    const before = stack.postgrest!.calls.length;
-    await stack.deliverKicks();
-    await stack.settle();
-    assert.equal((await stack.site(id)).status_hosting, "active");
-    const calls = stack.postgrest!.calls.slice(before).map((c) => c.fn);
-    // The drain's last claim finds nothing due; it belongs to the invocation, not to the site.
-    const perSite = calls.slice(0, -1);
-    assert.deepEqual(perSite, [
-      "hosting_claim_jobs",
-      "hosting_advance",
-      "hosting_advance",
-      "hosting_advance",
-      "hosting_complete_job",
-    ]);
-    assert.ok(perSite.length <= 6);
-    assert.equal(calls.at(-1), "hosting_claim_jobs");
+for (const dnsChecked of [true, false]) {
+  const count = dnsChecked ? "seven" : "six";
+  Deno.test(`a site costs ${count} statements on the normal path${dnsChecked ? "" : " when DNS is not checked"}`, async () => {
+    const publicIps = dnsChecked ? ["203.0.113.10"] : undefined;
+    await withStack({ label: dnsChecked ? "statements_dns" : "statements", publicIps }, async (stack) => {
+      stack.doh.setRecords("counted.example", { A: ["203.0.113.10"] });
+      stack.doh.setRecords("www.counted.example", { A: ["203.0.113.10"] });
+      const id = await stack.insertSite("counted.example");
+      await stack.sql`update public.sites set status_dns = 'active' where id = ${id}`;
+      const before = stack.postgrest!.calls.length;
+      await stack.deliverKicks();
+      await stack.settle();
+      assert.equal((await stack.site(id)).status_hosting, "active");
+      const calls = stack.postgrest!.calls.slice(before).map((c) => c.fn);
+      // The drain's last claim finds nothing due; it belongs to the invocation, not to the site.
+      const perSite = calls.slice(0, -1);
+      // One transition per step that runs (it journals the step before it); a skipped step is journaled with
+      // the next transition, at no cost of its own.
+      const ran = dnsChecked ? 5 : 4;
+      assert.deepEqual(perSite, [
+        "hosting_claim_jobs",
+        ...Array(ran).fill("hosting_advance"),
+        "hosting_complete_job",
+      ]);
+      assert.equal(perSite.length, dnsChecked ? 7 : 6);
+      assert.equal(calls.at(-1), "hosting_claim_jobs");
+      assert.equal(
+        stack.doh.queries.length > 0,
+        dnsChecked,
+        dnsChecked ? "DNS was asked" : "DNS was not asked",
+      );
+    });
   });
-});
+}
 
 Deno.test("a step longer than the lease keeps its lease: the lease is renewed while the step runs", async () => {
   await withStack({ label: "renewal", env: { HOSTING_LEASE_SECONDS: "5" } }, async (stack) => {
@@ -136,7 +149,13 @@ Deno.test("a worker that loses its lease mid-step stops that step at once and wr
     await setFaults(stack.clpctlState, { delayMs: 8_000 });
     const invocation = stack.app.newInvocation!();
     const run = invocation.run({ siteId: id, drain: false });
-    await until("the site step runs", async () => (await job(stack, id)).state === "running");
+    // The step's start is journaled (a running job alone may not have reached it yet).
+    await until(
+      "the site step runs",
+      async () =>
+        (await stack.sql`select 1 from hosting_automator.steps where site_id = ${id} and state = 'started'`)
+          .length > 0,
+    );
     // Another worker took the job over (as after a lease expiry).
     await stack.sql`update hosting_automator.jobs set lease_token = gen_random_uuid() where site_id = ${id}`;
     const started = performance.now();
@@ -173,11 +192,12 @@ Deno.test("a shutdown gives a running job back at once without spending its atte
 });
 
 Deno.test("a worker near its wall-clock limit claims no job it cannot finish, and rings for its slot", async () => {
-  await withStack({ label: "old_worker", env: { HOSTING_WALL_CLOCK_SECONDS: "30" } }, async (stack) => {
+  // 40 s: a fresh worker has room for the five steps of a provision job (5 s each when none has run yet).
+  await withStack({ label: "old_worker", env: { HOSTING_WALL_CLOCK_SECONDS: "40" } }, async (stack) => {
     let now = 0;
-    // A second function instance whose worker started 27 s ago (its clock is read at creation, then moved on).
+    // A second function instance whose worker started 37 s ago (its clock is read at creation, then moved on).
     const aged = createApp(stack.env, { store: stack.app.store!, clock: () => now });
-    now = 27_000;
+    now = 37_000;
     const id = await stack.insertSite("late.example", { status_dns: "active" });
     await stack.sql`delete from net.http_request_queue`;
     await stack.sql`delete from hosting_automator.rings`;
@@ -197,7 +217,10 @@ Deno.test("a worker near its wall-clock limit claims no job it cannot finish, an
       leaseSeconds: 30,
       limit: 1,
       timeLeftMs: 0,
-      plan: { provision: ["cloudpanel_site", "ssl_certificate", "matomo_site"], analytics: ["matomo_site"] },
+      plan: {
+        provision: ["cloudpanel_site", "dns_check", "ssl_certificate", "https_verify", "matomo_site"],
+        analytics: ["matomo_site"],
+      },
     });
     assert.deepEqual(again, []);
     const [{ n: handed }] = await stack.sql`select count(*)::int as n from net.http_request_queue`;

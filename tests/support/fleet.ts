@@ -103,6 +103,8 @@ export async function withFleet(
           env: { PATH: `${DEV_BIN}:/usr/local/bin:/usr/bin:/bin`, CLPCTL_SIM_STATE: clpctlState },
         });
         own.push(sshd);
+        // Every server's HTTPS side is the stack's TLS simulator on 127.0.0.1: it serves this panel's too.
+        stack.tls.addStateDir(clpctlState);
         server = fleetServer(stack, spec, sshd, clpctlState);
       }
       servers.push(server);

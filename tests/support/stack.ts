@@ -5,6 +5,10 @@
  *   ← PostgREST RPC stand-in ← supabase-js store (or the direct-Postgres store)
  *   real sshd on loopback → clpctl simulator (dev/bin/clpctl, state on disk)
  *   Matomo simulator over HTTP
+ *   TLS simulator on 127.0.0.1 (the servers' HTTPS side: serves the certificates the clpctl states hold, signed
+ *     by a CA of its own, which the app trusts through HOSTING_HTTPS_CA; its port is HOSTING_HTTPS_PORT)
+ *   DNS-over-HTTPS simulator (HOSTING_DOH_URL): its records are the test's; the DNS check runs only where the
+ *     server has public addresses, so only when a test sets `publicIps` (CLOUDPANEL_PUBLIC_IPS)
  *   the app (createApp) called in-process, as Supabase would call it
  *
  * Kicks the trigger requested through pg_net (the stand-in records them) are delivered to the app in-process
@@ -19,6 +23,8 @@ import {
 } from "../../supabase/functions/hosting-automator/http.ts";
 import { readSimState, type SimState } from "../../dev/clpctl_sim.ts";
 import { type MatomoSim, type MatomoSimOptions, startMatomoSim } from "../../dev/matomo_sim.ts";
+import { type DohSim, startDohSim } from "../../dev/doh_sim.ts";
+import { startTlsSim, type TlsSim } from "../../dev/tls_sim.ts";
 import { type TestDb, testDb } from "./db.ts";
 import { artifactDir, captureSink, registerSecret } from "./env.ts";
 import { DEV_BIN } from "./local_shell.ts";
@@ -63,6 +69,11 @@ export interface StackOptions {
   forcedCommand?: string;
   /** More variables for the commands sshd runs (e.g. the gate's CLPCTL_GATE_BIN); they override the defaults. */
   sshdEnv?: Record<string, string>;
+  /**
+   * CLOUDPANEL_PUBLIC_IPS: the `default` server's public addresses, so that DNS is checked (against the DoH
+   * simulator's records) before the certificate. Default: none, and the DNS check is skipped with a warning.
+   */
+  publicIps?: string[];
   /** A migrated database to use instead of a fresh clone of the template (e.g. on a cluster of the test's
    * own); the caller keeps it and closes it. */
   db?: TestDb;
@@ -78,6 +89,10 @@ export interface Stack {
   clpctlState: string;
   matomo: MatomoSim | null;
   postgrest: PostgrestStandIn | null;
+  /** The servers' HTTPS side (one listener for every server of a fleet: `tls.addStateDir`). */
+  tls: TlsSim;
+  /** The DNS-over-HTTPS resolver the DNS check asks. */
+  doh: DohSim;
   /** Captured log lines of this stack's app. */
   logs: string[];
   /** Calls the app as an HTTP client would (`key: null` sends no credentials). */
@@ -128,6 +143,10 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
       registerSecret(matomo.token);
       cleanups.push(() => matomo.close());
     }
+    const tls = await startTlsSim({ stateDir: clpctlState });
+    cleanups.push(() => tls.close());
+    const doh = await startDohSim();
+    cleanups.push(() => doh.close());
     const serviceKey = registerSecret(`sb_secret_${crypto.randomUUID().replaceAll("-", "")}`);
     const storeKind = options.store ?? "rpc";
     const postgrest = storeKind === "rpc" ? startPostgrest(db.url, { [serviceKey]: "service_role" }) : null;
@@ -153,6 +172,11 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
       HOSTING_SITE_TIMEOUT_SECONDS: "20",
       HOSTING_CERTIFICATE_TIMEOUT_SECONDS: "20",
       HOSTING_LOG_LEVEL: "debug",
+      HOSTING_HTTPS_PORT: String(tls.port),
+      HOSTING_HTTPS_CA: tls.caPem,
+      HOSTING_DOH_URL: doh.url,
+      // Only when asked: a key with no value would break a worker process started from `env`.
+      ...(options.publicIps ? { CLOUDPANEL_PUBLIC_IPS: options.publicIps.join(",") } : {}),
       ...options.env,
     };
 
@@ -187,6 +211,8 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
       clpctlState,
       matomo,
       postgrest,
+      tls,
+      doh,
       logs,
       request(path, init = {}) {
         const headers = new Headers();

@@ -165,6 +165,8 @@ export const STEPS: Record<StepName, StepDef> = {
       // A certificate that is already served and valid (an earlier attempt's, whose answer was lost) is not
       // issued again: Let's Encrypt allows 5 duplicates a week.
       const served = await checks.servedCertificate(domain, signal).catch((error) => {
+        // Stopped (lease lost, shutdown, deadline): nothing more is sent.
+        if (signal.aborted) throw error;
         log.info("the served certificate could not be checked before issuing; issuing", {
           code: toHostingError(error).code,
         });

@@ -277,6 +277,11 @@ const statusReport = z.object({
   })),
   /** Jobs waiting because no active server has room for another site. */
   waiting_for_capacity: z.number(),
+  /** The certificates active sites serve: how many expire within 30 days, and the soonest. */
+  certificates: z.object({
+    expiring_within_30_days: z.number(),
+    soonest: z.array(z.object({ site_id: z.string(), domain: z.string(), expires_at: z.string() })),
+  }),
 });
 export type StatusReport = z.output<typeof statusReport>;
 

@@ -6,9 +6,9 @@
  * stopped. Every write goes through the lease; a worker that lost its lease stops without writing.
  *
  * Leases are short (HOSTING_LEASE_SECONDS) and renewed in the background while a step runs, so a dead worker's
- * slot is free again within one lease. On the normal path a job costs five statements: the claim, one
- * transition per step boundary (the end of one step and the start of the next together), and the completion
- * with the last step's end.
+ * slot is free again within one lease. On the normal path a provisioning job costs seven statements: the
+ * claim, one transition per step boundary (the end of one step and the start of the next together; five steps),
+ * and the completion with the last step's end.
  *
  * Time: the deadline is the earlier of the invocation's budget and the worker's own wall-clock limit, which on
  * Supabase counts from the worker's start, not the request's. A job is claimed only when its expected
