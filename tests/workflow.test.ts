@@ -120,6 +120,10 @@ function fakeStore(script: { jobs?: Row[]; answer?: (fn: string, n: number, args
         if (live) held = null;
         return live;
       }
+      case "hosting_wait_for_dns":
+        if (!live) return null;
+        held = null;
+        return { state: "queued", run_at: new Date(Date.now() + 60_000).toISOString(), attempts: 0 };
       case "hosting_fail_job": {
         if (!live) return null;
         const job = held!;
@@ -157,6 +161,7 @@ const fail = (code: V, permanent: V, done: V, attempt_limit: V = null) => ({
 });
 const release = (done: V) => ({ fn: "release", done });
 const removed = (done: V) => ({ fn: "removed", done });
+const waitForDns = (done: V) => ({ fn: "wait_for_dns", done });
 
 /** A call with what each test checks: the arguments that decide the job's fate, step ends as step:state:code. */
 function brief({ fn, args: a }: Call): Row {
@@ -175,6 +180,8 @@ function brief({ fn, args: a }: Call): Row {
       return release(ends(a.p_done));
     case "hosting_complete_removal":
       return removed(ends(a.p_done));
+    case "hosting_wait_for_dns":
+      return waitForDns(ends(a.p_done));
   }
   return { fn, args: a };
 }
@@ -887,7 +894,7 @@ function scriptedChecks(over: Partial<Checks>): Partial<WorkflowDeps> {
   };
 }
 
-Deno.test("DNS not pointing at the server yet: dns_not_ready is retried and no certificate command is sent", async () => {
+Deno.test("DNS not pointing at the server yet: the job waits for DNS (no attempt spent) and no certificate command is sent", async () => {
   const fake = fakeStore({ jobs: [claimRow()] });
   const notReady = new HostingError("dns_not_ready", "example.com → 198.51.100.7 (expected 203.0.113.10)", {
     publicMessage:
@@ -898,7 +905,7 @@ Deno.test("DNS not pointing at the server yet: dns_not_ready is retried and no c
     deps: scriptedChecks({ dnsPointsTo: () => Promise.reject(notReady) }),
   });
   const { outcomes: [outcome] } = await run();
-  assert.deepEqual(fake.brief().at(-1), fail("dns_not_ready", false, ["dns_check:failed:dns_not_ready"]));
+  assert.deepEqual(fake.brief().at(-1), waitForDns(["dns_check:failed:dns_not_ready"]), "its own schedule");
   assert.deepEqual(shell.commands(), ["clpctl site:add:static"], "no certificate command");
   assert.equal(outcome.status, "retrying");
   assert.match(outcome.error!.message, /198\.51\.100\.7 \(expected 203\.0\.113\.10\)/);

@@ -277,6 +277,8 @@ const statusReport = z.object({
   })),
   /** Jobs waiting because no active server has room for another site. */
   waiting_for_capacity: z.number(),
+  /** Sites whose job waits for their DNS to point at the server. */
+  waiting_for_dns: z.array(z.record(z.string(), z.unknown())),
   /** The certificates active sites serve: how many expire within 30 days, and the soonest. */
   certificates: z.object({
     expiring_within_30_days: z.number(),
@@ -568,6 +570,22 @@ export class Store {
         p_lease_token: lease.leaseToken,
         p_message: completion.message === undefined ? null : this.#redact(completion.message),
         p_done: endJson(completion.done, this.#redact),
+      }, "value"),
+    );
+  }
+
+  /**
+   * DNS does not point at the server yet: queued again on the DNS schedule without spending the attempt, or
+   * failed once the site has waited too long. Null when the lease was lost.
+   */
+  async waitForDns(lease: Lease, wait: { publicMessage: string; internalMessage: string; done?: StepEnd }) {
+    return failOutcome.parse(
+      await this.#write("hosting_wait_for_dns", {
+        p_job_id: lease.jobId,
+        p_lease_token: lease.leaseToken,
+        p_public_message: this.#redact(wait.publicMessage),
+        p_internal_message: this.#redact(wait.internalMessage),
+        p_done: endJson(wait.done, this.#redact),
       }, "value"),
     );
   }

@@ -547,14 +547,22 @@ export class Invocation {
     // The connection broke mid-command: the next job on this server connects again.
     if (failure.code === "ssh_unreachable") this.#dropShell(job.server.name);
     try {
-      const next = await this.#deps.store.fail(lease, {
-        code: failure.code,
-        publicMessage: failure.publicMessage,
-        internalMessage: failure.message,
-        permanent: !failure.transient,
-        attemptLimit: failure.attemptLimit,
-        done: error instanceof StepFailed ? error.end : undefined,
-      });
+      const done = error instanceof StepFailed ? error.end : undefined;
+      // Waiting for DNS is not a failure of the work: its own schedule, no attempt spent (bounded in SQL).
+      const next = failure.code === "dns_not_ready"
+        ? await this.#deps.store.waitForDns(lease, {
+          publicMessage: failure.publicMessage,
+          internalMessage: failure.message,
+          done,
+        })
+        : await this.#deps.store.fail(lease, {
+          code: failure.code,
+          publicMessage: failure.publicMessage,
+          internalMessage: failure.message,
+          permanent: !failure.transient,
+          attemptLimit: failure.attemptLimit,
+          done,
+        });
       if (next === null) {
         outcome.status = "lease_lost";
       } else if (next.state === "failed") {
