@@ -23,6 +23,7 @@
  * Stand-alone: `deno run -A dev/doh_sim.ts [--port=8053] [--record=example.com=203.0.113.10,2001:db8::10 …]`
  * prints its URL.
  */
+import { gone, wait } from "./sim_http.ts";
 
 export type DohStyle = "cloudflare" | "google";
 
@@ -421,26 +422,6 @@ function badRequest(error: string): Response {
     status: 400,
     headers: { "content-type": "application/dns-json" },
   });
-}
-
-/** Resolves true after `ms`, or false as soon as one of `signals` aborts. */
-function wait(ms: number, signals: AbortSignal[]): Promise<boolean> {
-  return new Promise((resolve) => {
-    const done = (ok: boolean) => {
-      clearTimeout(timer);
-      for (const s of signals) s.removeEventListener("abort", stop);
-      resolve(ok);
-    };
-    const stop = () => done(false);
-    const timer = Number.isFinite(ms) ? setTimeout(() => done(true), ms) : undefined;
-    for (const s of signals) s.addEventListener("abort", stop, { once: true });
-    if (signals.some((s) => s.aborted)) done(false);
-  });
-}
-
-/** The answer of a handler whose client left or whose simulator stopped: nobody reads it. */
-function gone(): Response {
-  return new Response("simulator stopped answering", { status: 503 });
 }
 
 /** Starts a simulator on 127.0.0.1; async so that a failure to listen rejects rather than throws. */

@@ -10,6 +10,7 @@
  * In-process: `const sim = await startMatomoSim(); … await sim.close();`
  * Stand-alone: `deno run -A dev/matomo_sim.ts [--port=8081] [--token=…]` prints the URL and token.
  */
+import { gone, wait } from "./sim_http.ts";
 
 export const MATOMO_VERSION = "5.2.0";
 
@@ -713,26 +714,6 @@ class Sim implements MatomoSim {
 /** `format` defaults to xml and is case-insensitive. */
 function format(params: PhpParams): string {
   return (str(params, "format") ?? "xml").toLowerCase();
-}
-
-/** Resolves true after `ms`, or false as soon as one of `signals` aborts. */
-function wait(ms: number, signals: AbortSignal[]): Promise<boolean> {
-  return new Promise((resolve) => {
-    const done = (ok: boolean) => {
-      clearTimeout(timer);
-      for (const s of signals) s.removeEventListener("abort", stop);
-      resolve(ok);
-    };
-    const stop = () => done(false);
-    const timer = Number.isFinite(ms) ? setTimeout(() => done(true), ms) : undefined;
-    for (const s of signals) s.addEventListener("abort", stop, { once: true });
-    if (signals.some((s) => s.aborted)) done(false);
-  });
-}
-
-/** The answer of a handler whose client left or whose simulator stopped: nobody reads it. */
-function gone(): Response {
-  return new Response("simulator stopped answering", { status: 503 });
 }
 
 function randomToken(): string {

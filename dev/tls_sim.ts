@@ -26,6 +26,7 @@
  * `const sim = await startTlsSim({ stateDir }); … sim.address, sim.port, sim.caPem … await sim.close();`
  */
 import { readSimState } from "./clpctl_sim.ts";
+import { concatBytes } from "../supabase/functions/hosting-automator/bytes.ts";
 
 /** The name on the certificate a domain without one gets. */
 export const DEFAULT_NAME = "default-server.invalid";
@@ -302,7 +303,7 @@ export async function readClientHello(
     const chunk = new Uint8Array(16384);
     const read = await conn.read(chunk);
     if (read === null) return null;
-    bytes = concat(bytes, chunk.subarray(0, read));
+    bytes = concatBytes(bytes, chunk.subarray(0, read));
   }
 }
 
@@ -313,7 +314,7 @@ function completeHello(bytes: Uint8Array): Uint8Array | undefined | null {
     if (bytes[at] !== 22) return null;
     const end = at + 5 + (bytes[at + 3] << 8 | bytes[at + 4]);
     if (end > bytes.length) break;
-    handshake = concat(handshake, bytes.subarray(at + 5, end));
+    handshake = concatBytes(handshake, bytes.subarray(at + 5, end));
     at = end;
   }
   if (bytes.length > 0 && bytes[0] !== 22) return null;
@@ -342,13 +343,6 @@ function sniOf(hello: Uint8Array): string {
     at += 4 + length;
   }
   return "";
-}
-
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
-  return out;
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -128,6 +128,18 @@ function dbPassword(url: string): string {
   }
 }
 
+/** An optional whole number in a range (the fallback when unset or empty). */
+const wholeNumber = (fallback: number, min: number, max: number, rule: string) =>
+  z.string().optional().transform((v, ctx) => {
+    if (v === undefined || v === "") return fallback;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min || n > max) {
+      ctx.addIssue({ code: "custom", message: rule });
+      return z.NEVER;
+    }
+    return n;
+  });
+
 const seconds = (name: string, fallback: number, min: number, max: number) =>
   z.string().optional().transform((v, ctx) => {
     if (v === undefined || v === "") return fallback * 1000;
@@ -167,15 +179,7 @@ const env = z.object({
   CLOUDPANEL_SSH_HOST: unsetWhenEmpty(
     z.string().regex(HOST_RE, { message: "must be a host name or an IP address" }),
   ),
-  CLOUDPANEL_SSH_PORT: z.string().optional().transform((v, ctx) => {
-    if (v === undefined || v === "") return 22;
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < 1 || n > 65535) {
-      ctx.addIssue({ code: "custom", message: "must be a port number from 1 to 65535" });
-      return z.NEVER;
-    }
-    return n;
-  }),
+  CLOUDPANEL_SSH_PORT: wholeNumber(22, 1, 65535, "must be a port number from 1 to 65535"),
   CLOUDPANEL_SSH_USER: z.string().regex(SSH_USER_RE, { message: "must be a Linux user name" }).default(
     "root",
   ),
@@ -199,25 +203,9 @@ const env = z.object({
   HOSTING_MATOMO_TIMEOUT_SECONDS: seconds("HOSTING_MATOMO_TIMEOUT_SECONDS", 15, 1, 120),
   HOSTING_DOH_URL: z.string().optional(),
   CLOUDPANEL_PUBLIC_IPS: z.string().optional(),
-  HOSTING_CERTIFICATE_MIN_DAYS: z.string().optional().transform((v, ctx) => {
-    if (v === undefined || v === "") return 14;
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < 0 || n > 60) {
-      ctx.addIssue({ code: "custom", message: "must be a whole number of days from 0 to 60" });
-      return z.NEVER;
-    }
-    return n;
-  }),
+  HOSTING_CERTIFICATE_MIN_DAYS: wholeNumber(14, 0, 60, "must be a whole number of days from 0 to 60"),
   HOSTING_CHECK_TIMEOUT_SECONDS: seconds("HOSTING_CHECK_TIMEOUT_SECONDS", 10, 1, 60),
-  HOSTING_HTTPS_PORT: z.string().optional().transform((v, ctx) => {
-    if (v === undefined || v === "") return 443;
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < 1 || n > 65535) {
-      ctx.addIssue({ code: "custom", message: "must be a port number from 1 to 65535" });
-      return z.NEVER;
-    }
-    return n;
-  }),
+  HOSTING_HTTPS_PORT: wholeNumber(443, 1, 65535, "must be a port number from 1 to 65535"),
   HOSTING_HTTPS_CA: unsetWhenEmpty(
     z.string().refine((v) => v.includes("-----BEGIN CERTIFICATE-----"), {
       message: "must be PEM certificates (-----BEGIN CERTIFICATE-----)",

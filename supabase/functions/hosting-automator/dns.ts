@@ -15,6 +15,7 @@
  */
 import { z } from "zod";
 import { HostingError, isHostingError } from "./errors.ts";
+import { concatBytes } from "./bytes.ts";
 
 export type AddressType = "A" | "AAAA";
 
@@ -255,13 +256,7 @@ async function readBody(response: Response, host: string, what: string): Promise
     }
     chunks.push(value);
   }
-  const bytes = new Uint8Array(size);
-  let offset = 0;
-  for (const chunk of chunks) {
-    bytes.set(chunk, offset);
-    offset += chunk.byteLength;
-  }
-  return new TextDecoder().decode(bytes);
+  return new TextDecoder().decode(concatBytes(...chunks));
 }
 
 function aborted(reason: unknown, what: string): HostingError {

@@ -14,6 +14,7 @@ import type { MatomoConfig } from "./config.ts";
 import type { Domain } from "./domain.ts";
 import { HostingError } from "./errors.ts";
 import type { Logger } from "./log.ts";
+import { concatBytes } from "./bytes.ts";
 
 export interface MatomoSite {
   idSite: number;
@@ -390,13 +391,7 @@ export class MatomoClient {
     } finally {
       clearTimeout(timer);
     }
-    const bytes = new Uint8Array(size);
-    let offset = 0;
-    for (const chunk of chunks) {
-      bytes.set(chunk, offset);
-      offset += chunk.byteLength;
-    }
-    return new TextDecoder().decode(bytes);
+    return new TextDecoder().decode(concatBytes(...chunks));
   }
 
   /**

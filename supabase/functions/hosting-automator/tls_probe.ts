@@ -17,6 +17,7 @@
  * `valid: false` with a short reason (it holds no secret: certificate errors and names only).
  */
 import { HostingError, isHostingError } from "./errors.ts";
+import { concatBytes } from "./bytes.ts";
 
 export interface ProbeOptions {
   /** Host name or IP address to connect to (the CloudPanel server), not necessarily the domain's DNS. */
@@ -398,7 +399,7 @@ export async function readCertificateMessage(conn: Deno.Conn): Promise<Uint8Arra
     if (record.type !== 22) {
       throw new NotServed(`the server sent a record of type ${record.type} before its certificate`);
     }
-    handshake = concat(handshake, record.body);
+    handshake = concatBytes(handshake, record.body);
     if (handshake.length > MAX_HANDSHAKE_BYTES) throw new NotServed("the server's handshake is too large");
     // Messages may span records and records may hold several messages.
     let at = 0;
@@ -444,19 +445,12 @@ class RecordReader {
       const chunk = new Uint8Array(16384);
       const read = await this.conn.read(chunk);
       if (read === null) throw new NotServed("the server closed the connection during the TLS handshake");
-      this.#buffer = concat(this.#buffer, chunk.subarray(0, read));
+      this.#buffer = concatBytes(this.#buffer, chunk.subarray(0, read));
     }
     const taken = this.#buffer.slice(0, n);
     this.#buffer = this.#buffer.slice(n);
     return taken;
   }
-}
-
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
-  return out;
 }
 
 // ---------------------------------------------------------------------------------------------------------
