@@ -320,8 +320,15 @@ async function main(): Promise<boolean> {
     await pg.exec(SUPABASE_ROLES_SQL + SUPABASE_DATABASE_SQL);
     await applyMigrations(pg);
     // Retries due in about a second instead of thirty (the queue policy is a row: hosting_automator.settings).
-    await pg.exec("update hosting_automator.settings set backoff_base_seconds = 1, backoff_max_seconds = 2");
-    out(style.dim("  settings: retry backoff 1 s (instead of 30 s) so the demo's retry comes quickly"));
+    await pg.exec(
+      "update hosting_automator.settings set backoff_base_seconds = 1, backoff_max_seconds = 2, " +
+        "dns_backoff_seconds = 1, dns_backoff_max_seconds = 2",
+    );
+    out(
+      style.dim(
+        "  settings: retry and DNS backoff 1 s (instead of 30 s and 60 s) so the demo's retries come quickly",
+      ),
+    );
 
     // 2. The outside world.
     matomo = await startMatomoSim();

@@ -154,8 +154,8 @@ $$;
 -- Waiting for DNS is not a failure of the work: it has its own, gentler schedule and spends no attempt, but it
 -- is bounded, so a domain whose DNS never points ends `failed` for a person to fix.
 alter table hosting_automator.settings
-  add column dns_backoff_seconds integer not null default 60 check (dns_backoff_seconds between 5 and 3600),
-  add column dns_backoff_max_seconds integer not null default 900 check (dns_backoff_max_seconds between 5 and 86400),
+  add column dns_backoff_seconds integer not null default 60 check (dns_backoff_seconds between 1 and 3600),
+  add column dns_backoff_max_seconds integer not null default 900 check (dns_backoff_max_seconds between 1 and 86400),
   add column dns_wait_hours integer not null default 48 check (dns_wait_hours between 1 and 720);
 -- The module's one-row settings table: the check scans one row.
 -- squawk-ignore constraint-missing-not-valid
