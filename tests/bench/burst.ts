@@ -193,13 +193,14 @@ Deno.test({
       const tSite = alone[1];
 
       // The original design's loop: one site after another (cap 1), a sample, extrapolated to N.
-      await stack.sql`update hosting_automator.settings set server_concurrency = 1`;
+      // The server's own row holds its cap (registered as `default` by the first claim).
+      await stack.sql`update hosting_automator.servers set concurrency = 1`;
       const sample = await insertSites(stack, "seq", SEQUENTIAL_SAMPLE);
       let started = performance.now();
       await stack.sql`update public.sites set status_dns = 'active' where id = any(${sample}::uuid[])`;
       const sequential = await drive(stack, stack.app, sample, started);
       const perSiteSequential = sequential.makespan / SEQUENTIAL_SAMPLE;
-      await stack.sql`update hosting_automator.settings set server_concurrency = ${CAP}`;
+      await stack.sql`update hosting_automator.servers set concurrency = ${CAP}`;
 
       // The burst: one UPDATE.
       const burst = await insertSites(stack, "burst", N);
