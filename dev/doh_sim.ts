@@ -23,7 +23,7 @@
  * Stand-alone: `deno run -A dev/doh_sim.ts [--port=8053] [--record=example.com=203.0.113.10,2001:db8::10 …]`
  * prints its URL.
  */
-import { gone, wait } from "./sim_http.ts";
+import { gone, serveLocal, wait } from "./sim_http.ts";
 
 export type DohStyle = "cloudflare" | "google";
 
@@ -222,15 +222,7 @@ class Sim implements DohSim {
 
   listen(port: number): void {
     this.#release = new AbortController();
-    const server = Deno.serve(
-      {
-        hostname: "127.0.0.1",
-        port,
-        onListen: () => {},
-        onError: (e) => new Response(String(e), { status: 500 }),
-      },
-      (request) => this.#handle(request),
-    );
+    const server = serveLocal(port, (request) => this.#handle(request));
     this.#server = server;
     this.#port = server.addr.port;
   }

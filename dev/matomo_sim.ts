@@ -10,7 +10,7 @@
  * In-process: `const sim = await startMatomoSim(); … await sim.close();`
  * Stand-alone: `deno run -A dev/matomo_sim.ts [--port=8081] [--token=…]` prints the URL and token.
  */
-import { gone, wait } from "./sim_http.ts";
+import { gone, serveLocal, wait } from "./sim_http.ts";
 
 export const MATOMO_VERSION = "5.2.0";
 
@@ -415,15 +415,7 @@ class Sim implements MatomoSim {
 
   listen(port: number): void {
     this.#release = new AbortController();
-    const server = Deno.serve(
-      {
-        hostname: "127.0.0.1",
-        port,
-        onListen: () => {},
-        onError: (e) => new Response(String(e), { status: 500 }),
-      },
-      (request) => this.#handle(request),
-    );
+    const server = serveLocal(port, (request) => this.#handle(request));
     this.#server = server;
     this.#port = server.addr.port;
   }

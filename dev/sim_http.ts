@@ -1,4 +1,7 @@
-/** What the HTTP simulators (Matomo, DNS-over-HTTPS) share: waiting that a client or a stop cuts short. */
+/**
+ * What the HTTP simulators (Matomo, DNS-over-HTTPS) share: serving on loopback, and waiting that a client or a
+ * stop cuts short.
+ */
 
 /** Resolves true after `ms`, or false as soon as one of `signals` aborts. */
 export function wait(ms: number, signals: AbortSignal[]): Promise<boolean> {
@@ -18,4 +21,20 @@ export function wait(ms: number, signals: AbortSignal[]): Promise<boolean> {
 /** The answer of a handler whose client left or whose simulator stopped: nobody reads it. */
 export function gone(): Response {
   return new Response("simulator stopped answering", { status: 503 });
+}
+
+/** Serves `handle` on 127.0.0.1:`port` (0: any free port), quietly; a handler that throws answers 500. */
+export function serveLocal(
+  port: number,
+  handle: (request: Request) => Response | Promise<Response>,
+): Deno.HttpServer<Deno.NetAddr> {
+  return Deno.serve(
+    {
+      hostname: "127.0.0.1",
+      port,
+      onListen: () => {},
+      onError: (e) => new Response(String(e), { status: 500 }),
+    },
+    handle,
+  );
 }

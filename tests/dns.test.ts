@@ -10,8 +10,9 @@ import {
   type DnsOptions,
   resolve,
 } from "../supabase/functions/hosting-automator/dns.ts";
-import { type ErrorCode, HostingError } from "../supabase/functions/hosting-automator/errors.ts";
+import { HostingError } from "../supabase/functions/hosting-automator/errors.ts";
 import { registerSecret } from "./support/env.ts";
+import { failsWith } from "./support/errors.ts";
 
 const SERVER_V4 = "203.0.113.10";
 const SERVER_V6 = "2001:db8::10";
@@ -29,17 +30,6 @@ async function withResolver(
   } finally {
     await sim.close();
   }
-}
-
-async function failure(promise: Promise<unknown>, code: ErrorCode): Promise<HostingError> {
-  try {
-    await promise;
-  } catch (error) {
-    assert.ok(error instanceof HostingError, `expected a HostingError, got ${error}`);
-    assert.equal(error.code, code, error.message);
-    return error;
-  }
-  assert.fail(`expected ${code}, but the call succeeded`);
 }
 
 /** The resolver as messages name it: host and port, nothing of the path or query. */
@@ -116,7 +106,7 @@ Deno.test("Google's endpoint shape (/resolve, a Comment, no accept needed) answe
 Deno.test("a domain that points elsewhere is dns_not_ready, saying what DNS answered and what was expected", async () => {
   await withResolver(async (sim, options) => {
     for (const name of NAMES) sim.setRecords(name, { A: [ELSEWHERE_V4] });
-    const error = await failure(checkPointsTo(NAMES, [SERVER_V4], options), "dns_not_ready");
+    const error = await failsWith(checkPointsTo(NAMES, [SERVER_V4], options), "dns_not_ready");
     assert.equal(error.transient, true);
     assert.equal(
       error.publicMessage,
@@ -131,7 +121,7 @@ Deno.test("an old address left beside the server's is not ready: Let's Encrypt m
   await withResolver(async (sim, options) => {
     sim.setRecords("example.com", { A: [SERVER_V4, ELSEWHERE_V4] });
     sim.setRecords("www.example.com", { A: [SERVER_V4], AAAA: ["2001:db8::bad"] });
-    const error = await failure(checkPointsTo(NAMES, [SERVER_V4], options), "dns_not_ready");
+    const error = await failsWith(checkPointsTo(NAMES, [SERVER_V4], options), "dns_not_ready");
     assert.equal(
       error.publicMessage,
       `DNS does not point at the server yet: example.com → ${SERVER_V4}, ${ELSEWHERE_V4} (expected only ${SERVER_V4}); ` +
@@ -143,7 +133,7 @@ Deno.test("an old address left beside the server's is not ready: Let's Encrypt m
 Deno.test("a missing www is named, beside an apex that points elsewhere", async () => {
   await withResolver(async (sim, options) => {
     sim.setRecords("example.com", { A: [ELSEWHERE_V4] });
-    const error = await failure(checkPointsTo(NAMES, [SERVER_V4], options), "dns_not_ready");
+    const error = await failsWith(checkPointsTo(NAMES, [SERVER_V4], options), "dns_not_ready");
     assert.equal(
       error.publicMessage,
       "DNS does not point at the server yet: example.com → 198.51.100.7 (expected 203.0.113.10); " +
@@ -155,7 +145,7 @@ Deno.test("a missing www is named, beside an apex that points elsewhere", async 
 Deno.test("a missing www alone: not ready, and the server's addresses are said once", async () => {
   await withResolver(async (sim, options) => {
     sim.setRecords("example.com", { A: [SERVER_V4], AAAA: [SERVER_V6] });
-    const error = await failure(checkPointsTo(NAMES, [SERVER_V4, SERVER_V6], options), "dns_not_ready");
+    const error = await failsWith(checkPointsTo(NAMES, [SERVER_V4, SERVER_V6], options), "dns_not_ready");
     assert.equal(
       error.publicMessage,
       "DNS does not point at the server yet: www.example.com has no A or AAAA record " +
@@ -168,7 +158,7 @@ Deno.test("a name that exists without an address (NODATA) is not ready, and not 
   await withResolver(async (sim, options) => {
     sim.setRecords("example.com", { A: [SERVER_V4] });
     sim.setRecords("www.example.com", {}); // exists, e.g. with only MX or TXT records
-    const error = await failure(checkPointsTo(NAMES, [SERVER_V4], options), "dns_not_ready");
+    const error = await failsWith(checkPointsTo(NAMES, [SERVER_V4], options), "dns_not_ready");
     assert.equal(
       error.publicMessage,
       `DNS does not point at the server yet: www.example.com has no A or AAAA record. The server's addresses: ${SERVER_V4}.`,
@@ -181,7 +171,7 @@ Deno.test("NXDOMAIN resolves to no addresses, and a domain that does not exist a
     assert.deepEqual(await resolve("example.com", "A", options), []);
     assert.deepEqual(await resolve("example.com", "AAAA", options), []);
     assert.ok(sim.queries.every((q) => q.rcode === 3));
-    const error = await failure(checkPointsTo(NAMES, [SERVER_V4], options), "dns_not_ready");
+    const error = await failsWith(checkPointsTo(NAMES, [SERVER_V4], options), "dns_not_ready");
     assert.equal(
       error.publicMessage,
       "DNS does not point at the server yet: example.com has no A or AAAA record (NXDOMAIN: the name does not exist); " +
@@ -217,7 +207,7 @@ Deno.test("a CNAME chain that ends elsewhere, or nowhere, is not ready", async (
     sim.setRecords("example.com", { CNAME: "old-host.example.net" });
     sim.setRecords("old-host.example.net", { A: [ELSEWHERE_V4] });
     sim.setRecords("www.example.com", { CNAME: "gone.example.net" }); // the target does not exist
-    const error = await failure(checkPointsTo(NAMES, [SERVER_V4], options), "dns_not_ready");
+    const error = await failsWith(checkPointsTo(NAMES, [SERVER_V4], options), "dns_not_ready");
     assert.equal(
       error.publicMessage,
       `DNS does not point at the server yet: example.com → ${ELSEWHERE_V4} (expected ${SERVER_V4}); ` +
@@ -234,7 +224,7 @@ Deno.test("IPv6 addresses compare in any spelling, from DNS and from the setting
     assert.deepEqual(result.answered, { "example.com": [SERVER_V6], "www.example.com": [SERVER_V6] });
     // and a different address stays different, shown in its canonical spelling
     sim.setRecords("www.example.com", { AAAA: ["2001:0db8:0:0:0:0:0:0011"] });
-    const error = await failure(checkPointsTo(NAMES, [SERVER_V6], options), "dns_not_ready");
+    const error = await failsWith(checkPointsTo(NAMES, [SERVER_V6], options), "dns_not_ready");
     assert.equal(
       error.publicMessage,
       `DNS does not point at the server yet: www.example.com → 2001:db8::11 (expected ${SERVER_V6}).`,
@@ -246,7 +236,7 @@ Deno.test("a resolver that is down is dns_resolver_unavailable, named by its hos
   await withResolver(async (sim, options) => {
     sim.setRecords("example.com", { A: [SERVER_V4] });
     await sim.down();
-    const error = await failure(checkPointsTo(NAMES, [SERVER_V4], options), "dns_resolver_unavailable");
+    const error = await failsWith(checkPointsTo(NAMES, [SERVER_V4], options), "dns_resolver_unavailable");
     assert.equal(error.transient, true);
     assert.equal(error.publicMessage, `The DNS resolver ${hostOf(sim)} could not be reached; will retry.`);
     sim.up();
@@ -259,9 +249,9 @@ Deno.test("a resolver URL's path and query never reach a message (a private reso
     const profile = registerSecret(`profile-${crypto.randomUUID()}`);
     const options = { resolverUrl: `${sim.url}?profile=${profile}`, timeoutMs: 2000 };
     sim.setRecords("example.com", { A: [ELSEWHERE_V4] });
-    const notReady = await failure(checkPointsTo(["example.com"], [SERVER_V4], options), "dns_not_ready");
+    const notReady = await failsWith(checkPointsTo(["example.com"], [SERVER_V4], options), "dns_not_ready");
     await sim.down();
-    const down = await failure(
+    const down = await failsWith(
       checkPointsTo(["example.com"], [SERVER_V4], options),
       "dns_resolver_unavailable",
     );
@@ -279,12 +269,12 @@ Deno.test("a resolver answering 503 is dns_resolver_unavailable with the status"
   await withResolver(async (sim, options) => {
     sim.setRecords("example.com", { A: [SERVER_V4] });
     await sim.down("503");
-    const error = await failure(resolve("example.com", "A", options), "dns_resolver_unavailable");
+    const error = await failsWith(resolve("example.com", "A", options), "dns_resolver_unavailable");
     assert.equal(error.publicMessage, `The DNS resolver ${hostOf(sim)} answered HTTP 503; will retry.`);
     assert.match(error.message, /answered HTTP 503 to the query for example\.com A$/);
     sim.up();
     sim.fail({ kind: "status", status: 502 }, 1);
-    const once = await failure(resolve("example.com", "A", options), "dns_resolver_unavailable");
+    const once = await failsWith(resolve("example.com", "A", options), "dns_resolver_unavailable");
     assert.equal(once.publicMessage, `The DNS resolver ${hostOf(sim)} answered HTTP 502; will retry.`);
     assert.deepEqual(await resolve("example.com", "A", options), [SERVER_V4]);
   });
@@ -295,7 +285,7 @@ Deno.test("SERVFAIL and REFUSED are the resolver's trouble, not an answer", asyn
     sim.setRecords("example.com", { A: [SERVER_V4] });
     sim.setRecords("www.example.com", { A: [SERVER_V4] });
     sim.servfail("www.example.com");
-    const error = await failure(checkPointsTo(NAMES, [SERVER_V4], options), "dns_resolver_unavailable");
+    const error = await failsWith(checkPointsTo(NAMES, [SERVER_V4], options), "dns_resolver_unavailable");
     assert.match(
       error.publicMessage,
       /^The DNS resolver 127\.0\.0\.1:\d+ answered SERVFAIL for www\.example\.com A+; will retry\.$/,
@@ -303,7 +293,7 @@ Deno.test("SERVFAIL and REFUSED are the resolver's trouble, not an answer", asyn
     assert.match(error.message, /answered SERVFAIL \(Status 2\)/);
     sim.clearFaults();
     sim.servfail("example.com", 5);
-    const refused = await failure(resolve("example.com", "AAAA", options), "dns_resolver_unavailable");
+    const refused = await failsWith(resolve("example.com", "AAAA", options), "dns_resolver_unavailable");
     assert.equal(
       refused.publicMessage,
       `The DNS resolver ${hostOf(sim)} answered REFUSED for example.com AAAA; will retry.`,
@@ -315,7 +305,7 @@ Deno.test("garbage from the resolver is dns_resolver_unavailable: not JSON, anot
   await withResolver(async (sim, options) => {
     sim.setRecords("example.com", { A: [SERVER_V4] });
     sim.fail({ kind: "garbage" }, 1);
-    const garbage = await failure(resolve("example.com", "A", options), "dns_resolver_unavailable");
+    const garbage = await failsWith(resolve("example.com", "A", options), "dns_resolver_unavailable");
     assert.equal(
       garbage.publicMessage,
       `The DNS resolver ${
@@ -324,11 +314,11 @@ Deno.test("garbage from the resolver is dns_resolver_unavailable: not JSON, anot
     );
     assert.match(garbage.message, /with text that is not JSON: \{"Status":0/);
     sim.fail({ kind: "shape" }, 1);
-    const shape = await failure(resolve("example.com", "A", options), "dns_resolver_unavailable");
+    const shape = await failsWith(resolve("example.com", "A", options), "dns_resolver_unavailable");
     assert.match(shape.publicMessage, /\(JSON of another shape\); check the resolver URL/);
   });
   const html = fakeResolver(() => new Response("<!doctype html><title>Sign in</title>", { status: 200 }));
-  const error = await failure(resolve("example.com", "A", html), "dns_resolver_unavailable");
+  const error = await failsWith(resolve("example.com", "A", html), "dns_resolver_unavailable");
   assert.equal(
     error.publicMessage,
     "The DNS resolver doh.example.net answered something that is not a DNS JSON answer (an HTML page); check the resolver URL. Will retry.",
@@ -373,7 +363,7 @@ Deno.test("a well-formed answer that does not fit the question is not trusted", 
     ["a Status that is not a number", { Status: "NOERROR", Question: question }, /\(JSON of another shape\)/],
   ];
   for (const [what, body, message] of cases) {
-    const error = await failure(
+    const error = await failsWith(
       resolve("example.com", "A", fakeResolver(() => dnsJson(body))),
       "dns_resolver_unavailable",
     );
@@ -395,7 +385,7 @@ Deno.test("a resolver slower than the timeout is dns_resolver_unavailable, on ti
       sim.setRecords("example.com", { A: [SERVER_V4] });
       sim.setLatency(5000);
       const started = performance.now();
-      const error = await failure(checkPointsTo(NAMES, [SERVER_V4], options), "dns_resolver_unavailable");
+      const error = await failsWith(checkPointsTo(NAMES, [SERVER_V4], options), "dns_resolver_unavailable");
       const elapsed = performance.now() - started;
       assert.ok(elapsed >= 250 && elapsed < 2000, `gave up after ${Math.round(elapsed)} ms`);
       assert.equal(
@@ -405,7 +395,7 @@ Deno.test("a resolver slower than the timeout is dns_resolver_unavailable, on ti
       assert.match(error.message, /did not answer the query for (www\.)?example\.com A+ within 300 ms/);
       sim.setLatency(0);
       sim.fail({ kind: "hang" }, 1);
-      await failure(resolve("example.com", "A", options), "dns_resolver_unavailable");
+      await failsWith(resolve("example.com", "A", options), "dns_resolver_unavailable");
     },
     {},
     { timeoutMs: 300 },
@@ -421,10 +411,10 @@ Deno.test("the step's abort stops the query and its reason is what the caller ge
     const pending = checkPointsTo(NAMES, [SERVER_V4], { ...options, signal: step.signal });
     setTimeout(() => step.abort(lost), 100);
     const started = performance.now();
-    const error = await failure(pending, "lease_lost");
+    const error = await failsWith(pending, "lease_lost");
     assert.equal(error, lost);
     assert.ok(performance.now() - started < 1500);
-    const aborted = await failure(
+    const aborted = await failsWith(
       resolve("example.com", "A", { ...options, signal: AbortSignal.abort("shutdown") }),
       "interrupted",
     );
@@ -434,14 +424,14 @@ Deno.test("the step's abort stops the query and its reason is what the caller ge
 
 Deno.test("settings that cannot work are config_invalid before any query", async () => {
   await withResolver(async (sim, options) => {
-    const noAddress = await failure(checkPointsTo(NAMES, [], options), "config_invalid");
+    const noAddress = await failsWith(checkPointsTo(NAMES, [], options), "config_invalid");
     assert.match(noAddress.publicMessage, /no public address/);
-    const badAddress = await failure(checkPointsTo(NAMES, ["203.0.113.300"], options), "config_invalid");
+    const badAddress = await failsWith(checkPointsTo(NAMES, ["203.0.113.300"], options), "config_invalid");
     assert.equal(
       badAddress.publicMessage,
       "The server's public address '203.0.113.300' is not an IPv4 or IPv6 address.",
     );
-    await failure(
+    await failsWith(
       checkPointsTo(NAMES, [SERVER_V4], { ...options, resolverUrl: "dns.example.net" }),
       "config_invalid",
     );

@@ -15,6 +15,7 @@ import type {
 } from "../supabase/functions/hosting-automator/workflow.ts";
 import { captureSink } from "./support/env.ts";
 import { type Stack, withStack } from "./support/stack.ts";
+import { concatBytes } from "../supabase/functions/hosting-automator/bytes.ts";
 
 /** Everything a refused request must leave untouched. */
 async function snapshot(stack: Stack) {
@@ -363,13 +364,7 @@ async function readAll(conn: Deno.Conn): Promise<Uint8Array> {
     if (n === null) break;
     chunks.push(buffer.slice(0, n));
   }
-  const out = new Uint8Array(chunks.reduce((size, chunk) => size + chunk.length, 0));
-  let offset = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, offset);
-    offset += chunk.length;
-  }
-  return out;
+  return concatBytes(...chunks);
 }
 
 Deno.test("?wait=true on a slow server answers in time with what is running, complete false; the job finishes in the background", async () => {

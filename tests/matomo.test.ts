@@ -6,10 +6,11 @@ import assert from "node:assert/strict";
 import { MatomoSim, MatomoSimOptions, startMatomoSim } from "../dev/matomo_sim.ts";
 import type { MatomoConfig } from "../supabase/functions/hosting-automator/config.ts";
 import { type Domain, parseDomain } from "../supabase/functions/hosting-automator/domain.ts";
-import { type ErrorCode, HostingError } from "../supabase/functions/hosting-automator/errors.ts";
+import { HostingError } from "../supabase/functions/hosting-automator/errors.ts";
 import { Logger, Redactor } from "../supabase/functions/hosting-automator/log.ts";
 import { isDomainUrl, MatomoClient } from "../supabase/functions/hosting-automator/matomo.ts";
 import { captureSink, registerSecret } from "./support/env.ts";
+import { failsWith } from "./support/errors.ts";
 
 interface Harness {
   sim: MatomoSim;
@@ -43,17 +44,6 @@ async function withMatomo(
 }
 
 const d = (name: string): Domain => parseDomain(name);
-
-async function failure(promise: Promise<unknown>, code: ErrorCode): Promise<HostingError> {
-  try {
-    await promise;
-  } catch (error) {
-    assert.ok(error instanceof HostingError, `expected a HostingError, got ${error}`);
-    assert.equal(error.code, code, error.message);
-    return error;
-  }
-  assert.fail(`expected ${code}, but the call succeeded`);
-}
 
 const apiMethods = (sim: MatomoSim) => sim.requests.map((r) => r.apiMethod);
 const LOOKUP = "SitesManager.getSitesIdFromSiteUrl";
@@ -124,7 +114,7 @@ Deno.test("an idsite sent as a numeric string is accepted", async () => {
 Deno.test("result:error with HTTP 200 is an error", async () => {
   await withMatomo({}, async ({ sim, client }) => {
     sim.fail({ kind: "error", message: "Mysql error: table piwik_site is locked" });
-    const error = await failure(client.ensureSite(d("a.example")), "matomo_error");
+    const error = await failsWith(client.ensureSite(d("a.example")), "matomo_error");
     assert.match(error.message, /HTTP 200.*table piwik_site is locked/);
     assert.equal(error.transient, false);
     assert.equal(error.publicMessage, `Matomo refused ${LOOKUP}.`);
@@ -138,7 +128,7 @@ Deno.test("a refused token is matomo_error telling the operator to use a super u
     const logger = new Logger(new Redactor(), { level: "debug", sink: (l) => lines.push(l) });
     const wrong = "wrongtoken0123456789abcdef";
     const client = new MatomoClient({ url: sim.url, token: wrong, timeoutMs: 2000 }, logger);
-    const error = await failure(client.findSite(d("a.example")), "matomo_error");
+    const error = await failsWith(client.findSite(d("a.example")), "matomo_error");
     assert.match(error.message, /HTTP 401.*invalid or expired/);
     assert.match(error.publicMessage, /super user/);
     assert.match(error.publicMessage, /POST/);
@@ -153,7 +143,7 @@ Deno.test("a refused token is matomo_error telling the operator to use a super u
 Deno.test("a token without super user access fails addSite with the same guidance", async () => {
   const tokens = [{ token: "viewertoken0123456789", superUser: false }];
   await withMatomo({ tokens }, async ({ sim, client }) => {
-    const error = await failure(client.ensureSite(d("a.example")), "matomo_error");
+    const error = await failsWith(client.ensureSite(d("a.example")), "matomo_error");
     assert.match(error.message, /'superuser' access/);
     assert.match(error.publicMessage, /super user/);
     assert.deepEqual(apiMethods(sim), [LOOKUP, ADD]);
@@ -163,11 +153,11 @@ Deno.test("a token without super user access fails addSite with the same guidanc
 Deno.test("an HTML answer is matomo_bad_response", async () => {
   await withMatomo({}, async ({ sim, client }) => {
     sim.fail({ kind: "html", status: 200 }, 1);
-    const error = await failure(client.findSite(d("a.example")), "matomo_bad_response");
+    const error = await failsWith(client.findSite(d("a.example")), "matomo_bad_response");
     assert.match(error.message, /an HTML page \(HTTP 200\)/);
     assert.match(error.publicMessage, /MATOMO_API_URL/);
     sim.fail({ kind: "html", status: 500 }, 1);
-    await failure(client.addSite(d("a.example")), "matomo_bad_response");
+    await failsWith(client.addSite(d("a.example")), "matomo_bad_response");
     assert.equal(sim.sites.length, 0);
   });
 });
@@ -175,7 +165,7 @@ Deno.test("an HTML answer is matomo_bad_response", async () => {
 Deno.test("an answer that is not JSON is matomo_bad_response", async () => {
   await withMatomo({}, async ({ sim, client }) => {
     sim.fail({ kind: "garbage" });
-    const error = await failure(client.findSite(d("a.example")), "matomo_bad_response");
+    const error = await failsWith(client.findSite(d("a.example")), "matomo_bad_response");
     assert.match(error.message, /text that is not JSON \(HTTP 200\): PHP Warning/);
   });
 });
@@ -188,7 +178,7 @@ Deno.test("JSON of an unexpected shape is matomo_bad_response", async () => {
       const call = answer.startsWith('{"value"')
         ? client.addSite(d("a.example"))
         : client.findSite(d("a.example"));
-      const error = await failure(call, "matomo_bad_response");
+      const error = await failsWith(call, "matomo_bad_response");
       assert.match(error.message, /unexpected shape/, answer);
     }, { fetch: fake });
   }
@@ -197,7 +187,7 @@ Deno.test("JSON of an unexpected shape is matomo_bad_response", async () => {
 Deno.test("a refused connection is matomo_unreachable", async () => {
   await withMatomo({}, async ({ sim, client, lines }) => {
     await sim.down();
-    const error = await failure(client.findSite(d("a.example")), "matomo_unreachable");
+    const error = await failsWith(client.findSite(d("a.example")), "matomo_unreachable");
     assert.equal(error.transient, true);
     assert.equal(
       lines.filter((l) => l.includes("matomo: retrying")).length,
@@ -213,11 +203,11 @@ Deno.test("a hanging Matomo times out as matomo_unreachable", async () => {
   await withMatomo({}, async ({ sim, client }) => {
     sim.fail({ kind: "hang" });
     const started = performance.now();
-    const error = await failure(client.findSite(d("a.example")), "matomo_unreachable");
+    const error = await failsWith(client.findSite(d("a.example")), "matomo_unreachable");
     const elapsed = performance.now() - started;
     assert.match(error.message, /within 300 ms/);
     assert.ok(elapsed >= 290 && elapsed < 1500, `took ${elapsed} ms`);
-    await failure(client.addSite(d("a.example")), "matomo_unreachable");
+    await failsWith(client.addSite(d("a.example")), "matomo_unreachable");
     assert.equal(sim.requests.length, 2, "timeouts are not retried");
   }, { config: { timeoutMs: 300 } });
 });
@@ -228,7 +218,7 @@ Deno.test("an answer whose body never ends times out as matomo_unreachable", asy
       new Response(new ReadableStream({ start: (c) => c.enqueue(new TextEncoder().encode("[")) })),
     )) as typeof fetch;
   await withMatomo({}, async ({ client }) => {
-    const error = await failure(client.findSite(d("a.example")), "matomo_unreachable");
+    const error = await failsWith(client.findSite(d("a.example")), "matomo_unreachable");
     assert.match(error.message, /did not complete within 200 ms/);
   }, { fetch: stalled, config: { timeoutMs: 200 } });
 });
@@ -250,7 +240,7 @@ Deno.test("a lookup that meets a 5xx is retried and then succeeds", async () => 
 Deno.test("a lookup gives up after two retries", async () => {
   await withMatomo({}, async ({ sim, client }) => {
     sim.fail({ kind: "html", status: 503 });
-    await failure(client.findSite(d("a.example")), "matomo_bad_response");
+    await failsWith(client.findSite(d("a.example")), "matomo_bad_response");
     assert.equal(sim.requests.length, 3);
   });
 });
@@ -258,7 +248,7 @@ Deno.test("a lookup gives up after two retries", async () => {
 Deno.test("addSite is never retried", async () => {
   await withMatomo({}, async ({ sim, client }) => {
     sim.fail({ kind: "html", status: 503 });
-    await failure(client.addSite(d("a.example")), "matomo_bad_response");
+    await failsWith(client.addSite(d("a.example")), "matomo_bad_response");
     assert.equal(sim.requests.length, 1);
   });
   // Nor on a network failure; the lookup is, twice.
@@ -268,9 +258,9 @@ Deno.test("addSite is never retried", async () => {
     return Promise.reject(new TypeError("error sending request: Connection refused"));
   }) as typeof fetch;
   await withMatomo({}, async ({ client }) => {
-    await failure(client.addSite(d("a.example")), "matomo_unreachable");
+    await failsWith(client.addSite(d("a.example")), "matomo_unreachable");
     assert.equal(calls, 1);
-    await failure(client.findSite(d("a.example")), "matomo_unreachable");
+    await failsWith(client.findSite(d("a.example")), "matomo_unreachable");
     assert.equal(calls, 4);
   }, { fetch: refusing });
 });
@@ -447,7 +437,7 @@ Deno.test("a deletion whose answer was lost is repeated and the repeat's 'not fo
 
 Deno.test("Matomo's refusal to delete its only site is matomo_only_site, permanent, and says what to do", async () => {
   await withMatomo({ sites: [{ name: "a", urls: "https://a.example" }] }, async ({ sim, client }) => {
-    const error = await failure(client.deleteSite(d("a.example"), { idSite: 1 }), "matomo_only_site");
+    const error = await failsWith(client.deleteSite(d("a.example"), { idSite: 1 }), "matomo_only_site");
     assert.equal(error.transient, false);
     assert.match(error.message, /deleteSite\(1\).*only registered website/);
     assert.match(error.publicMessage, /only site registered in Matomo/);
@@ -477,20 +467,20 @@ Deno.test("a deletion that keeps failing ends transient: 5xx, refused connection
   const sites = [{ name: "a", urls: "https://a.example" }, { name: "b", urls: "https://b.example" }];
   await withMatomo({ sites }, async ({ sim, client }) => {
     sim.failWhen((r) => r.apiMethod === DELETE, { kind: "html", status: 502 });
-    const bad = await failure(client.deleteSite(d("a.example"), { idSite: 1 }), "matomo_bad_response");
+    const bad = await failsWith(client.deleteSite(d("a.example"), { idSite: 1 }), "matomo_bad_response");
     assert.equal(bad.transient, true);
     assert.deepEqual(apiMethods(sim), [GET, DELETE, DELETE, DELETE]);
     sim.clearFaults();
     sim.clearRequests();
 
     sim.failWhen((r) => r.apiMethod === DELETE, { kind: "hang" });
-    const slow = await failure(client.deleteSite(d("a.example"), { idSite: 1 }), "matomo_unreachable");
+    const slow = await failsWith(client.deleteSite(d("a.example"), { idSite: 1 }), "matomo_unreachable");
     assert.equal(slow.transient, true);
     assert.deepEqual(apiMethods(sim), [GET, DELETE], "a timeout is not retried, as for lookups");
     sim.clearFaults();
 
     await sim.down();
-    const down = await failure(client.deleteSite(d("a.example"), { idSite: 1 }), "matomo_unreachable");
+    const down = await failsWith(client.deleteSite(d("a.example"), { idSite: 1 }), "matomo_unreachable");
     assert.equal(down.transient, true);
     sim.up();
     assert.deepEqual(ids(sim), [1, 2], "nothing was deleted");
@@ -505,7 +495,7 @@ Deno.test("deleteSite needs a super user's token and says so", async () => {
     sites: [{ name: "a", urls: "https://a.example" }, { name: "b", urls: "https://b.example" }],
   };
   await withMatomo(options, async ({ sim, client }) => {
-    const error = await failure(client.deleteSite(d("a.example"), { idSite: 1 }), "matomo_error");
+    const error = await failsWith(client.deleteSite(d("a.example"), { idSite: 1 }), "matomo_error");
     assert.match(error.message, /HTTP 401.*'superuser' access/);
     assert.match(error.publicMessage, /super user/);
     assert.equal(error.transient, false);
@@ -533,7 +523,7 @@ Deno.test("an answer about another site than asked for is matomo_bad_response, a
   }) as typeof fetch;
   const sites = [{ name: "a", urls: "https://a.example" }, { name: "b", urls: "https://b.example" }];
   await withMatomo({ sites }, async ({ sim, client }) => {
-    await failure(client.deleteSite(d("a.example"), { idSite: 1 }), "matomo_bad_response");
+    await failsWith(client.deleteSite(d("a.example"), { idSite: 1 }), "matomo_bad_response");
     assert.deepEqual(ids(sim), [1, 2]);
   }, { fetch: wrong });
 });

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { importKey } from "npm:@microsoft/dev-tunnels-ssh-keys@3.12.12";
 import type { SshConfig } from "../supabase/functions/hosting-automator/config.ts";
-import { ERROR_CODES, HostingError, isHostingError } from "../supabase/functions/hosting-automator/errors.ts";
+import { ERROR_CODES, HostingError } from "../supabase/functions/hosting-automator/errors.ts";
 import type { RemoteShell } from "../supabase/functions/hosting-automator/remote.ts";
 import { connectSsh, fingerprintOf } from "../supabase/functions/hosting-automator/ssh.ts";
 import {
@@ -15,6 +15,7 @@ import {
   type SshdOptions,
   startSshd,
 } from "./support/sshd.ts";
+import { failsWith } from "./support/errors.ts";
 
 const TIMEOUT = { timeoutMs: 10_000 };
 
@@ -52,18 +53,6 @@ async function withShell(config: SshConfig, fn: (shell: RemoteShell) => Promise<
   } finally {
     await shell.close();
   }
-}
-
-/** Asserts that `work` rejects with a HostingError of `code` and returns it. */
-async function failsWith(work: Promise<unknown>, code: keyof typeof ERROR_CODES): Promise<HostingError> {
-  try {
-    await work;
-  } catch (e) {
-    assert.ok(isHostingError(e), `expected a HostingError, got ${e}`);
-    assert.equal(e.code, code, `expected ${code}, got ${e.code}: ${e.message}`);
-    return e;
-  }
-  assert.fail(`expected ${code}, but it succeeded`);
 }
 
 async function exists(path: string): Promise<boolean> {

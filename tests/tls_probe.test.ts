@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { runClpctl } from "../dev/clpctl_sim.ts";
 import { DEFAULT_NAME, LETS_ENCRYPT_DAYS, startTlsSim, type TlsSim } from "../dev/tls_sim.ts";
-import { HostingError, isHostingError } from "../supabase/functions/hosting-automator/errors.ts";
+import { HostingError } from "../supabase/functions/hosting-automator/errors.ts";
 import {
   namesCover,
   probeCertificate,
@@ -15,6 +15,7 @@ import {
   type ProbeResult,
 } from "../supabase/functions/hosting-automator/tls_probe.ts";
 import { registerSecret } from "./support/env.ts";
+import { failsWith } from "./support/errors.ts";
 
 const DAY_MS = 86_400_000;
 const PASSWORD = "Tls0probe0site0password0x";
@@ -54,17 +55,6 @@ function probe(sim: TlsSim, servername: string, options: Partial<ProbeOptions> =
     minValidDays: 14,
     ...options,
   });
-}
-
-async function rejectsWith(work: Promise<unknown>, code: string): Promise<HostingError> {
-  try {
-    await work;
-  } catch (error) {
-    assert.ok(isHostingError(error), `expected a HostingError, got ${error}`);
-    assert.equal(error.code, code, error.message);
-    return error;
-  }
-  assert.fail(`expected ${code}, but it resolved`);
 }
 
 /** A port nothing listens on (taken, then released). */
@@ -181,7 +171,7 @@ Deno.test("a certificate that expires within minValidDays is not valid; with a s
 });
 
 Deno.test("a server that refuses the connection is https_unreachable, transient", async () => {
-  const error = await rejectsWith(
+  const error = await failsWith(
     probeCertificate({
       address: "127.0.0.1",
       port: closedPort(),
@@ -197,7 +187,7 @@ Deno.test("a server that refuses the connection is https_unreachable, transient"
 Deno.test("a server that accepts but never answers is https_unreachable once the timeout has passed", async () => {
   await withSilentServer(async (port) => {
     const started = performance.now();
-    const error = await rejectsWith(
+    const error = await failsWith(
       probeCertificate({
         address: "127.0.0.1",
         port,
@@ -226,12 +216,12 @@ Deno.test("aborting the signal stops the probe at once, with the abort's reason"
       signal: controller.signal,
     });
     setTimeout(() => controller.abort(new HostingError("lease_lost", "another worker took the job")), 100);
-    await rejectsWith(work, "lease_lost");
+    await failsWith(work, "lease_lost");
     assert.ok(performance.now() - started < 2_000);
 
     const before = new AbortController();
     before.abort(new Error("shutting down"));
-    const error = await rejectsWith(
+    const error = await failsWith(
       probeCertificate({
         address: "127.0.0.1",
         port,
