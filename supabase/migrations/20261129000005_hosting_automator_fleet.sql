@@ -72,6 +72,16 @@ $$;
 comment on column hosting_automator.settings.server_concurrency is
   'Jobs at once on a server registered from the worker''s configuration (the `default` server).';
 
+-- A job given back with this code waits for its server (it could not be reached), not for its own retry.
+create function hosting_automator.waits_for_server(p_code text)
+returns boolean
+language sql
+immutable
+set search_path = ''
+as $$
+  select coalesce(p_code in ('ssh_unreachable', 'ssh_timeout', 'ssh_host_key_mismatch', 'ssh_auth_failed'), false)
+$$;
+
 -- An operator changed a server. Its address or state (a fixed host key, a server enabled): its circuit closes
 -- and the jobs that waited for it are due now. Its room (capacity, state): the sites waiting for room are due now.
 create function hosting_automator.on_server_changed()
@@ -89,7 +99,7 @@ begin
     new.open_until := null;
     update hosting_automator.jobs j set run_at = now()
     where j.state = 'queued' and j.server = new.name and j.run_at > now()
-      and j.last_error_code in ('ssh_unreachable', 'ssh_timeout', 'ssh_host_key_mismatch', 'ssh_auth_failed');
+      and hosting_automator.waits_for_server(j.last_error_code);
   end if;
   if (old.capacity, old.state) is distinct from (new.capacity, new.state) then
     update hosting_automator.jobs j set run_at = now()
@@ -652,81 +662,20 @@ begin
 end
 $$;
 
--- The operator's report (as before), with the fleet: each server, and the jobs waiting for room.
-create or replace function public.hosting_status(p_limit integer default 20)
+-- The operator's report: the previous one (renamed into the private schema, hosting_automator.status_sites), with
+-- the fleet's slots in the doorbell, each server, and the jobs waiting for room.
+alter function public.hosting_status(integer) rename to status_sites;
+alter function public.status_sites(integer) set schema hosting_automator;
+
+create function public.hosting_status(p_limit integer default 20)
 returns jsonb
 language sql
 stable
 security definer
 set search_path = ''
 as $$
-  select jsonb_build_object(
-    'generated_at', now(),
-    'sites', coalesce((
-      select jsonb_object_agg(coalesce(x.status_hosting, 'null'), x.n)
-      from (select s.status_hosting, count(*) as n from public.sites s group by s.status_hosting) x
-    ), '{}'::jsonb),
-    'jobs', coalesce((
-      select jsonb_object_agg(x.state, x.n)
-      from (select j.state, count(*) as n from hosting_automator.jobs j group by j.state) x
-    ), '{}'::jsonb),
-    'doorbell', jsonb_build_object(
-      'kicks_on_the_way', (
-        select count(*) from hosting_automator.rings r cross join hosting_automator.settings st
-        where r.rung_at > now() - make_interval(secs => st.ring_ttl_seconds)),
-      'slots_taken', hosting_automator.slots_taken(),
-      'slots', hosting_automator.slots(),
-      'kicks', hosting_automator.kick_health()
-    ),
-    'queue', (
-      select jsonb_build_object(
-        'depth', count(*),
-        'due', count(*) filter (where j.run_at <= now()),
-        'oldest_age_seconds', coalesce(floor(extract(epoch from now() - min(j.created_at))), 0)
-      )
-      from hosting_automator.jobs j
-      where j.state = 'queued'
-    ),
-    'running', coalesce((
-      select jsonb_agg(jsonb_build_object(
-        'job_id', j.id, 'kind', j.kind, 'site_id', j.site_id, 'domain', coalesce(j.domain, s.domain),
-        'step', j.current_step,
-        'attempt', j.attempts, 'worker', j.lease_owner, 'server', j.server,
-        'lease_expires_at', j.lease_expires_at) order by j.id)
-      from hosting_automator.jobs j left join public.sites s on s.id = j.site_id
-      where j.state = 'running'
-    ), '[]'::jsonb),
-    'retrying', coalesce((
-      select jsonb_agg(x.o order by x.run_at)
-      from (
-        select j.run_at, jsonb_build_object(
-          'job_id', j.id, 'kind', j.kind, 'site_id', j.site_id, 'domain', coalesce(j.domain, s.domain),
-          'attempts', j.attempts,
-          'max_attempts', j.max_attempts, 'next_run_at', j.run_at, 'code', j.last_error_code,
-          'error', j.public_error) as o
-        from hosting_automator.jobs j left join public.sites s on s.id = j.site_id
-        where j.state = 'queued' and j.attempts > 0
-        order by j.run_at
-        limit p_limit
-      ) x
-    ), '[]'::jsonb),
-    'recent_failures', coalesce((
-      select jsonb_agg(x.o order by x.finished_at desc)
-      from (
-        select j.finished_at, jsonb_build_object(
-          'site_id', s.id, 'domain', s.domain, 'error_message', s.error_message, 'code', j.last_error_code,
-          'failed_at', j.finished_at, 'attempts', j.attempts) as o
-        from public.sites s
-        join lateral (
-          select j2.* from hosting_automator.jobs j2
-          where j2.site_id = s.id and j2.state = 'failed'
-          order by j2.id desc limit 1
-        ) j on true
-        where s.status_hosting = 'failed'
-        order by j.finished_at desc
-        limit p_limit
-      ) x
-    ), '[]'::jsonb),
+  select r.report || jsonb_build_object(
+    'doorbell', (r.report -> 'doorbell') || jsonb_build_object('slots', hosting_automator.slots()),
     -- Every server: its state, placed sites against capacity, running jobs, failures of the last day, circuit.
     'servers', coalesce((
       select jsonb_agg(jsonb_build_object(
@@ -737,7 +686,7 @@ as $$
         'concurrency', sv.concurrency,
         -- Jobs given back because this server could not be reached, waiting for its circuit to close.
         'waiting', (select count(*) from hosting_automator.jobs j where j.state = 'queued' and j.server = sv.name
-          and j.last_error_code in ('ssh_unreachable', 'ssh_timeout', 'ssh_host_key_mismatch', 'ssh_auth_failed')),
+          and hosting_automator.waits_for_server(j.last_error_code)),
         'failed_last_day', (
           select count(*) from hosting_automator.jobs j
           where j.server = sv.name and j.state = 'failed' and j.finished_at > now() - interval '1 day'),
@@ -749,56 +698,8 @@ as $$
       from hosting_automator.servers sv
     ), '[]'::jsonb),
     'waiting_for_capacity', (
-      select count(*) from hosting_automator.jobs j where j.state = 'queued' and j.last_error_code = 'no_server_capacity'),
-    -- Removals: open ones, and failed ones waiting for an operator (of kept rows and of deleted rows).
-    'removals', jsonb_build_object(
-      'queued', (select count(*) from hosting_automator.jobs j where j.kind = 'remove' and j.state = 'queued'),
-      'running', (select count(*) from hosting_automator.jobs j where j.kind = 'remove' and j.state = 'running'),
-      'removed_last_day', (
-        select count(*) from hosting_automator.jobs j
-        where j.kind = 'remove' and j.state = 'succeeded' and j.finished_at > now() - interval '1 day'),
-      'failed', coalesce((
-        select jsonb_agg(x.o order by x.finished_at desc)
-        from (
-          select j.finished_at, jsonb_build_object(
-            'job_id', j.id, 'site_id', j.site_id, 'domain', j.domain, 'row', case when s.id is null then 'deleted'
-              else 'kept' end, 'code', j.last_error_code, 'error', j.public_error, 'failed_at', j.finished_at,
-            'attempts', j.attempts) as o
-          from hosting_automator.jobs j
-          left join public.sites s on s.id = j.site_id
-          where j.kind = 'remove' and j.state = 'failed'
-            and j.id = (select max(j2.id) from hosting_automator.jobs j2 where j2.site_id = j.site_id)
-          order by j.finished_at desc
-          limit p_limit
-        ) x
-      ), '[]'::jsonb)
-    ),
-    'missing_analytics', coalesce((
-      select jsonb_agg(x.o)
-      from (
-        select jsonb_build_object(
-          'site_id', s.id, 'domain', s.domain,
-          'warning', (
-            select jsonb_build_object('code', e.code, 'message', e.message, 'at', e.created_at)
-            from hosting_automator.events e
-            where e.site_id = s.id and e.step = 'matomo_site' and e.level in ('warn', 'error')
-            order by e.id desc limit 1
-          ),
-          -- The automatic backfill: its state, attempts and next run (null once it gave up: retry by hand).
-          'backfill', (
-            select jsonb_build_object('job_id', j.id, 'state', j.state, 'attempts', j.attempts,
-              'max_attempts', j.max_attempts, 'next_run_at', case when j.state = 'queued' then j.run_at end)
-            from hosting_automator.jobs j
-            where j.site_id = s.id and j.kind = 'analytics'
-            order by j.id desc limit 1
-          )) as o
-        from public.sites s
-        where s.status_hosting = 'active' and s.matomo_site_id is null
-        order by s.id
-        limit p_limit
-      ) x
-    ), '[]'::jsonb)
-  )
+      select count(*) from hosting_automator.jobs j where j.state = 'queued' and j.last_error_code = 'no_server_capacity'))
+  from (select hosting_automator.status_sites(p_limit) as report) r
 $$;
 
 -- The credentials (as before), with the server's name, host and port from the fleet.
@@ -879,7 +780,8 @@ begin
     'public.hosting_claim_jobs(text, text, integer, integer, uuid, integer, jsonb, integer, boolean, jsonb)',
     'public.hosting_server_trouble(bigint, uuid, text, text, jsonb)',
     'public.hosting_server_ok(text)',
-    'public.hosting_servers()'
+    'public.hosting_servers()',
+    'public.hosting_status(integer)'
   ] loop
     execute format('revoke all on function %s from public, anon, authenticated', v_fn);
     execute format('grant execute on function %s to service_role', v_fn);

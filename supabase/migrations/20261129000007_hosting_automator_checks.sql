@@ -108,10 +108,10 @@ begin
 end
 $$;
 
-alter function public.hosting_status(integer) rename to status_core;
-alter function public.status_core(integer) set schema hosting_automator;
+alter function public.hosting_status(integer) rename to status_fleet;
+alter function public.status_fleet(integer) set schema hosting_automator;
 
--- The operator's report (hosting_automator.status_core), with the certificates that expire soonest.
+-- The operator's report (hosting_automator.status_fleet), with the certificates that expire soonest.
 create function public.hosting_status(p_limit integer default 20)
 returns jsonb
 language sql
@@ -119,7 +119,7 @@ stable
 security definer
 set search_path = ''
 as $$
-  select hosting_automator.status_core(p_limit) || jsonb_build_object(
+  select hosting_automator.status_fleet(p_limit) || jsonb_build_object(
     -- Sites whose job waits for their DNS to point at the server.
     'waiting_for_dns', coalesce((
       select jsonb_agg(x.o order by x.run_at)
