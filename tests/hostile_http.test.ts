@@ -15,7 +15,7 @@
  */
 import assert from "node:assert/strict";
 import type { ErrorCode } from "../supabase/functions/hosting-automator/errors.ts";
-import { MAX_BODY_BYTES, MAX_JSON_DEPTH } from "../supabase/functions/hosting-automator/http.ts";
+import { MAX_BODY_BYTES, MAX_JSON_DEPTH } from "../supabase/functions/hosting-automator/http_body.ts";
 import { FUNCTION_URL, type Stack, withStack } from "./support/stack.ts";
 
 interface Fixtures {
