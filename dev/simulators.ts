@@ -24,7 +24,8 @@ import { generateClientKey, startSshd } from "../tests/support/sshd.ts";
 
 const GATE = fileURLToPath(new URL("../deploy/cloudpanel/clpctl-gate", import.meta.url));
 const CLPCTL = fileURLToPath(new URL("./bin/clpctl", import.meta.url));
-export const BEGIN = "# hosting-automator simulators: begin (written by `deno task simulators`, replaced at each start)";
+export const BEGIN =
+  "# hosting-automator simulators: begin (written by `deno task simulators`, replaced at each start)";
 export const END = "# hosting-automator simulators: end";
 
 /** The env file with the block between the markers replaced by `settings` (appended when there was none). */

@@ -31,7 +31,9 @@ async function server(options: { gate: boolean; restrict?: boolean }): Promise<S
   const state = `${dir}/state`;
   await Deno.mkdir(state);
   const syslog = `${dir}/syslog.log`;
-  await Deno.writeTextFile(`${dir}/logger`, `#!/bin/sh\nprintf '%s\\n' "$*" >> '${syslog}'\n`, { mode: 0o755 });
+  await Deno.writeTextFile(`${dir}/logger`, `#!/bin/sh\nprintf '%s\\n' "$*" >> '${syslog}'\n`, {
+    mode: 0o755,
+  });
   const key = await generateClientKey("ecdsa", "pem");
   const sshd = await startSshd({
     authorizedKey: key.publicKeyLine,
@@ -81,7 +83,10 @@ async function server(options: { gate: boolean; restrict?: boolean }): Promise<S
   };
 }
 
-async function withServer(options: { gate: boolean; restrict?: boolean }, body: (s: Server) => Promise<void>) {
+async function withServer(
+  options: { gate: boolean; restrict?: boolean },
+  body: (s: Server) => Promise<void>,
+) {
   const s = await server(options);
   try {
     await body(s);
@@ -112,7 +117,10 @@ Deno.test("behind the gate every check passes, and only the allowed certificate 
     assert.match(byWhat.get("site:delete without --force")!, /^refused: --force is required for site:delete/);
     assert.match(byWhat.get("no command (a login shell)")!, /^refused: empty command/);
     const allowed = report.find((r) => r.what.startsWith("allowed:"))!;
-    assert.match(allowed.detail, /^reached clpctl \(exit 1\): Site "check-[0-9a-f]{8}\.example" does not exist\./);
+    assert.match(
+      allowed.detail,
+      /^reached clpctl \(exit 1\): Site "check-[0-9a-f]{8}\.example" does not exist\./,
+    );
 
     // What reached clpctl: the one certificate request, for a site it does not have; nothing was made.
     const state = await readSimState(s.state);
