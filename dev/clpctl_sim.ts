@@ -22,6 +22,7 @@
  * Concurrency: every read-modify-write of the state holds an exclusive `flock` on `<stateDir>/.lock`, so
  * concurrent processes (and concurrent calls in one process) see one consistent panel.
  */
+import { certificateNames } from "../supabase/functions/hosting-automator/certificate_names.ts";
 
 export interface ClpctlResult {
   stdout: string;
@@ -190,15 +191,6 @@ const MIN_PASSWORD_LENGTH = 8;
 /** Assumption: Linux `useradd`'s usual NAME_REGEX; CloudPanel documents no charset for site users. */
 const SITE_USER_RE = /^[a-z_][a-z0-9_-]*$/;
 const LABEL_RE = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
-/**
- * Assumption: CloudPanel finds the registrable domain with the full public suffix list (CE#580); a few common
- * multi-label suffixes stand in for it here.
- */
-// deno-fmt-ignore
-const MULTI_LABEL_SUFFIXES = new Set([
-  "co.uk", "org.uk", "ac.uk", "gov.uk", "me.uk", "com.au", "net.au", "org.au", "co.nz", "co.jp", "com.br",
-  "com.cn", "co.za", "com.mx", "com.tr", "co.in", "com.ar",
-]);
 
 // ---------------------------------------------------------------------------------------------------------
 // Messages. Verbatim as observed (docs/architecture.md §15.1, §15.2) unless marked "Assumption".
@@ -849,15 +841,6 @@ function validDomain(domain: string): boolean {
   return labels.length >= 2 && labels.every((l) => LABEL_RE.test(l)) && !/^[0-9]+$/.test(labels.at(-1)!);
 }
 
-/** CloudPanel's docs: an apex or `www.` domain gets both names; any other sub-domain is issued alone. */
-export function certificateNames(domain: string): string[] {
-  const labels = domain.split(".");
-  const suffixLabels = MULTI_LABEL_SUFFIXES.has(labels.slice(-2).join(".")) ? 2 : 1;
-  const registrable = labels.slice(-(suffixLabels + 1)).join(".");
-  if (domain === registrable || domain === `www.${registrable}`) return [registrable, `www.${registrable}`];
-  return [domain];
-}
-
 /** Validates a `--domainName`: the lines for a blank or invalid value, or none. */
 function domainErrors(value: string | true | undefined): string[] {
   if (value === undefined || value === true || value === "") return [msg.notBlank("domainName")];
@@ -1034,6 +1017,7 @@ const letsEncryptInstall: CommandDef = {
         return { out: [msg.siteNotFound(domain!)], exitCode: 1, outcome: "no_site", ...who };
       }
 
+      // The names the function's DNS check expects: one rule for both (the Public Suffix List's apex).
       const names = [...new Set([...certificateNames(domain!), ...extra])];
       const faults = await readFaults(stateDir);
       await sleep(faults.workMs ?? 0);

@@ -19,10 +19,10 @@ import { PGlite } from "@electric-sql/pglite";
 import { fileURLToPath } from "node:url";
 import { progressLines, serverTable, type Style, styleFor, table } from "../cli/format.ts";
 import { createApp } from "../supabase/functions/hosting-automator/app.ts";
+import { certificateNames } from "../supabase/functions/hosting-automator/certificate_names.ts";
 import type { ServerAddress } from "../supabase/functions/hosting-automator/config.ts";
 import { docRootFor, parseDomain, siteUserFor } from "../supabase/functions/hosting-automator/domain.ts";
 import { HostingError } from "../supabase/functions/hosting-automator/errors.ts";
-import { certificateNames } from "../supabase/functions/hosting-automator/steps.ts";
 import type { LogLevel, LogSink } from "../supabase/functions/hosting-automator/log.ts";
 import type { Store } from "../supabase/functions/hosting-automator/store.ts";
 import type { JobOutcome, Progress } from "../supabase/functions/hosting-automator/workflow.ts";
@@ -319,14 +319,18 @@ async function main(): Promise<boolean> {
     out(`▸ PostgreSQL ${version} (PGlite, in memory): Supabase's roles, then every migration in order`);
     await pg.exec(SUPABASE_ROLES_SQL + SUPABASE_DATABASE_SQL);
     await applyMigrations(pg);
-    // Retries due in about a second instead of thirty (the queue policy is a row: hosting_automator.settings).
+    // Retries due in about a second (the queue policy is a row: hosting_automator.settings; its defaults are
+    // the migrations', read before they are changed).
+    const policy = (await pg.query<{ retry: number; dns: number }>(
+      "select backoff_base_seconds as retry, dns_backoff_seconds as dns from hosting_automator.settings",
+    )).rows[0];
     await pg.exec(
       "update hosting_automator.settings set backoff_base_seconds = 1, backoff_max_seconds = 2, " +
         "dns_backoff_seconds = 1, dns_backoff_max_seconds = 2",
     );
     out(
       style.dim(
-        "  settings: retry and DNS backoff 1 s (instead of 30 s and 60 s) so the demo's retries come quickly",
+        `  settings: retry and DNS backoff 1 s (instead of ${policy.retry} s and ${policy.dns} s) so the demo's retries come quickly`,
       ),
     );
 

@@ -23,6 +23,7 @@
  * Stand-alone: `deno run -A dev/doh_sim.ts [--port=8053] [--record=example.com=203.0.113.10,2001:db8::10 …]`
  * prints its URL.
  */
+import { registeredDomain } from "../supabase/functions/hosting-automator/certificate_names.ts";
 import { gone, serveLocal, wait } from "./sim_http.ts";
 
 export type DohStyle = "cloudflare" | "google";
@@ -378,9 +379,9 @@ class Sim implements DohSim {
   }
 }
 
-/** The SOA a resolver puts in `Authority` of a negative answer; ASSUMED zone and values. */
+/** The SOA a resolver puts in `Authority` of a negative answer: the registered domain's zone; ASSUMED values. */
 function soa(name: string): Rr {
-  const zone = name.split(".").slice(-2).join(".");
+  const zone = registeredDomain(name);
   return {
     name: `${zone}.`,
     type: TYPES.SOA,

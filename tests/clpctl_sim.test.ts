@@ -7,7 +7,6 @@ import { fileURLToPath } from "node:url";
 import {
   addExistingSite,
   addOrphanUser,
-  certificateNames,
   type ClpctlResult,
   type CommonFaultKind,
   type Faults,
@@ -15,6 +14,7 @@ import {
   runClpctl,
   setFaults,
 } from "../dev/clpctl_sim.ts";
+import { certificateNames } from "../supabase/functions/hosting-automator/certificate_names.ts";
 
 const CLPCTL = fileURLToPath(new URL("../dev/bin/clpctl", import.meta.url));
 const PASSWORD = "Sup3rSecretPassw0rdValue";

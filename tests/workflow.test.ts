@@ -6,6 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { UNRECOGNISED_ATTEMPT_LIMIT } from "../supabase/functions/hosting-automator/cloudpanel_outcomes.ts";
+import { DEFAULT_STEP_MS } from "../supabase/functions/hosting-automator/defaults.ts";
 import {
   docRootFor,
   type Domain,
@@ -19,7 +20,6 @@ import type { ExecResult, RemoteShell } from "../supabase/functions/hosting-auto
 import { type Checks, PLANS } from "../supabase/functions/hosting-automator/steps.ts";
 import { type SqlCaller, Store } from "../supabase/functions/hosting-automator/store.ts";
 import {
-  DEFAULT_STEP_MS,
   Invocation,
   RESERVE_MS,
   type RunOptions,

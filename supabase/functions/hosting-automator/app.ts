@@ -4,6 +4,7 @@
  * overrides.
  */
 import { type Config, loadConfig, secretsOf, type ServerAddress, sshConfigFor } from "./config.ts";
+import { MATOMO_TIMEOUT_SECONDS } from "./defaults.ts";
 import { toHostingError } from "./errors.ts";
 import { configErrorHandler, createHandler, type Handler } from "./http.ts";
 import { Logger, type LogSink, Redactor } from "./log.ts";
@@ -118,7 +119,7 @@ export function workflowDeps(
     timeouts: {
       siteMs: config.timeouts.siteMs,
       certificateMs: config.timeouts.certificateMs,
-      matomoMs: config.matomo?.timeoutMs ?? 15_000,
+      matomoMs: config.matomo?.timeoutMs ?? MATOMO_TIMEOUT_SECONDS * 1000,
       // Two DNS queries per name, or a TLS handshake and a certificate read: a few round trips each.
       checkMs: 4 * config.checks.timeoutMs,
     },

@@ -4,8 +4,17 @@
  */
 import { isIP } from "node:net";
 import { z } from "zod";
+import { LEASE_SECONDS, MATOMO_TIMEOUT_SECONDS } from "./defaults.ts";
 import { HostingError } from "./errors.ts";
 import type { LogLevel } from "./log.ts";
+import {
+  DEFAULT_SSH_PORT,
+  DEFAULT_SSH_USER,
+  HOST_KEY_INPUT_RE,
+  SERVER_HOST_RE,
+  SERVER_NAME_RE,
+  SSH_USER_RE,
+} from "./server_rules.ts";
 
 export interface SshConfig {
   host: string;
@@ -152,12 +161,8 @@ const seconds = (name: string, fallback: number, min: number, max: number) =>
   }).describe(name);
 
 const HOST_RE = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$/;
-const SSH_USER_RE = /^[a-z_][a-z0-9_-]{0,31}$/;
-const FINGERPRINT_RE = /^SHA256:[A-Za-z0-9+/]{43}=?$/;
 const KEY_HEADER_RE = /^-----BEGIN (EC |RSA |OPENSSH )?PRIVATE KEY-----/;
 const TOKEN_RE = /^[A-Za-z0-9]{16,128}$/;
-/** A server's name, as hosting_automator.servers checks it. */
-const SERVER_NAME_RE = /^[a-z0-9][a-z0-9-]{0,62}$/;
 
 /** An optional setting; set to the empty string, it counts as not set. */
 const unsetWhenEmpty = <T extends z.ZodType>(schema: T) =>
@@ -177,16 +182,20 @@ const env = z.object({
   SUPABASE_SERVICE_ROLE_KEY: z.string().optional(),
   SUPABASE_DB_URL: z.string().optional(),
   CLOUDPANEL_SSH_HOST: unsetWhenEmpty(
-    z.string().regex(HOST_RE, { message: "must be a host name or an IP address" }),
+    z.string().regex(HOST_RE, { message: "must be a host name or an IP address" })
+      // What the servers table stores (brackets dropped) must pass its check too.
+      .refine((v) => SERVER_HOST_RE.test(v.replace(/^\[|\]$/g, "")), {
+        message: "must be a host name or an IP address",
+      }),
   ),
-  CLOUDPANEL_SSH_PORT: wholeNumber(22, 1, 65535, "must be a port number from 1 to 65535"),
+  CLOUDPANEL_SSH_PORT: wholeNumber(DEFAULT_SSH_PORT, 1, 65535, "must be a port number from 1 to 65535"),
   CLOUDPANEL_SSH_USER: z.string().regex(SSH_USER_RE, { message: "must be a Linux user name" }).default(
-    "root",
+    DEFAULT_SSH_USER,
   ),
   CLOUDPANEL_SSH_PRIVATE_KEY: unsetWhenEmpty(privateKeyText),
   CLOUDPANEL_SSH_PRIVATE_KEYS: z.string().optional(),
   CLOUDPANEL_SSH_HOST_KEY: unsetWhenEmpty(
-    z.string().trim().regex(FINGERPRINT_RE, {
+    z.string().trim().regex(HOST_KEY_INPUT_RE, {
       message:
         "must be the host key fingerprint as ssh-keygen -lf prints it: SHA256: followed by 43 characters",
     }),
@@ -196,11 +205,16 @@ const env = z.object({
   MATOMO_ON_REMOVE: z.enum(["keep", "delete"], { message: 'must be "keep" or "delete"' }).default("keep"),
   HOSTING_TIME_BUDGET_SECONDS: seconds("HOSTING_TIME_BUDGET_SECONDS", 130, 10, 3600),
   HOSTING_WALL_CLOCK_SECONDS: seconds("HOSTING_WALL_CLOCK_SECONDS", 0, 30, 86400),
-  HOSTING_LEASE_SECONDS: seconds("HOSTING_LEASE_SECONDS", 30, 5, 600),
+  HOSTING_LEASE_SECONDS: seconds(
+    "HOSTING_LEASE_SECONDS",
+    LEASE_SECONDS.default,
+    LEASE_SECONDS.min,
+    LEASE_SECONDS.max,
+  ),
   HOSTING_SSH_CONNECT_TIMEOUT_SECONDS: seconds("HOSTING_SSH_CONNECT_TIMEOUT_SECONDS", 10, 1, 120),
   HOSTING_SITE_TIMEOUT_SECONDS: seconds("HOSTING_SITE_TIMEOUT_SECONDS", 90, 5, 900),
   HOSTING_CERTIFICATE_TIMEOUT_SECONDS: seconds("HOSTING_CERTIFICATE_TIMEOUT_SECONDS", 120, 5, 900),
-  HOSTING_MATOMO_TIMEOUT_SECONDS: seconds("HOSTING_MATOMO_TIMEOUT_SECONDS", 15, 1, 120),
+  HOSTING_MATOMO_TIMEOUT_SECONDS: seconds("HOSTING_MATOMO_TIMEOUT_SECONDS", MATOMO_TIMEOUT_SECONDS, 1, 120),
   HOSTING_DOH_URL: z.string().optional(),
   CLOUDPANEL_PUBLIC_IPS: z.string().optional(),
   HOSTING_CERTIFICATE_MIN_DAYS: wholeNumber(14, 0, 60, "must be a whole number of days from 0 to 60"),

@@ -3,6 +3,7 @@
  * without it, when it is skipped, and which steps each kind of job runs, in order, and how the job ends. The
  * workflow runs whatever the kind lists; adding a step is one entry here plus its client call.
  */
+import { certificateNames } from "./certificate_names.ts";
 import type { CloudPanel } from "./cloudpanel.ts";
 import { docRootFor, type Domain, siteUserFor } from "./domain.ts";
 import type { Logger } from "./log.ts";
@@ -35,18 +36,6 @@ export interface Checks {
   dnsPointsTo(names: string[], signal: AbortSignal): Promise<{ answered: Record<string, string[]> }>;
   /** The certificate the server presents for `servername`; throws `https_unreachable` when it cannot be reached. */
   servedCertificate(servername: string, signal: AbortSignal): Promise<ServedCertificate>;
-}
-
-/**
- * The names the certificate covers. CloudPanel's documentation says a certificate for `domain.com` also covers
- * `www.domain.com`, and the other way round; whether its CLI does the same is not confirmed, so both must point
- * at the server for a two-label domain or a `www.` one. Deeper names are certified alone.
- */
-export function certificateNames(domain: Domain): string[] {
-  const labels = domain.split(".");
-  if (labels[0] === "www" && labels.length === 3) return [labels.slice(1).join("."), domain];
-  if (labels.length === 2) return [domain, `www.${domain}`];
-  return [domain];
 }
 
 /** Choices of the deployment that steps read. */

@@ -4,6 +4,7 @@
  * CLI, the demo and tests). Answers are checked with zod, so both callers behave the same.
  */
 import { z } from "zod";
+import { DEFAULT_STEP_MS } from "./defaults.ts";
 import { HostingError } from "./errors.ts";
 import { Redactor } from "./log.ts";
 
@@ -464,7 +465,7 @@ export class Store {
       p_site_id: args.siteId ?? null,
       p_time_left_ms: args.timeLeftMs === undefined ? null : Math.max(0, Math.floor(args.timeLeftMs)),
       p_plan: args.plan ?? null,
-      p_default_step_ms: args.defaultStepMs ?? 15_000,
+      p_default_step_ms: args.defaultStepMs ?? DEFAULT_STEP_MS,
       p_first: args.first ?? false,
       p_default_server: args.defaultServer
         ? {
@@ -668,20 +669,27 @@ export class Store {
   }
 
   /** One site by id or domain, with its job, journal and latest events. */
-  async site(key: string, events = 20): Promise<SiteDetail> {
-    return siteDetail.parse(await this.#call("hosting_site", { p_key: key, p_events: events }, "value"));
+  async site(key: string, events?: number): Promise<SiteDetail> {
+    return siteDetail.parse(
+      await this.#call("hosting_site", { p_key: key, ...given("p_events", events) }, "value"),
+    );
   }
 
   /** Jobs due now (read-only: nothing is claimed). */
-  async due(limit = 100): Promise<DueJob[]> {
-    return z.array(dueRow).parse(await this.#call("hosting_due", { p_limit: limit }, "rows"));
+  async due(limit?: number): Promise<DueJob[]> {
+    return z.array(dueRow).parse(await this.#call("hosting_due", given("p_limit", limit), "rows"));
   }
 
-  async status(limit = 20): Promise<StatusReport> {
-    return statusReport.parse(await this.#call("hosting_status", { p_limit: limit }, "value"));
+  async status(limit?: number): Promise<StatusReport> {
+    return statusReport.parse(await this.#call("hosting_status", given("p_limit", limit), "value"));
   }
 
   close(): Promise<void> {
     return this.#close();
   }
+}
+
+/** An argument sent only when given: else the SQL function's own default applies (stated there alone). */
+function given(name: string, value: number | undefined): Record<string, number> {
+  return value === undefined ? {} : { [name]: value };
 }

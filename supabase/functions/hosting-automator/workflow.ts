@@ -16,6 +16,7 @@
  * its slot up, and the claim rings the doorbell so another worker takes it.
  */
 import { CloudPanel } from "./cloudpanel.ts";
+import { DEFAULT_STEP_MS, LEASE_SECONDS } from "./defaults.ts";
 import { type Domain, generatePassword, parseDomain } from "./domain.ts";
 import { HostingError, toHostingError } from "./errors.ts";
 import type { Logger } from "./log.ts";
@@ -65,7 +66,7 @@ export interface WorkflowDeps {
   budgetMs: number;
   /** When the worker itself must have stopped (its wall-clock limit), on `clock`'s scale. */
   workerDeadline?: number;
-  /** The lease length; renewed every third of it while a step runs. Default 30 s. */
+  /** The lease length; renewed every third of it while a step runs. Default `LEASE_SECONDS.default`. */
   leaseSeconds?: number;
   /** Milliseconds, monotonic. Tests pass a fake one. */
   clock?: () => number;
@@ -142,13 +143,10 @@ export interface RunResult {
   stopped?: { code: string; message: string };
 }
 
-/** A step with no history is expected to take this long. */
-export const DEFAULT_STEP_MS = 5_000;
 /** Kept back from the deadline for the writes after a step. */
 export const RESERVE_MS = 3_000;
 /** Kept back from the worker's wall-clock limit: the runtime stops the worker at the limit itself. */
 export const WALL_CLOCK_MARGIN_MS = 5_000;
-export const DEFAULT_LEASE_SECONDS = 30;
 const SHUTDOWN_REASON = "The worker is shutting down; queued to continue.";
 
 class LeaseLost extends Error {}
@@ -224,7 +222,7 @@ export class Invocation {
       ? budgetEnd
       : Math.min(budgetEnd, deps.workerDeadline - WALL_CLOCK_MARGIN_MS);
     this.#log = deps.logger.child({ worker: this.worker });
-    this.#leaseSeconds = deps.leaseSeconds ?? DEFAULT_LEASE_SECONDS;
+    this.#leaseSeconds = deps.leaseSeconds ?? LEASE_SECONDS.default;
   }
 
   get leaseSeconds(): number {
