@@ -328,8 +328,8 @@ Deno.test("each use reads only the settings it needs", () => {
   ]);
   // A report with the rpc store: the URL and a key to call the SQL functions with.
   assert.deepEqual(problems(() => loadStoreConfig({ ...broken, SUPABASE_SECRET_KEYS: undefined })), [
-    "SUPABASE_SECRET_KEYS: or SUPABASE_SERVICE_ROLE_KEY is required when HOSTING_STORE is rpc: the SQL functions are called with it",
     "SUPABASE_URL: is required when HOSTING_STORE is rpc",
+    "SUPABASE_SECRET_KEYS: or SUPABASE_SERVICE_ROLE_KEY is required when HOSTING_STORE is rpc: the SQL functions are called with it",
   ]);
   // A worker without callers (the CLI's runs) needs no caller key with the postgres store; the function does.
   const worker = {

@@ -269,9 +269,14 @@ class Problems {
     return this.#names.has(name);
   }
 
+  /** Throws them in the order of the settings (as the README lists them), problems of one setting together. */
   throwIfAny(): void {
     if (this.#lines.length === 0) return;
-    const text = this.#lines.join("\n");
+    const order = (line: string) => CONFIG_NAMES.indexOf(line.slice(0, line.indexOf(":")));
+    const text = this.#lines.map((line, i) => ({ line, i }))
+      .sort((a, b) => order(a.line) - order(b.line) || a.i - b.i)
+      .map((x) => x.line)
+      .join("\n");
     throw new HostingError("config_invalid", text, { publicMessage: text });
   }
 }
