@@ -160,7 +160,8 @@ export function fitParagraph(text: string, width: number | null, indent = 2): st
 
 /**
  * A plain table with a header row and a rule. Cells are cut to `maxWidth`; with a `width`, the widest columns
- * are narrowed until the table fits it, and their cells wrap onto more lines instead of being cut.
+ * are narrowed until the table fits it, their cells wrapping onto more lines (a table too wide even so is
+ * printed as a block per row).
  */
 export function table(
   headers: string[],
@@ -174,15 +175,21 @@ export function table(
   const cut = (text: string) => (text.length > maxWidth ? `${text.slice(0, maxWidth - 1)}…` : text);
   const widths = headers.map((h, i) => Math.max(h.length, ...cells.map((row) => cut(row[i] ?? "").length)));
   if (width !== null) {
-    // A column keeps at least its header (or 8 characters): past that the table is as narrow as it gets.
-    const floor = headers.map((h, i) => Math.min(widths[i], Math.max(h.length, 8)));
+    // Narrowed widest first, down to each column's longest word, so that words stay whole. A table that still
+    // does not fit is printed as one block per row instead, a line per column.
+    const word = headers.map((h, i) =>
+      Math.max(
+        h.length,
+        ...cells.map((row) => Math.max(...cut(row[i] ?? "").split(" ").map((w) => w.length))),
+      )
+    );
     const total = () => widths.reduce((a, b) => a + b, 0) + 2 * (widths.length - 1);
     while (total() > width) {
       let widest = -1;
       for (let i = 0; i < widths.length; i++) {
-        if (widths[i] > floor[i] && (widest < 0 || widths[i] > widths[widest])) widest = i;
+        if (widths[i] > word[i] && (widest < 0 || widths[i] > widths[widest])) widest = i;
       }
-      if (widest < 0) break;
+      if (widest < 0) return records(headers, cells.map((row) => row.map(cut)), width);
       widths[widest]--;
     }
   }
@@ -195,6 +202,20 @@ export function table(
     );
   };
   return [...lines(headers), widths.map((w) => "─".repeat(w)).join("  "), ...cells.flatMap(lines)].join("\n");
+}
+
+/** Rows as blocks: the first cell, then each other column on its own line, its value wrapped to `width`. */
+function records(headers: string[], rows: string[][], width: number): string {
+  const label = Math.max(...headers.slice(1).map((h) => h.length));
+  const room = Math.max(width - label - 4, 16);
+  return rows.flatMap((row) => [
+    row[0],
+    ...headers.slice(1).flatMap((header, i) =>
+      wrapText(row[i + 1] ?? "", room).map((text, n) =>
+        `  ${pad(n === 0 ? header : "", label)}  ${text}`.trimEnd()
+      )
+    ),
+  ]).join("\n");
 }
 
 type ServerStatus = StatusReport["servers"][number];

@@ -45,7 +45,7 @@ import {
   type RunResult,
 } from "../supabase/functions/hosting-automator/workflow.ts";
 import { loadEnv } from "./dotenv.ts";
-import { outputWidth, progressLines, STEP_LABEL, styleFor, table } from "./format.ts";
+import { fitParagraph, outputWidth, progressLines, STEP_LABEL, styleFor, table } from "./format.ts";
 import { serverPlan } from "./server_checks.ts";
 import { SERVER_TROUBLE, statusLines } from "./status_report.ts";
 
@@ -351,9 +351,13 @@ function dryRunLines(
 
 async function dryRun(config: Config, store: Store, redactor: Redactor, options: Options): Promise<number> {
   let ok = true;
+  const width = outputWidth(Deno.stdout);
+  // A check's or a note's line, fitted to the width; the commands below are printed whole, to be copied.
+  const line = (mark: string, paint: (t: string) => string, text: string) =>
+    out(paint(mark) + fitParagraph(`${mark} ${text}`, width).slice(mark.length));
   const check = (label: string, good: boolean, detail: string) => {
     ok &&= good;
-    out(`${good ? style.ok("✓") : style.bad("✗")} ${label.padEnd(10)} ${detail}`);
+    line(good ? "✓" : "✗", good ? style.ok : style.bad, `${label.padEnd(10)} ${detail}`);
   };
   const mask = (text: string) => redactor.redact(text);
 
@@ -413,7 +417,7 @@ async function dryRun(config: Config, store: Store, redactor: Redactor, options:
   }
   for (const note of plan.notes) {
     if (note.level === "fail") check("servers", false, note.text);
-    else out(`${note.level === "warn" ? style.warn("!") : style.dim("·")} ${note.text}`);
+    else line(note.level === "warn" ? "!" : "·", note.level === "warn" ? style.warn : style.dim, note.text);
   }
 
   if (config.matomo) {

@@ -348,6 +348,13 @@ Deno.test("--dry-run tests the settings it prints: a corrected port or host key 
     );
     assert.ok(fixed.stdout.includes(`to apply it now: ${sql}`), fixed.stdout);
     assert.match(fixed.stdout, /Dry run: every check passed; nothing was changed\./);
+    // At a terminal's width the checks and notes wrap; the commands stay whole, to be copied.
+    const narrow = await cli({ ...stack.env, COLUMNS: "80" }, "--dry-run");
+    assert.equal(narrow.code, 0);
+    for (const line of narrow.stdout.split("\n").filter((l) => !/^ {2}(ssh|POST|GET|TLS) /.test(l))) {
+      assert.ok(line.length <= 80, `wider than 80: ${line}`);
+    }
+    assert.ok(flat(narrow.stdout).includes(`to apply it now: ${sql}`), "the SQL reads the same, wrapped");
     assert.equal(
       (await stack.sql`select port from hosting_automator.servers where name = 'default'`)[0].port,
       closed,
@@ -409,6 +416,17 @@ Deno.test("tables fit the width given, wrapping cells; paragraphs wrap with an i
   assert.ok(lines.every((l) => l.length <= 50), narrow);
   assert.ok(lines.length > 4, "the long cell wraps onto more lines");
   for (const word of long.split(" ")) assert.ok(narrow.includes(word), `${word} is kept`);
+  // A cell's words stay whole; a table that cannot fit so is a block per row.
+  const times = table(["circuit"], [["open until 2026-12-04T20:09:16Z (1 failure)"]], 120, 24);
+  assert.ok(times.includes("2026-12-04T20:09:16Z"), times);
+  const blocks = table(["server", "host", "last error"], rows, 120, 30);
+  assert.ok(blocks.split("\n").every((l) => l.length <= 30), blocks);
+  assert.deepEqual(blocks.split("\n").slice(0, 3), [
+    "cp-1",
+    "  host        203.0.113.10:22",
+    "  last error  The CloudPanel",
+  ]);
+  for (const word of long.split(" ")) assert.ok(blocks.includes(word), `${word} is kept`);
   const paragraph = fitParagraph(`  ${long} ${long}`, 40);
   assert.ok(paragraph.split("\n").every((l) => l.length <= 40), paragraph);
   assert.ok(paragraph.split("\n").slice(1).every((l) => l.startsWith("    ")), "continuation lines hang");
