@@ -102,19 +102,120 @@ export function progressLines(
   };
 }
 
-/** A plain table with a header row and a rule; cells are cut to `maxWidth`. */
+/**
+ * The width output must fit: COLUMNS when set (also when output is piped), else the terminal's; null (no limit)
+ * for a pipe or a file without COLUMNS, so that nothing is cut where it would be searched.
+ */
+export function outputWidth(
+  stream: { isTerminal(): boolean },
+  columns: string | undefined = Deno.env.get("COLUMNS"),
+): number | null {
+  const given = Number(columns);
+  if (columns !== undefined && Number.isInteger(given) && given > 0) return Math.max(given, 40);
+  if (!stream.isTerminal()) return null;
+  try {
+    return Math.max(Deno.consoleSize().columns, 40);
+  } catch {
+    return null;
+  }
+}
+
+/** Text broken into lines of at most `width` characters, at spaces where it can be; long words are split. */
+export function wrapText(text: string, width: number): string[] {
+  const lines: string[] = [];
+  let line = "";
+  for (const word of text.split(/ +/)) {
+    let rest = word;
+    while (rest.length > 0) {
+      const room = line === "" ? width : width - line.length - 1;
+      if (rest.length <= room) {
+        line = line === "" ? rest : `${line} ${rest}`;
+        rest = "";
+      } else if (line !== "") {
+        lines.push(line);
+        line = "";
+      } else {
+        lines.push(rest.slice(0, width));
+        rest = rest.slice(width);
+      }
+    }
+  }
+  if (line !== "" || lines.length === 0) lines.push(line);
+  return lines;
+}
+
+/** A paragraph fitted to `width` (null: as it is); its continuation lines indented by `indent` spaces. */
+export function fitParagraph(text: string, width: number | null, indent = 2): string {
+  if (width === null || text.length <= width) return text;
+  const lead = /^ */.exec(text)![0].length;
+  const [first, ...rest] = wrapText(text.slice(lead), width - lead);
+  const hang = " ".repeat(lead + indent);
+  const more = rest.join(" ");
+  return [
+    " ".repeat(lead) + first,
+    ...(more ? wrapText(more, width - lead - indent).map((l) => hang + l) : []),
+  ]
+    .join("\n");
+}
+
+/**
+ * A plain table with a header row and a rule. Cells are cut to `maxWidth`; with a `width`, the widest columns
+ * are narrowed until the table fits it, their cells wrapping onto more lines (a table too wide even so is
+ * printed as a block per row).
+ */
 export function table(
   headers: string[],
   rows: Array<Array<string | number | null | undefined>>,
   maxWidth = 60,
+  width: number | null = null,
 ): string {
   const cells = rows.map((row) =>
     row.map((c) => (c === null || c === undefined || c === "" ? "–" : String(c)))
   );
   const cut = (text: string) => (text.length > maxWidth ? `${text.slice(0, maxWidth - 1)}…` : text);
   const widths = headers.map((h, i) => Math.max(h.length, ...cells.map((row) => cut(row[i] ?? "").length)));
-  const line = (row: string[]) => row.map((c, i) => pad(cut(c), widths[i])).join("  ").trimEnd();
-  return [line(headers), widths.map((w) => "─".repeat(w)).join("  "), ...cells.map(line)].join("\n");
+  if (width !== null) {
+    // Narrowed widest first, down to each column's longest word, so that words stay whole. A table that still
+    // does not fit is printed as one block per row instead, a line per column.
+    const word = headers.map((h, i) =>
+      Math.max(
+        h.length,
+        ...cells.map((row) => Math.max(...cut(row[i] ?? "").split(" ").map((w) => w.length))),
+      )
+    );
+    const total = () => widths.reduce((a, b) => a + b, 0) + 2 * (widths.length - 1);
+    while (total() > width) {
+      let widest = -1;
+      for (let i = 0; i < widths.length; i++) {
+        if (widths[i] > word[i] && (widest < 0 || widths[i] > widths[widest])) widest = i;
+      }
+      if (widest < 0) return records(headers, cells.map((row) => row.map(cut)), width);
+      widths[widest]--;
+    }
+  }
+  const lines = (row: string[]) => {
+    const wrapped = row.map((c, i) => (width === null ? [cut(c)] : wrapText(cut(c), widths[i])));
+    const height = Math.max(...wrapped.map((w) => w.length));
+    return Array.from(
+      { length: height },
+      (_, n) => wrapped.map((w, i) => pad(w[n] ?? "", widths[i])).join("  ").trimEnd(),
+    );
+  };
+  return [...lines(headers), widths.map((w) => "─".repeat(w)).join("  "), ...cells.flatMap(lines)].join("\n");
+}
+
+/** Rows as blocks: the first cell, then each other column on its own line, its value wrapped to `width`. */
+function records(headers: string[], rows: string[][], width: number): string {
+  const label = Math.max(...headers.slice(1).map((h) => h.length));
+  const room = Math.max(width - label - 4, 16);
+  return rows.flatMap((row) => [
+    row[0],
+    ...headers.slice(1).flatMap((header, i) =>
+      wrapText(row[i + 1] ?? "", room).map((text, n) =>
+        `  ${pad(n === 0 ? header : "", label)}  ${text}`.trimEnd()
+      )
+    ),
+  ]).join("\n");
 }
 
 type ServerStatus = StatusReport["servers"][number];
@@ -152,7 +253,11 @@ export function lastErrorText(circuit: ServerStatus["circuit"]): string {
  * Every server of `/status` as a table: state, sites placed of capacity, jobs running of concurrency, circuit.
  * Cells are cut to `maxWidth`; the default keeps a last error's sentence whole.
  */
-export function serverTable(servers: StatusReport["servers"], maxWidth = 120): string {
+export function serverTable(
+  servers: StatusReport["servers"],
+  maxWidth = 120,
+  width: number | null = null,
+): string {
   return table(
     ["server", "host", "state", "sites", "running", "failed 1 d", "circuit", "last error"],
     servers.map((s) => [
@@ -166,5 +271,6 @@ export function serverTable(servers: StatusReport["servers"], maxWidth = 120): s
       lastErrorText(s.circuit),
     ]),
     maxWidth,
+    width,
   );
 }

@@ -6,9 +6,13 @@
 import { parseArgs } from "node:util";
 import {
   type Config,
+  configProblems,
   loadConfig,
-  type ServerAddress,
+  loadStoreConfig,
+  secretsOf,
   sshConfigFor,
+  type StoreConfig,
+  storeSecrets,
 } from "../supabase/functions/hosting-automator/config.ts";
 import { storeFor, workflowDeps } from "../supabase/functions/hosting-automator/app.ts";
 import {
@@ -19,7 +23,6 @@ import {
 import { type Domain, parseDomain, siteUserFor } from "../supabase/functions/hosting-automator/domain.ts";
 import { isHostingError, toHostingError } from "../supabase/functions/hosting-automator/errors.ts";
 import { Logger, type LogLevel, REDACTED, Redactor } from "../supabase/functions/hosting-automator/log.ts";
-import { secretsOf } from "../supabase/functions/hosting-automator/config.ts";
 import {
   addSiteParams,
   endpointOf,
@@ -32,7 +35,6 @@ import type {
   JobKind,
   SiteDetail,
   SiteLogin,
-  StatusReport,
   StepName,
   Store,
 } from "../supabase/functions/hosting-automator/store.ts";
@@ -43,7 +45,9 @@ import {
   type RunResult,
 } from "../supabase/functions/hosting-automator/workflow.ts";
 import { loadEnv } from "./dotenv.ts";
-import { progressLines, serverTable, STEP_LABEL, styleFor, table } from "./format.ts";
+import { fitParagraph, outputWidth, progressLines, STEP_LABEL, styleFor, table } from "./format.ts";
+import { serverPlan } from "./server_checks.ts";
+import { SERVER_TROUBLE, statusLines } from "./status_report.ts";
 
 export const USAGE = `Usage: deno task provision [options]
 
@@ -59,20 +63,25 @@ Provisions websites on CloudPanel and Matomo the way the Edge Function does, fro
   --credentials <id|domain>
                        the site user's SFTP login: site user, host, port, doc root; the password masked
   --reveal             with --credentials: print the password in clear
-  --status             the status report: counts, queue, every CloudPanel server (state, sites placed of its
-                       capacity, jobs running of its concurrency, failures in the last day, circuit and last
-                       error), jobs waiting for capacity, running jobs, retries, failures, missing analytics,
-                       removals
-  --dry-run            check the configuration, the database, the SSH connection (host key and login) and
-                       Matomo (version, super user), then print the exact commands and requests a run would
-                       send, secrets masked; changes nothing. Applies to --site, or to the due jobs (default)
+  --status             the status report, all of GET /status: counts, queue, whether the database starts jobs
+                       by itself (Vault secrets, pg_net, pg_cron and the sweep), every CloudPanel server
+                       (state, sites placed of its capacity, jobs running of its concurrency, failures in the
+                       last day, circuit and last error, and why its jobs wait), jobs waiting for a server or
+                       for capacity, sites waiting for DNS, certificates, running jobs, retries, failures,
+                       missing analytics, removals; fitted to the terminal's width (or COLUMNS)
+  --dry-run            check the configuration, the database, the SSH connection (host key and login) with
+                       the settings it prints (and each other registered server as stored), and Matomo
+                       (version, super user), then print the exact commands and requests a run would send,
+                       secrets masked; changes nothing. Applies to --site, or to the due jobs (default)
   --concurrency <n>    jobs at once, 1 to 16 (default 2; the per-server cap in the database still applies)
   --env-file <path>    read settings from this file (default: .env when it exists; the environment wins)
   --verbose            also print the JSON log lines (redacted) on stderr
   -h, --help           this text
 
-Settings are the Edge Function's (see README, "Configuration"); HOSTING_STORE=postgres with SUPABASE_DB_URL
-talks to the database directly, the default uses SUPABASE_URL and the secret key.
+Settings are the Edge Function's (see README, "Configuration"), checked all at once, each command only those it
+uses: --status and --credentials read only the store's (with HOSTING_STORE=postgres, SUPABASE_DB_URL alone),
+the others also CloudPanel's and Matomo's; none needs the keys callers present. HOSTING_STORE=postgres with
+SUPABASE_DB_URL talks to the database directly, the default uses SUPABASE_URL and the secret key.
 
 Exit status: 0 done; 1 a site (or its removal) failed, a --dry-run check failed, or --remove or
 --credentials was refused (the message says why); 2 usage or configuration error, or no such site;
@@ -205,104 +214,6 @@ function report(result: RunResult): number {
   if (result.stopped) out(style.bad(`Stopped early: ${result.stopped.message} (${result.stopped.code})`));
   const code = result.stopped && result.outcomes.length === 0 ? EXIT.failed : exitFor(result.outcomes);
   return code;
-}
-
-/** The automatic analytics retry of a site, in a few words. */
-function backfillText(job: { state?: string; attempts?: number; next_run_at?: string } | null): string {
-  if (!job) return "none (retry it)";
-  if (job.state === "queued") return `automatic, next at ${job.next_run_at ?? "?"}`;
-  if (job.state === "running") return "running";
-  return `${job.state} after ${job.attempts ?? "?"} attempt(s)`;
-}
-
-function printStatus(status: StatusReport): void {
-  const counts = Object.entries(status.sites).map(([state, n]) => `${state} ${n}`).join(", ") || "none";
-  const jobs = Object.entries(status.jobs).map(([state, n]) => `${state} ${n}`).join(", ") || "none";
-  out(`Sites by status_hosting: ${counts}`);
-  out(`Jobs by state:           ${jobs}`);
-  out(
-    `Queue: ${status.queue.depth} queued, ${status.queue.due} due, oldest ${status.queue.oldest_age_seconds} s`,
-  );
-  if (status.doorbell) {
-    const bell = status.doorbell;
-    const kicks = bell.kicks as {
-      sent_last_hour?: number;
-      failing_since_last_success?: number;
-      last_failure?: { status?: number | null; at?: string } | null;
-    };
-    out(
-      `Slots: ${bell.slots_taken} of ${bell.slots} taken, ${bell.kicks_on_the_way} kick(s) on their way; ` +
-        `${kicks.sent_last_hour ?? 0} kick(s) sent in the last hour`,
-    );
-    if ((kicks.failing_since_last_success ?? 0) > 0) {
-      out(style.bad(
-        `Kicks failing: ${kicks.failing_since_last_success} since the last success, last answered ` +
-          `${kicks.last_failure?.status ?? "nothing"} at ${kicks.last_failure?.at ?? "?"}` +
-          ` (401: the key in Vault is stale; see README "Rotating the key")`,
-      ));
-    }
-  }
-  const section = (title: string, rows: Array<Record<string, unknown>>, columns: string[]) => {
-    out();
-    out(`${title} (${rows.length})`);
-    if (rows.length) out(table(columns, rows.map((r) => columns.map((c) => r[c] as string))));
-  };
-  out();
-  out(`Servers (${status.servers.length})`);
-  if (status.servers.length) out(serverTable(status.servers));
-  else out("  none registered yet: the configured server is registered as `default` at the first claim");
-  for (const server of status.servers.filter((s) => s.circuit.state === "open")) {
-    out(style.warn(
-      `  ${server.name} could not be reached: its jobs wait until its circuit closes; the other servers go on`,
-    ));
-  }
-  const waiting = status.waiting_for_capacity;
-  const capacityLine = `Waiting for capacity: ${waiting} job(s)`;
-  out(
-    waiting > 0
-      ? style.bad(
-        `${capacityLine}: no active server has room for another site; add a server, raise a capacity, ` +
-          "or set a draining server active again",
-      )
-      : capacityLine,
-  );
-  section("Running", status.running, [
-    "domain",
-    "kind",
-    "server",
-    "step",
-    "attempt",
-    "worker",
-    "lease_expires_at",
-  ]);
-  section("Retrying", status.retrying, ["domain", "kind", "attempts", "next_run_at", "code", "error"]);
-  section("Recent failures", status.recent_failures, ["domain", "failed_at", "code", "error_message"]);
-  section(
-    "Active without analytics",
-    status.missing_analytics.map((m) => ({
-      ...m,
-      warning: (m.warning as { message?: string } | null)?.message ?? "",
-      backfill: backfillText(
-        m.backfill as { state?: string; attempts?: number; next_run_at?: string } | null,
-      ),
-    })),
-    ["domain", "site_id", "warning", "backfill"],
-  );
-  const removals = status.removals;
-  out();
-  out(
-    `Removals: ${removals.queued} queued, ${removals.running} running, ` +
-      `${removals.removed_last_day} removed in the last day`,
-  );
-  // A failed removal left something on the servers: its row is kept as 'removing', or was deleted.
-  section("Failed removals (--retry-failed queues them again)", removals.failed, [
-    "domain",
-    "site_id",
-    "row",
-    "failed_at",
-    "code",
-    "error",
-  ]);
 }
 
 type Site = Extract<SiteDetail, { found: true }>["site"];
@@ -440,9 +351,13 @@ function dryRunLines(
 
 async function dryRun(config: Config, store: Store, redactor: Redactor, options: Options): Promise<number> {
   let ok = true;
+  const width = outputWidth(Deno.stdout);
+  // A check's or a note's line, fitted to the width; the commands below are printed whole, to be copied.
+  const line = (mark: string, paint: (t: string) => string, text: string) =>
+    out(paint(mark) + fitParagraph(`${mark} ${text}`, width).slice(mark.length));
   const check = (label: string, good: boolean, detail: string) => {
     ok &&= good;
-    out(`${good ? style.ok("✓") : style.bad("✗")} ${label.padEnd(10)} ${detail}`);
+    line(good ? "✓" : "✗", good ? style.ok : style.bad, `${label.padEnd(10)} ${detail}`);
   };
   const mask = (text: string) => redactor.redact(text);
 
@@ -460,19 +375,13 @@ async function dryRun(config: Config, store: Store, redactor: Redactor, options:
   );
 
   let due: Awaited<ReturnType<Store["due"]>> = [];
-  let servers: ServerAddress[] = [];
+  let plan: ReturnType<typeof serverPlan> = { checks: [], notes: [] };
   let targets: Array<{ domain: string | null; kind: JobKind; steps: Record<string, { state: string }> }> = [];
   try {
     const status = await store.status();
     check("database", true, `reachable; ${status.queue.due} job(s) due, ${status.running.length} running`);
-    // Every server that may run jobs; with none registered yet, the configured one (registered at the first claim).
-    const registered = (await store.servers()).filter((server) => server.state !== "disabled");
-    servers = registered.length > 0
-      ? registered
-      : config.fleet.defaultServer
-      ? [{ name: "default", ...config.fleet.defaultServer }]
-      : [];
-    if (servers.length === 0) check("servers", false, "none registered and CLOUDPANEL_SSH_HOST is not set");
+    // The configured server with the settings printed above; every other registered server as stored.
+    plan = serverPlan(config.fleet.defaultServer, await store.servers());
     if (options.site !== undefined) {
       const detail = await store.site(options.site);
       if (!detail.found) throw new UsageError(`no site has the id or domain ${JSON.stringify(options.site)}`);
@@ -491,16 +400,24 @@ async function dryRun(config: Config, store: Store, redactor: Redactor, options:
     check("database", false, mask(toHostingError(error).message));
   }
 
-  for (const server of servers) {
-    const label = servers.length === 1 ? "ssh" : `ssh ${server.name}`;
+  for (const { label, server } of plan.checks) {
+    const where = `${server.user}@${server.host}:${server.port}, ${
+      label.endsWith("(stored)") ? "as stored in hosting_automator.servers" : "as configured"
+    }`;
     try {
       const shell = await connectSsh(sshConfigFor(config.fleet, server));
       await shell.close();
-      check(label, true, `logged in; host key matches ${server.hostKey}; no command was run`);
+      check(label, true, `logged in; host key matches ${server.hostKey}; no command was run (${where})`);
     } catch (error) {
       const failure = toHostingError(error);
-      check(label, false, `${failure.code}: ${mask(failure.message)}`);
+      const trouble = SERVER_TROUBLE[failure.code];
+      const cause = trouble ? ` The server ${trouble.what}; to fix: ${trouble.fix}.` : "";
+      check(label, false, `${failure.code}: ${mask(failure.message)} (${where}).${cause}`);
     }
+  }
+  for (const note of plan.notes) {
+    if (note.level === "fail") check("servers", false, note.text);
+    else line(note.level === "warn" ? "!" : "·", note.level === "warn" ? style.warn : style.dim, note.text);
   }
 
   if (config.matomo) {
@@ -557,7 +474,7 @@ export async function main(args: string[]): Promise<number> {
   try {
     options = parseOptions(args);
   } catch (error) {
-    console.error(`provision: ${(error as Error).message}\n\n${USAGE}`);
+    console.error(`provision: ${(error as Error).message} (see --help)`);
     return EXIT.usage;
   }
   if (options.help) {
@@ -565,32 +482,44 @@ export async function main(args: string[]): Promise<number> {
     return EXIT.ok;
   }
 
-  let config: Config;
+  // A report reads only the store's settings; a run (or a dry run) everything but the keys callers present.
+  const reportOnly = options.status || options.credentials !== undefined;
+  let env: Record<string, string>;
+  let config: Config | null = null;
+  let storeConfig: StoreConfig;
   const redactor = new Redactor();
   try {
-    const env = await loadEnv(options.envFile);
+    env = await loadEnv(options.envFile);
     // A terminal run is not bound by the Edge Function's wall clock.
     env.HOSTING_TIME_BUDGET_SECONDS ??= "3600";
-    config = loadConfig(env);
+    if (reportOnly) storeConfig = loadStoreConfig(env);
+    else storeConfig = (config = loadConfig(env, "worker")).store;
   } catch (error) {
-    console.error(
-      `provision: configuration: ${isHostingError(error) ? error.publicMessage : (error as Error).message}`,
-    );
+    const problems = configProblems(error);
+    if (problems.length === 0) problems.push((error as Error).message);
+    // Every problem at once, each with the setting's name and the rule; never a value.
+    for (const problem of problems) console.error(`provision: configuration: ${problem}`);
     return EXIT.usage;
   }
-  for (const secret of secretsOf(config)) redactor.add(secret);
+  for (const secret of config ? secretsOf(config) : storeSecrets(storeConfig)) redactor.add(secret);
   const level: LogLevel = options.verbose ? "debug" : "error";
   const logger = new Logger(redactor, { level, sink: (line) => console.error(style.dim(line)) });
-  const store = storeFor(config, { redactor });
+  const store = storeFor({ store: storeConfig }, { redactor });
   let stopListening = () => {};
 
   try {
-    if (options.dryRun) return await dryRun(config, store, redactor, options);
     if (options.status) {
-      printStatus(await store.status());
+      const context = {
+        width: outputWidth(Deno.stdout),
+        style,
+        configuredHost: Boolean(env.CLOUDPANEL_SSH_HOST),
+      };
+      for (const line of statusLines(await store.status(), context)) out(line);
       return EXIT.ok;
     }
     if (options.credentials !== undefined) return await credentials(store, options);
+    if (!config) throw new Error("a run needs the whole configuration");
+    if (options.dryRun) return await dryRun(config, store, redactor, options);
     const invocation = new Invocation(workflowDeps(config, logger, store));
     // Ctrl-C or a stop: running jobs are given back at once (attempt not spent) instead of waiting for a lease.
     const giveBack = () => invocation.shutdown("stopped by a signal");

@@ -81,10 +81,17 @@ const DNS_LATE = {
   staleMs: 3_000,
 };
 
-/** Placeholders that only satisfy the configuration's syntax: `connect` is overridden, so no SSH happens. */
-const PLACEHOLDER_SSH_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\n" +
-  "demo placeholder, never used: the demo runs clpctl in-process instead of over SSH\n" +
-  "-----END OPENSSH PRIVATE KEY-----\n";
+/**
+ * A key of the right type and shape, made for this run and never used: `connect` is overridden (the demo runs
+ * clpctl in-process), but the configuration still checks every key it is given.
+ */
+async function throwawaySshKey(): Promise<string> {
+  const pair = await crypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, true, ["sign"]);
+  const der = new Uint8Array(await crypto.subtle.exportKey("pkcs8", pair.privateKey));
+  const base64 = btoa(String.fromCharCode(...der)).replace(/.{64}/g, "$&\n").trim();
+  return `-----BEGIN PRIVATE KEY-----\n${base64}\n-----END PRIVATE KEY-----\n`;
+}
+/** A placeholder that only satisfies the configuration's syntax: no SSH happens, so it is never checked. */
 const PLACEHOLDER_HOST_KEY = `SHA256:${"DemoPlaceholderNeverChecked".padEnd(43, "0")}`;
 
 /** The summary's error cell is cut to this; the progress lines above it show the whole text. */
@@ -438,7 +445,7 @@ async function main(): Promise<boolean> {
       SUPABASE_DB_URL: "postgresql://unused@pglite.invalid/postgres",
       SUPABASE_SECRET_KEYS: JSON.stringify({ default: `sb_secret_demo${crypto.randomUUID().slice(0, 8)}` }),
       // No CLOUDPANEL_SSH_HOST: the servers are the rows above. One key for all of them.
-      CLOUDPANEL_SSH_PRIVATE_KEY: PLACEHOLDER_SSH_KEY,
+      CLOUDPANEL_SSH_PRIVATE_KEY: await throwawaySshKey(),
       MATOMO_API_URL: matomo.url,
       MATOMO_API_TOKEN: matomo.token,
       HOSTING_MATOMO_TIMEOUT_SECONDS: "5",

@@ -11,6 +11,13 @@ import { loadEnv } from "../cli/dotenv.ts";
 
 const { values } = parseArgs({ args: Deno.args, options: { "env-file": { type: "string" } }, strict: true });
 const env = await loadEnv(values["env-file"]);
+// Where to listen, checked before anything starts (a bad PORT would otherwise end in a stack trace).
+const port = Number(env.PORT ?? 8000);
+const hostname = env.HOST ?? "127.0.0.1";
+if (!/^[0-9]{1,5}$/.test(env.PORT ?? "8000") || port < 1 || port > 65535) {
+  console.error("serve: PORT: must be a port number from 1 to 65535");
+  Deno.exit(2);
+}
 const pending = new Set<Promise<unknown>>();
 const app = createApp(env, {
   waitUntil: (work) => {
@@ -19,20 +26,26 @@ const app = createApp(env, {
   },
 });
 if (!app.config) {
-  console.error("The configuration is invalid (see the log line above); every request answers 500.");
+  for (const problem of app.configProblems) console.error(`serve: configuration: ${problem}`);
+  console.error("The configuration is invalid; every request answers 500 with the problems above.");
 }
 
-const port = Number(env.PORT ?? 8000);
-const hostname = env.HOST ?? "127.0.0.1";
-const server = Deno.serve({
-  port,
-  hostname,
-  onListen: ({ hostname, port }) => {
-    console.error(
-      `hosting-automator listening on http://${hostname}:${port}/ (POST /, GET /status, POST /retry)`,
-    );
-  },
-}, app.fetch);
+let server: Deno.HttpServer;
+try {
+  server = Deno.serve({
+    port,
+    hostname,
+    onListen: ({ hostname, port }) => {
+      console.error(
+        `hosting-automator listening on http://${hostname}:${port}/ (POST /, GET /status, POST /retry)`,
+      );
+    },
+  }, app.fetch);
+} catch (error) {
+  console.error(`serve: cannot listen on ${hostname}:${port} (HOST, PORT): ${(error as Error).message}`);
+  await app.close();
+  Deno.exit(2);
+}
 
 // Ctrl-C waits for the background work to finish; SIGTERM (a process manager stopping the server) gives running
 // jobs back at once, as Supabase's beforeunload does, so another worker continues them without waiting for a lease.

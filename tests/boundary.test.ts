@@ -18,6 +18,13 @@ import {
 import { PLANS } from "../supabase/functions/hosting-automator/steps.ts";
 import { postgresStore } from "../supabase/functions/hosting-automator/store_pg.ts";
 import { testDb } from "./support/db.ts";
+import { type DbConnection, parseDbUrl } from "../supabase/functions/hosting-automator/db_url.ts";
+
+function dbOf(url: string): DbConnection {
+  const db = parseDbUrl(url);
+  if ("problem" in db) throw new Error(db.problem);
+  return db;
+}
 
 type Sql = postgres.Sql;
 
@@ -176,7 +183,7 @@ function accepted(env: Record<string, string>) {
 
 Deno.test("what configuration accepts for the configured server, the servers table stores", async () => {
   await withDb("boundary_config", async ({ url, sql }) => {
-    const store = postgresStore(url, { max: 1 });
+    const store = postgresStore(dbOf(url), { max: 1 });
     try {
       const inputs: Array<[Record<string, string>, boolean]> = [
         [{}, true],
@@ -273,7 +280,7 @@ Deno.test("the SQL functions' default step estimate is defaults.ts' DEFAULT_STEP
 
 Deno.test("every lease and step estimate the worker may send, the SQL functions accept", async () => {
   await withDb("boundary_lease", async ({ url }) => {
-    const store = postgresStore(url, { max: 1 });
+    const store = postgresStore(dbOf(url), { max: 1 });
     try {
       for (const leaseSeconds of [LEASE_SECONDS.min, LEASE_SECONDS.default, LEASE_SECONDS.max]) {
         await store.claim({

@@ -184,6 +184,16 @@ export function statusReport(): StatusReport {
     waiting_for_capacity: 0,
     waiting_for_dns: [],
     certificates: { expiring_within_30_days: 0, soonest: [] },
+    setup: {
+      vault: true,
+      vault_url: true,
+      vault_key: true,
+      pg_net: true,
+      pg_cron: true,
+      sweep_scheduled: true,
+      sweep_schedule: "20 seconds",
+    },
+    waiting_for_server: { jobs: 0, by_reason: {}, sites: {} },
   };
 }
 

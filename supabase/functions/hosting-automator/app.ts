@@ -3,7 +3,14 @@
  * `index.ts` serves it on Supabase; the local server, the CLI, the demo and the tests build it with their own
  * overrides.
  */
-import { type Config, loadConfig, secretsOf, type ServerAddress, sshConfigFor } from "./config.ts";
+import {
+  type Config,
+  configProblems,
+  loadConfig,
+  secretsOf,
+  type ServerAddress,
+  sshConfigFor,
+} from "./config.ts";
 import { MATOMO_TIMEOUT_SECONDS } from "./defaults.ts";
 import { toHostingError } from "./errors.ts";
 import { configErrorHandler, createHandler, type Handler } from "./http.ts";
@@ -38,6 +45,8 @@ export interface App {
   fetch: Handler;
   /** Null when the configuration is invalid; `fetch` then answers every request with that error. */
   config: Config | null;
+  /** Each problem of an invalid configuration (`NAME: rule`); empty when it is valid. */
+  configProblems: string[];
   logger: Logger;
   store: Store | null;
   newInvocation: (() => Invocation) | null;
@@ -64,10 +73,13 @@ function wallClockMs(config: Config): number | null {
 }
 
 /** The store, writing every text through `redactor` (the one that knows every secret of this process). */
-export function storeFor(config: Config, options: { fetch?: typeof fetch; redactor?: Redactor } = {}): Store {
+export function storeFor(
+  config: Pick<Config, "store">,
+  options: { fetch?: typeof fetch; redactor?: Redactor } = {},
+): Store {
   return config.store.kind === "rpc"
     ? rpcStore(config.store.url, config.store.key, { fetch: options.fetch, redactor: options.redactor })
-    : postgresStore(config.store.dbUrl, { redactor: options.redactor });
+    : postgresStore(config.store.db, { redactor: options.redactor });
 }
 
 /** The checks around the certificate on one server: DNS over HTTPS, and the certificate it serves over TLS. */
@@ -151,6 +163,7 @@ export function createApp(env: Record<string, string | undefined>, overrides: Ap
     return {
       fetch: configErrorHandler(failure),
       config: null,
+      configProblems: configProblems(failure),
       logger,
       store: null,
       newInvocation: null,
@@ -184,6 +197,7 @@ export function createApp(env: Record<string, string | undefined>, overrides: Ap
       waitUntil: overrides.waitUntil ?? edgeRuntimeWaitUntil(),
     }),
     config,
+    configProblems: [],
     logger,
     store,
     newInvocation,

@@ -1,11 +1,14 @@
 /**
- * Configuration, validated once at start (docs/architecture.md §13). A bad value stops with the variable's
- * name and the rule it broke; values are never echoed, because most of them are secrets.
+ * Configuration, validated once at start (docs/architecture.md §13). Every bad value is reported at once, each
+ * with the variable's name and the rule it broke; values are never echoed, because most of them are secrets.
+ * Each use reads only the settings it needs: the Edge Function all of them, the CLI's runs all but the keys
+ * callers present, its reports only the store's.
  */
 import { isIP } from "node:net";
 import { z } from "zod";
+import { type DbConnection, parseDbUrl } from "./db_url.ts";
 import { LEASE_SECONDS, MATOMO_TIMEOUT_SECONDS } from "./defaults.ts";
-import { HostingError } from "./errors.ts";
+import { HostingError, isHostingError } from "./errors.ts";
 import type { LogLevel } from "./log.ts";
 import {
   DEFAULT_SSH_PORT,
@@ -15,6 +18,7 @@ import {
   SERVER_NAME_RE,
   SSH_USER_RE,
 } from "./server_rules.ts";
+import { privateKeyProblem } from "./ssh_key.ts";
 
 export interface SshConfig {
   host: string;
@@ -74,11 +78,18 @@ export interface MatomoConfig {
 
 export type StoreConfig =
   | { kind: "rpc"; url: string; key: string }
-  | { kind: "postgres"; dbUrl: string };
+  /** `url` is SUPABASE_DB_URL as given, kept only to be redacted: the driver is given `db`, its parts. */
+  | { kind: "postgres"; db: DbConnection; url: string };
+
+/**
+ * What reads the configuration: the Edge Function (and the local server), which callers authenticate to, or a
+ * worker without callers (the CLI's runs). The CLI's reports read only the store's settings (loadStoreConfig).
+ */
+export type ConfigUse = "function" | "worker";
 
 export interface Config {
   store: StoreConfig;
-  /** Keys a caller may present (`apikey` or `Authorization: Bearer`). */
+  /** Keys a caller may present (`apikey` or `Authorization: Bearer`); empty for a worker without callers. */
   authKeys: string[];
   fleet: FleetConfig;
   /** Null when Matomo is not configured: the analytics step is skipped with a warning. */
@@ -123,18 +134,16 @@ export function secretsOf(config: Config): string[] {
     ...(config.fleet.sharedKey ? [config.fleet.sharedKey] : []),
     ...Object.values(config.fleet.keys),
   ];
-  if (config.store.kind === "rpc") out.push(config.store.key);
-  else out.push(config.store.dbUrl, dbPassword(config.store.dbUrl));
+  out.push(...storeSecrets(config.store));
   if (config.matomo) out.push(config.matomo.token);
   return out.filter((s) => s.length > 0);
 }
 
-function dbPassword(url: string): string {
-  try {
-    return decodeURIComponent(new URL(url).password);
-  } catch {
-    return "";
-  }
+/** The store's values that must never be printed. */
+export function storeSecrets(store: StoreConfig): string[] {
+  return (store.kind === "rpc" ? [store.key] : [store.url, store.db.password ?? ""]).filter((s) =>
+    s.length > 0
+  );
 }
 
 /** An optional whole number in a range (the fallback when unset or empty). */
@@ -168,11 +177,15 @@ const TOKEN_RE = /^[A-Za-z0-9]{16,128}$/;
 const unsetWhenEmpty = <T extends z.ZodType>(schema: T) =>
   z.preprocess((v) => (v === "" ? undefined : v), schema.optional());
 
-/** A private key's text (a `\n`-escaped one on one line is unfolded). */
+const KEY_TEXT_RULE =
+  "must be the text of a PEM or OpenSSH private key (ECDSA or RSA), starting with -----BEGIN";
+
+/** A private key's text (a `\n`-escaped one on one line is unfolded), of a type and shape that can be used. */
 const privateKeyText = z.string()
   .transform((v) => (v.includes("\\n") && !v.includes("\n") ? v.replaceAll("\\n", "\n") : v).trim() + "\n")
-  .refine((v) => KEY_HEADER_RE.test(v), {
-    message: "must be the text of a PEM or OpenSSH private key (ECDSA or RSA), starting with -----BEGIN",
+  .superRefine((v, ctx) => {
+    const problem = KEY_HEADER_RE.test(v) ? privateKeyProblem(v) : KEY_TEXT_RULE;
+    if (problem) ctx.addIssue({ code: "custom", message: problem });
   });
 
 const env = z.object({
@@ -236,24 +249,97 @@ const env = z.object({
 /** The names this module reads, for documentation and for `--dry-run`. */
 export const CONFIG_NAMES = Object.keys(env.shape);
 
-function fail(name: string, rule: string): never {
-  throw new HostingError("config_invalid", `${name}: ${rule}`, { publicMessage: `${name}: ${rule}` });
+type Env = z.output<typeof env>;
+
+/** The keys callers present: only the Edge Function's use; the rpc store calls the database with one of them. */
+const CALLER_SETTINGS = [
+  "SUPABASE_SECRET_KEYS",
+  "SUPABASE_SERVICE_ROLE_KEY",
+  "HOSTING_ACCEPT_SERVICE_ROLE_KEY",
+];
+
+/** The settings a use reads; the others are not looked at, so a value there cannot stop it. */
+function settingsOf(use: ConfigUse | "store", source: Record<string, string | undefined>): Set<string> {
+  const store = source.HOSTING_STORE === "postgres"
+    ? ["HOSTING_STORE", "SUPABASE_DB_URL"]
+    : ["HOSTING_STORE", "SUPABASE_URL", ...CALLER_SETTINGS];
+  if (use === "store") return new Set(store);
+  const own = CONFIG_NAMES.filter((name) => use === "function" || !CALLER_SETTINGS.includes(name));
+  return new Set([...own, ...store]);
 }
 
-function httpUrl(name: string, value: string, allowPlainHttpOnLoopback: boolean): string {
+/** Every problem found, each `NAME: rule`; thrown together, once everything was checked. */
+class Problems {
+  readonly #lines: string[] = [];
+  readonly #names = new Set<string>();
+
+  add(name: string, rule: string): null {
+    this.#lines.push(`${name}: ${rule}`);
+    this.#names.add(name);
+    return null;
+  }
+
+  has(name: string): boolean {
+    return this.#names.has(name);
+  }
+
+  /** Throws them in the order of the settings (as the README lists them), problems of one setting together. */
+  throwIfAny(): void {
+    if (this.#lines.length === 0) return;
+    const order = (line: string) => CONFIG_NAMES.indexOf(line.slice(0, line.indexOf(":")));
+    const text = this.#lines.map((line, i) => ({ line, i }))
+      .sort((a, b) => order(a.line) - order(b.line) || a.i - b.i)
+      .map((x) => x.line)
+      .join("\n");
+    throw new HostingError("config_invalid", text, { publicMessage: text });
+  }
+}
+
+/** The lines of a `config_invalid` error, one per problem (`NAME: rule`). */
+export function configProblems(error: unknown): string[] {
+  return isHostingError(error) && error.code === "config_invalid" ? error.publicMessage.split("\n") : [];
+}
+
+/**
+ * Each setting the use reads, parsed on its own so every bad one is reported; one that is bad (or not read)
+ * takes its default, so that the checks between settings can still run.
+ */
+function readSettings(
+  source: Record<string, string | undefined>,
+  names: Set<string>,
+  problems: Problems,
+): Env {
+  const out: Record<string, unknown> = {};
+  for (const [name, schema] of Object.entries(env.shape) as Array<[string, z.ZodType]>) {
+    let parsed = schema.safeParse(names.has(name) ? source[name] : undefined);
+    if (!parsed.success) {
+      problems.add(name, parsed.error.issues[0].message);
+      parsed = schema.safeParse(undefined);
+    }
+    out[name] = parsed.data;
+  }
+  return out as Env;
+}
+
+function httpUrl(
+  name: string,
+  value: string,
+  allowPlainHttpOnLoopback: boolean,
+  problems: Problems,
+): string | null {
   let url: URL;
   try {
     url = new URL(value);
   } catch {
-    fail(name, "must be an absolute http(s) URL");
+    return problems.add(name, "must be an absolute http(s) URL");
   }
   const loopback = ["localhost", "127.0.0.1", "[::1]"].includes(url.hostname) ||
     url.hostname.endsWith(".localhost") || url.hostname === "kong" || url.hostname === "host.docker.internal";
   if (url.protocol === "https:" || (url.protocol === "http:" && (loopback || !allowPlainHttpOnLoopback))) {
-    if (url.username || url.password) fail(name, "must not contain credentials");
+    if (url.username || url.password) return problems.add(name, "must not contain credentials");
     return value.replace(/\/+$/, "");
   }
-  fail(
+  return problems.add(
     name,
     allowPlainHttpOnLoopback ? "must use https (plain http only on localhost)" : "must be http or https",
   );
@@ -263,37 +349,44 @@ function httpUrl(name: string, value: string, allowPlainHttpOnLoopback: boolean)
 export const DEFAULT_DOH_URL = "https://cloudflare-dns.com/dns-query";
 
 /** CLOUDPANEL_PUBLIC_IPS: IPv4 and IPv6 addresses, separated by commas or spaces. */
-function publicIps(raw: string | undefined): string[] {
-  const name = "CLOUDPANEL_PUBLIC_IPS";
+function publicIps(raw: string | undefined, problems: Problems): string[] {
   const list = (raw ?? "").split(/[\s,]+/).filter(Boolean);
-  for (const ip of list) {
-    if (!isIP(ip)) fail(name, "must be IPv4 or IPv6 addresses separated by commas");
+  if (list.some((ip) => !isIP(ip))) {
+    problems.add("CLOUDPANEL_PUBLIC_IPS", "must be IPv4 or IPv6 addresses separated by commas");
+    return [];
   }
   return list;
 }
 
 /** CLOUDPANEL_SSH_PRIVATE_KEYS: a JSON object of server name → private key text. */
-function serverKeys(raw: string | undefined): Record<string, string> {
+function serverKeys(raw: string | undefined, problems: Problems): Record<string, string> {
   const name = "CLOUDPANEL_SSH_PRIVATE_KEYS";
   if (raw === undefined || raw.trim() === "") return {};
   let parsed: unknown;
   try {
     parsed = JSON.parse(raw);
   } catch {
-    fail(name, 'must be a JSON object of server names to private keys, such as {"cp-2": "-----BEGIN …"}');
+    problems.add(
+      name,
+      'must be a JSON object of server names to private keys, such as {"cp-2": "-----BEGIN …"}',
+    );
+    return {};
   }
   if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
-    fail(name, "must be a JSON object of server names to private keys");
+    problems.add(name, "must be a JSON object of server names to private keys");
+    return {};
   }
   const keys: Record<string, string> = {};
   for (const [server, text] of Object.entries(parsed)) {
-    if (!SERVER_NAME_RE.test(server)) fail(name, "has a server name that is not 1 to 63 of a-z, 0-9 and -");
-    const key = privateKeyText.safeParse(text);
-    if (typeof text !== "string" || !key.success) {
-      fail(
-        name,
-        `the key of server ${server} must be the text of a PEM or OpenSSH private key (ECDSA or RSA)`,
-      );
+    if (!SERVER_NAME_RE.test(server)) {
+      problems.add(name, "has a server name that is not 1 to 63 of a-z, 0-9 and -");
+      continue;
+    }
+    const key = typeof text === "string" ? privateKeyText.safeParse(text) : null;
+    if (!key?.success) {
+      const rule = key?.error.issues[0].message ?? KEY_TEXT_RULE;
+      problems.add(name, `the key of server ${server} ${rule}`);
+      continue;
     }
     keys[server] = key.data;
   }
@@ -301,97 +394,132 @@ function serverKeys(raw: string | undefined): Record<string, string> {
 }
 
 /** Parses the secret keys Supabase injects: a JSON object of name → key. */
-function secretKeys(raw: string | undefined): Record<string, string> {
+function secretKeys(raw: string | undefined, problems: Problems): Record<string, string> {
   if (raw === undefined || raw === "") return {};
   let parsed: unknown;
   try {
     parsed = JSON.parse(raw);
   } catch {
-    fail("SUPABASE_SECRET_KEYS", 'must be a JSON object such as {"default": "sb_secret_..."}');
+    problems.add("SUPABASE_SECRET_KEYS", 'must be a JSON object such as {"default": "sb_secret_..."}');
+    return {};
   }
   const keys = z.record(z.string(), z.string().min(1)).safeParse(parsed);
-  if (!keys.success) fail("SUPABASE_SECRET_KEYS", "must be a JSON object of key names to non-empty strings");
+  if (!keys.success) {
+    problems.add("SUPABASE_SECRET_KEYS", "must be a JSON object of key names to non-empty strings");
+    return {};
+  }
   return keys.data;
 }
 
-export function loadConfig(source: Record<string, string | undefined>): Config {
-  const parsed = env.safeParse(source);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    const name = String(issue.path[0] ?? "configuration");
-    const rule = issue.code === "invalid_type" && issue.input === undefined ? "is required" : issue.message;
-    fail(name, rule);
-  }
-  const e = parsed.data;
-
-  const named = secretKeys(e.SUPABASE_SECRET_KEYS);
+/** The secret keys: by name, and every one that authenticates (the legacy one only while accepted). */
+function keysOf(e: Env, problems: Problems): { named: Record<string, string>; all: string[] } {
+  const named = secretKeys(e.SUPABASE_SECRET_KEYS, problems);
   // After the legacy service_role key is revoked, an operator turns it off here so it stops authenticating.
   const legacy = e.HOSTING_ACCEPT_SERVICE_ROLE_KEY === "true" ? e.SUPABASE_SERVICE_ROLE_KEY ?? "" : "";
-  const authKeys = [...new Set([...Object.values(named), legacy])].filter(Boolean);
-  if (authKeys.length === 0) {
-    fail(
+  return { named, all: [...new Set([...Object.values(named), legacy])].filter(Boolean) };
+}
+
+/** The keys callers may present (the Edge Function's use): at least one. */
+function authKeysOf(e: Env, keys: { all: string[] }, problems: Problems): string[] {
+  if (keys.all.length === 0 && !problems.has("SUPABASE_SECRET_KEYS")) {
+    problems.add(
       "SUPABASE_SECRET_KEYS",
-      legacy === "" && e.SUPABASE_SERVICE_ROLE_KEY
+      e.SUPABASE_SERVICE_ROLE_KEY && e.HOSTING_ACCEPT_SERVICE_ROLE_KEY === "false"
         ? "is required when HOSTING_ACCEPT_SERVICE_ROLE_KEY is false: callers authenticate with it"
         : "or SUPABASE_SERVICE_ROLE_KEY is required: callers authenticate with it",
     );
   }
+  return keys.all;
+}
 
-  let store: StoreConfig;
-  if (e.HOSTING_STORE === "rpc") {
-    if (!e.SUPABASE_URL) fail("SUPABASE_URL", "is required when HOSTING_STORE is rpc");
-    store = {
-      kind: "rpc",
-      url: httpUrl("SUPABASE_URL", e.SUPABASE_URL, false),
-      key: named.default ?? authKeys[0],
-    };
-  } else {
-    if (!e.SUPABASE_DB_URL) fail("SUPABASE_DB_URL", "is required when HOSTING_STORE is postgres");
-    if (!/^postgres(ql)?:\/\//.test(e.SUPABASE_DB_URL)) {
-      fail("SUPABASE_DB_URL", "must be a postgres:// connection URL");
+type Keys = ReturnType<typeof keysOf>;
+
+function storeOf(e: Env, keys: Keys, problems: Problems): StoreConfig | null {
+  if (problems.has("HOSTING_STORE")) return null;
+  if (e.HOSTING_STORE === "postgres") {
+    if (problems.has("SUPABASE_DB_URL")) return null;
+    if (!e.SUPABASE_DB_URL) {
+      return problems.add("SUPABASE_DB_URL", "is required when HOSTING_STORE is postgres");
     }
-    store = { kind: "postgres", dbUrl: e.SUPABASE_DB_URL };
+    const db = parseDbUrl(e.SUPABASE_DB_URL);
+    if ("problem" in db) return problems.add("SUPABASE_DB_URL", db.problem);
+    return { kind: "postgres", db, url: e.SUPABASE_DB_URL };
   }
+  if (keys.all.length === 0 && !problems.has("SUPABASE_SECRET_KEYS")) {
+    problems.add(
+      "SUPABASE_SECRET_KEYS",
+      "or SUPABASE_SERVICE_ROLE_KEY is required when HOSTING_STORE is rpc: the SQL functions are called with it",
+    );
+  }
+  if (!e.SUPABASE_URL) return problems.add("SUPABASE_URL", "is required when HOSTING_STORE is rpc");
+  const url = httpUrl("SUPABASE_URL", e.SUPABASE_URL, false, problems);
+  const key = keys.named.default ?? keys.all[0];
+  return url && key ? { kind: "rpc", url, key } : null;
+}
 
-  const keys = serverKeys(e.CLOUDPANEL_SSH_PRIVATE_KEYS);
-  if (!e.CLOUDPANEL_SSH_PRIVATE_KEY && Object.keys(keys).length === 0) {
-    fail("CLOUDPANEL_SSH_PRIVATE_KEY", "is required (or CLOUDPANEL_SSH_PRIVATE_KEYS, a key per server)");
+function fleetOf(e: Env, problems: Problems): FleetConfig {
+  const keys = serverKeys(e.CLOUDPANEL_SSH_PRIVATE_KEYS, problems);
+  // A key given but refused has its own problem already.
+  const anyKey = e.CLOUDPANEL_SSH_PRIVATE_KEY || Object.keys(keys).length > 0 ||
+    problems.has("CLOUDPANEL_SSH_PRIVATE_KEY") || problems.has("CLOUDPANEL_SSH_PRIVATE_KEYS");
+  if (!anyKey) {
+    problems.add(
+      "CLOUDPANEL_SSH_PRIVATE_KEY",
+      "is required (or CLOUDPANEL_SSH_PRIVATE_KEYS, a key per server)",
+    );
   }
-  if (e.CLOUDPANEL_SSH_HOST && !e.CLOUDPANEL_SSH_HOST_KEY) {
-    fail("CLOUDPANEL_SSH_HOST_KEY", "is required when CLOUDPANEL_SSH_HOST is set");
+  if (e.CLOUDPANEL_SSH_HOST && !e.CLOUDPANEL_SSH_HOST_KEY && !problems.has("CLOUDPANEL_SSH_HOST_KEY")) {
+    problems.add("CLOUDPANEL_SSH_HOST_KEY", "is required when CLOUDPANEL_SSH_HOST is set");
   }
-  const fleet: FleetConfig = {
-    defaultServer: e.CLOUDPANEL_SSH_HOST
+  return {
+    defaultServer: e.CLOUDPANEL_SSH_HOST && e.CLOUDPANEL_SSH_HOST_KEY
       ? {
         host: e.CLOUDPANEL_SSH_HOST.replace(/^\[|\]$/g, ""),
         port: e.CLOUDPANEL_SSH_PORT,
         user: e.CLOUDPANEL_SSH_USER,
-        hostKey: e.CLOUDPANEL_SSH_HOST_KEY!.replace(/=$/, ""),
+        hostKey: e.CLOUDPANEL_SSH_HOST_KEY.replace(/=$/, ""),
       }
       : null,
     sharedKey: e.CLOUDPANEL_SSH_PRIVATE_KEY ?? null,
     keys,
     connectTimeoutMs: e.HOSTING_SSH_CONNECT_TIMEOUT_SECONDS,
   };
+}
 
-  let matomo: MatomoConfig | null = null;
+function matomoOf(e: Env, problems: Problems): MatomoConfig | null {
   const hasUrl = Boolean(e.MATOMO_API_URL), hasToken = Boolean(e.MATOMO_API_TOKEN);
   if (hasUrl !== hasToken) {
-    fail(hasUrl ? "MATOMO_API_TOKEN" : "MATOMO_API_URL", "is required when the other Matomo setting is set");
+    return problems.add(
+      hasUrl ? "MATOMO_API_TOKEN" : "MATOMO_API_URL",
+      "is required when the other Matomo setting is set",
+    );
   }
-  if (hasUrl && hasToken) {
-    if (!TOKEN_RE.test(e.MATOMO_API_TOKEN!)) {
-      fail("MATOMO_API_TOKEN", "must be a Matomo token_auth: 16 to 128 letters and digits");
-    }
-    matomo = {
-      url: httpUrl("MATOMO_API_URL", e.MATOMO_API_URL!, true),
-      token: e.MATOMO_API_TOKEN!,
-      timeoutMs: e.HOSTING_MATOMO_TIMEOUT_SECONDS,
-    };
+  if (!hasUrl) return null;
+  if (!TOKEN_RE.test(e.MATOMO_API_TOKEN!)) {
+    problems.add("MATOMO_API_TOKEN", "must be a Matomo token_auth: 16 to 128 letters and digits");
   }
+  const url = httpUrl("MATOMO_API_URL", e.MATOMO_API_URL!, true, problems);
+  return url ? { url, token: e.MATOMO_API_TOKEN!, timeoutMs: e.HOSTING_MATOMO_TIMEOUT_SECONDS } : null;
+}
+
+/**
+ * The whole configuration of the Edge Function (`use` "function") or of a worker without callers ("worker":
+ * the keys callers present are not read). Throws one `config_invalid` error listing every problem.
+ */
+export function loadConfig(source: Record<string, string | undefined>, use: ConfigUse = "function"): Config {
+  const problems = new Problems();
+  const e = readSettings(source, settingsOf(use, source), problems);
+  const keys = keysOf(e, problems);
+  const authKeys = use === "function" ? authKeysOf(e, keys, problems) : [];
+  const store = storeOf(e, keys, problems);
+  const fleet = fleetOf(e, problems);
+  const matomo = matomoOf(e, problems);
+  const dohUrl = e.HOSTING_DOH_URL ? httpUrl("HOSTING_DOH_URL", e.HOSTING_DOH_URL, true, problems) : null;
+  const defaultPublicIps = publicIps(e.CLOUDPANEL_PUBLIC_IPS, problems);
+  problems.throwIfAny();
 
   return {
-    store,
+    store: store!,
     authKeys,
     fleet,
     matomo,
@@ -401,8 +529,8 @@ export function loadConfig(source: Record<string, string | undefined>): Config {
     },
     matomoOnRemove: e.MATOMO_ON_REMOVE,
     checks: {
-      dohUrl: e.HOSTING_DOH_URL ? httpUrl("HOSTING_DOH_URL", e.HOSTING_DOH_URL, true) : DEFAULT_DOH_URL,
-      defaultPublicIps: publicIps(e.CLOUDPANEL_PUBLIC_IPS),
+      dohUrl: dohUrl ?? DEFAULT_DOH_URL,
+      defaultPublicIps,
       certificateMinDays: e.HOSTING_CERTIFICATE_MIN_DAYS,
       timeoutMs: e.HOSTING_CHECK_TIMEOUT_SECONDS,
       httpsPort: e.HOSTING_HTTPS_PORT,
@@ -413,4 +541,16 @@ export function loadConfig(source: Record<string, string | undefined>): Config {
     leaseSeconds: e.HOSTING_LEASE_SECONDS / 1000,
     logLevel: e.HOSTING_LOG_LEVEL,
   };
+}
+
+/**
+ * Only the store's settings, for what reads reports and nothing else (the CLI's `--status` and
+ * `--credentials`): with HOSTING_STORE=postgres that is SUPABASE_DB_URL alone.
+ */
+export function loadStoreConfig(source: Record<string, string | undefined>): StoreConfig {
+  const problems = new Problems();
+  const e = readSettings(source, settingsOf("store", source), problems);
+  const store = storeOf(e, keysOf(e, problems), problems);
+  problems.throwIfAny();
+  return store!;
 }

@@ -285,7 +285,25 @@ const statusReport = z.object({
     expiring_within_30_days: z.number(),
     soonest: z.array(z.object({ site_id: z.string(), domain: z.string(), expires_at: z.string() })),
   }),
-});
+  /** Whether the database starts jobs by itself: the Vault secrets the kicks need, pg_net, pg_cron, the sweep. */
+  setup: z.object({
+    vault: z.boolean(),
+    vault_url: z.boolean(),
+    vault_key: z.boolean(),
+    pg_net: z.boolean(),
+    pg_cron: z.boolean(),
+    /** Null when the schedule cannot be read. */
+    sweep_scheduled: z.boolean().nullable(),
+    sweep_schedule: z.string().nullable(),
+  }),
+  /** Queued jobs waiting for a server (disabled, unreachable by code, or none with room), and their sites. */
+  waiting_for_server: z.object({
+    jobs: z.number(),
+    by_reason: z.record(z.string(), z.number()),
+    sites: z.record(z.string(), z.number()),
+  }),
+  // Sections added later pass through to `/status` and the CLI as they are.
+}).loose();
 export type StatusReport = z.output<typeof statusReport>;
 
 const siteDetail = z.union([

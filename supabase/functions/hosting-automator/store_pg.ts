@@ -3,12 +3,31 @@
  * supabase-js store, over one small connection pool. Used by the CLI, the demo and tests.
  */
 import postgres from "postgres";
+import type { DbConnection } from "./db_url.ts";
 import { HostingError } from "./errors.ts";
 import type { Redactor } from "./log.ts";
 import { functionCall, type SqlCaller, Store, STORE_CALL_TIMEOUT_MS, storeError } from "./store.ts";
 
-export function postgresStore(url: string, options: { max?: number; redactor?: Redactor } = {}): Store {
-  const sql = postgres(url, {
+/** The connection's parts as the driver takes them; never a URL, which the driver would parse again its own way. */
+function driverOptions(db: DbConnection) {
+  return {
+    // Lists, which the driver takes as they are (its types say text): it splits a host given as text at its
+    // colons, which would cut an IPv6 address.
+    host: [db.host] as unknown as string,
+    port: [db.port] as unknown as number,
+    database: db.database,
+    ...(db.user !== null ? { username: db.user } : {}),
+    ...(db.password !== null ? { password: db.password } : {}),
+    // verify-ca is checked as verify-full: the driver verifies the certificate and its host name together.
+    ...(db.sslmode === null
+      ? {}
+      : { ssl: db.sslmode === "disable" ? false : db.sslmode === "verify-ca" ? "verify-full" : db.sslmode }),
+  };
+}
+
+export function postgresStore(db: DbConnection, options: { max?: number; redactor?: Redactor } = {}): Store {
+  const sql = postgres({
+    ...driverOptions(db),
     max: options.max ?? 4,
     idle_timeout: 20,
     connect_timeout: 10,
