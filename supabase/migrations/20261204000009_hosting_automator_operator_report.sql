@@ -90,23 +90,191 @@ as $$
     ), '{}'::jsonb))
 $$;
 
-alter function public.hosting_status(integer) rename to status_checks;
-alter function public.status_checks(integer) set schema hosting_automator;
-
--- The operator's report (hosting_automator.status_checks), with the setup and the jobs waiting for a server.
-create function public.hosting_status(p_limit integer default 20)
+-- The operator's report, one section per key: counts of sites and jobs by state; the doorbell (kicks on their
+-- way, the fleet's slots, and the kicks' answers: a rotated key shows as failing kicks with status 401); each
+-- server; the queue and the jobs waiting for room or for DNS; running and retrying jobs (a removal's domain comes
+-- from the job, its row may be gone); recent failures; removals; active sites without analytics, with their
+-- backfill; the certificates that expire soonest; whether the database starts jobs by itself (setup); and the
+-- jobs that wait for a server.
+create or replace function public.hosting_status(p_limit integer default 20)
 returns jsonb
 language sql
 stable
 security definer
 set search_path = ''
 as $$
-  select hosting_automator.status_checks(p_limit) || jsonb_build_object(
+  select jsonb_build_object(
+    'generated_at', now(),
+    'sites', coalesce((
+      select jsonb_object_agg(coalesce(x.status_hosting, 'null'), x.n)
+      from (select s.status_hosting, count(*) as n from public.sites s group by s.status_hosting) x
+    ), '{}'::jsonb),
+    'jobs', coalesce((
+      select jsonb_object_agg(x.state, x.n)
+      from (select j.state, count(*) as n from hosting_automator.jobs j group by j.state) x
+    ), '{}'::jsonb),
+    'doorbell', jsonb_build_object(
+      'kicks_on_the_way', (
+        select count(*) from hosting_automator.rings r cross join hosting_automator.settings st
+        where r.rung_at > now() - make_interval(secs => st.ring_ttl_seconds)),
+      'slots_taken', hosting_automator.slots_taken(),
+      'slots', hosting_automator.slots(),
+      'kicks', hosting_automator.kick_health()
+    ),
+    -- Every server: its state, placed sites against capacity, running jobs, failures of the last day, circuit.
+    'servers', coalesce((
+      select jsonb_agg(jsonb_build_object(
+        'name', sv.name, 'host', sv.host, 'port', sv.port, 'state', sv.state,
+        'placed', (select count(*) from hosting_automator.placements p where p.server = sv.name),
+        'capacity', sv.capacity,
+        'running', (select count(*) from hosting_automator.jobs j where j.state = 'running' and j.server = sv.name),
+        'concurrency', sv.concurrency,
+        -- Jobs given back because this server could not be reached, waiting for its circuit to close.
+        'waiting', (select count(*) from hosting_automator.jobs j where j.state = 'queued' and j.server = sv.name
+          and hosting_automator.waits_for_server(j.last_error_code)),
+        'failed_last_day', (
+          select count(*) from hosting_automator.jobs j
+          where j.server = sv.name and j.state = 'failed' and j.finished_at > now() - interval '1 day'),
+        'circuit', jsonb_build_object(
+          'state', case when sv.open_until > now() then 'open' when sv.failures > 0 then 'half_open' else 'closed' end,
+          'failures', sv.failures, 'open_until', sv.open_until, 'last_error_code', sv.last_error_code,
+          'last_error', sv.last_error, 'last_error_at', sv.last_error_at)
+      ) order by sv.name)
+      from hosting_automator.servers sv
+    ), '[]'::jsonb),
+    'queue', (
+      select jsonb_build_object(
+        'depth', count(*),
+        'due', count(*) filter (where j.run_at <= now()),
+        'oldest_age_seconds', coalesce(floor(extract(epoch from now() - min(j.created_at))), 0)
+      )
+      from hosting_automator.jobs j
+      where j.state = 'queued'
+    ),
+    'waiting_for_capacity', (
+      select count(*) from hosting_automator.jobs j where j.state = 'queued' and j.last_error_code = 'no_server_capacity'),
+    -- Sites whose job waits for their DNS to point at the server.
+    'waiting_for_dns', coalesce((
+      select jsonb_agg(x.o order by x.run_at)
+      from (
+        select j.run_at, jsonb_build_object('site_id', j.site_id, 'domain', s.domain, 'checks', j.error_streak,
+          'since', (select st.created_at from hosting_automator.steps st
+            where st.site_id = j.site_id and st.step = 'dns_check'),
+          'next_check_at', j.run_at, 'error', j.public_error) as o
+        from hosting_automator.jobs j join public.sites s on s.id = j.site_id
+        where j.state = 'queued' and j.last_error_code = 'dns_not_ready'
+        order by j.run_at
+        limit p_limit
+      ) x
+    ), '[]'::jsonb),
+    'running', coalesce((
+      select jsonb_agg(jsonb_build_object(
+        'job_id', j.id, 'kind', j.kind, 'site_id', j.site_id, 'domain', coalesce(j.domain, s.domain),
+        'step', j.current_step,
+        'attempt', j.attempts, 'worker', j.lease_owner, 'server', j.server,
+        'lease_expires_at', j.lease_expires_at) order by j.id)
+      from hosting_automator.jobs j left join public.sites s on s.id = j.site_id
+      where j.state = 'running'
+    ), '[]'::jsonb),
+    'retrying', coalesce((
+      select jsonb_agg(x.o order by x.run_at)
+      from (
+        select j.run_at, jsonb_build_object(
+          'job_id', j.id, 'kind', j.kind, 'site_id', j.site_id, 'domain', coalesce(j.domain, s.domain),
+          'attempts', j.attempts,
+          'max_attempts', j.max_attempts, 'next_run_at', j.run_at, 'code', j.last_error_code,
+          'error', j.public_error) as o
+        from hosting_automator.jobs j left join public.sites s on s.id = j.site_id
+        where j.state = 'queued' and j.attempts > 0
+        order by j.run_at
+        limit p_limit
+      ) x
+    ), '[]'::jsonb),
+    'recent_failures', coalesce((
+      select jsonb_agg(x.o order by x.finished_at desc)
+      from (
+        select j.finished_at, jsonb_build_object(
+          'site_id', s.id, 'domain', s.domain, 'error_message', s.error_message, 'code', j.last_error_code,
+          'failed_at', j.finished_at, 'attempts', j.attempts) as o
+        from public.sites s
+        join lateral (
+          select j2.* from hosting_automator.jobs j2
+          where j2.site_id = s.id and j2.state = 'failed'
+          order by j2.id desc limit 1
+        ) j on true
+        where s.status_hosting = 'failed'
+        order by j.finished_at desc
+        limit p_limit
+      ) x
+    ), '[]'::jsonb),
+    -- Removals: open ones, and failed ones waiting for an operator (of kept rows and of deleted rows).
+    'removals', jsonb_build_object(
+      'queued', (select count(*) from hosting_automator.jobs j where j.kind = 'remove' and j.state = 'queued'),
+      'running', (select count(*) from hosting_automator.jobs j where j.kind = 'remove' and j.state = 'running'),
+      'removed_last_day', (
+        select count(*) from hosting_automator.jobs j
+        where j.kind = 'remove' and j.state = 'succeeded' and j.finished_at > now() - interval '1 day'),
+      'failed', coalesce((
+        select jsonb_agg(x.o order by x.finished_at desc)
+        from (
+          select j.finished_at, jsonb_build_object(
+            'job_id', j.id, 'site_id', j.site_id, 'domain', j.domain, 'row', case when s.id is null then 'deleted'
+              else 'kept' end, 'code', j.last_error_code, 'error', j.public_error, 'failed_at', j.finished_at,
+            'attempts', j.attempts) as o
+          from hosting_automator.jobs j
+          left join public.sites s on s.id = j.site_id
+          where j.kind = 'remove' and j.state = 'failed'
+            and j.id = (select max(j2.id) from hosting_automator.jobs j2 where j2.site_id = j.site_id)
+          order by j.finished_at desc
+          limit p_limit
+        ) x
+      ), '[]'::jsonb)
+    ),
+    'missing_analytics', coalesce((
+      select jsonb_agg(x.o)
+      from (
+        select jsonb_build_object(
+          'site_id', s.id, 'domain', s.domain,
+          'warning', (
+            select jsonb_build_object('code', e.code, 'message', e.message, 'at', e.created_at)
+            from hosting_automator.events e
+            where e.site_id = s.id and e.step = 'matomo_site' and e.level in ('warn', 'error')
+            order by e.id desc limit 1
+          ),
+          -- The automatic backfill: its state, attempts and next run (null once it gave up: retry by hand).
+          'backfill', (
+            select jsonb_build_object('job_id', j.id, 'state', j.state, 'attempts', j.attempts,
+              'max_attempts', j.max_attempts, 'next_run_at', case when j.state = 'queued' then j.run_at end)
+            from hosting_automator.jobs j
+            where j.site_id = s.id and j.kind = 'analytics'
+            order by j.id desc limit 1
+          )) as o
+        from public.sites s
+        where s.status_hosting = 'active' and s.matomo_site_id is null
+        order by s.id
+        limit p_limit
+      ) x
+    ), '[]'::jsonb),
+    'certificates', jsonb_build_object(
+      'expiring_within_30_days', (
+        select count(*) from public.sites s
+        where s.status_hosting = 'active' and s.certificate_expires_at < now() + interval '30 days'),
+      'soonest', coalesce((
+        select jsonb_agg(x.o order by x.at)
+        from (
+          select s.certificate_expires_at as at, jsonb_build_object('site_id', s.id, 'domain', s.domain,
+            'expires_at', s.certificate_expires_at) as o
+          from public.sites s
+          where s.status_hosting = 'active' and s.certificate_expires_at is not null
+          order by s.certificate_expires_at
+          limit p_limit
+        ) x
+      ), '[]'::jsonb)),
     'setup', hosting_automator.setup_report(),
-    'waiting_for_server', hosting_automator.waiting_for_server())
+    'waiting_for_server', hosting_automator.waiting_for_server()
+  )
 $$;
 
--- The cores are internal: nobody but their owner executes them; the report is for service_role.
-revoke all on all functions in schema hosting_automator from public, anon, authenticated, service_role;
-revoke all on function public.hosting_status(integer) from public, anon, authenticated;
-grant execute on function public.hosting_status(integer) to service_role;
+-- The report's parts are internal: nobody but their owner executes them; the report is for service_role.
+revoke all on function hosting_automator.setup_report() from public, anon, authenticated, service_role;
+revoke all on function hosting_automator.waiting_for_server() from public, anon, authenticated, service_role;

@@ -27,7 +27,7 @@ create function public.hosting_claim_jobs(
   p_site_id uuid default null,
   p_time_left_ms integer default null,
   p_plan jsonb default null,
-  p_default_step_ms integer default 15000,
+  p_default_step_ms integer default 5000,
   p_first boolean default false,
   p_default_server jsonb default null
 )
