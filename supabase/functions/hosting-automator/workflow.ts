@@ -20,6 +20,7 @@
  * its slot up, and the claim rings the doorbell so another worker takes it.
  */
 import { CloudPanel } from "./cloudpanel.ts";
+import { Connections } from "./connections.ts";
 import { generatePassword, parseDomain } from "./domain.ts";
 import { type ErrorCode, failureClass, HostingError, toHostingError } from "./errors.ts";
 import type { StepEnd } from "./journal.ts";
@@ -210,8 +211,7 @@ export class Invocation {
   readonly #leaseSeconds: number;
   /** Aborted on shutdown: running steps stop, their jobs are given back. */
   readonly #shutdown = new AbortController();
-  /** One SSH connection per server, opened at the first step that needs it. */
-  readonly #shells = new Map<string, Promise<RemoteShell>>();
+  readonly #connections: Connections;
   #stopped: RunResult["stopped"];
   #onProgress: RunOptions["onProgress"];
   #answeredKick = false;
@@ -226,6 +226,7 @@ export class Invocation {
       : Math.min(budgetEnd, deps.workerDeadline - WALL_CLOCK_MARGIN_MS);
     this.#log = deps.logger.child({ worker: this.worker });
     this.#leaseSeconds = deps.leaseSeconds ?? DEFAULT_LEASE_SECONDS;
+    this.#connections = new Connections(deps.connect, (name) => deps.store.serverOk(name));
   }
 
   get leaseSeconds(): number {
@@ -300,7 +301,7 @@ export class Invocation {
       await Promise.all(Array.from({ length: Math.max(1, options.concurrency ?? 1) }, lane));
     } finally {
       this.#deps.registry?.delete(this);
-      await this.#closeShells();
+      await this.#connections.close();
     }
     return { outcomes, stopped: this.#stopped };
   }
@@ -552,7 +553,7 @@ export class Invocation {
   #failed(run: Run, failure: HostingError, done: StepEnd[]): Ending {
     if (failure.code === "store_failed") return this.#interrupted(failure);
     // The connection broke mid-command: the next job on this server connects again.
-    if (failure.code === "ssh_unreachable") this.#dropShell(run.job.server.name);
+    if (failure.code === "ssh_unreachable") this.#connections.drop(run.job.server.name);
     return Outcome.failure(failure, done);
   }
 
@@ -586,46 +587,10 @@ export class Invocation {
   #cloudPanel(run: Run): () => CloudPanel {
     let client: CloudPanel | undefined;
     const shell = () =>
-      this.#shell(run.job.server).catch((error) => {
+      this.#connections.shell(run.job.server).catch((error) => {
         throw run.unreachable = toHostingError(error);
       });
     return () => client ??= new CloudPanel(shell, run.log);
-  }
-
-  #shell(server: ClaimedServer): Promise<RemoteShell> {
-    let shell = this.#shells.get(server.name);
-    if (!shell) {
-      shell = this.#connect(server);
-      this.#shells.set(server.name, shell);
-    }
-    return shell;
-  }
-
-  async #connect(server: ClaimedServer): Promise<RemoteShell> {
-    let shell: RemoteShell;
-    try {
-      shell = await this.#deps.connect(server);
-    } catch (error) {
-      // Not kept: the next job on this server (once its circuit closes) connects again.
-      this.#shells.delete(server.name);
-      throw error;
-    }
-    // It answered again after failures: its circuit closes (a best effort; the next failure would reopen it).
-    if (server.failures > 0) await this.#deps.store.serverOk(server.name).catch(() => {});
-    return shell;
-  }
-
-  /** Forgets a server's connection that broke, so the next job on it connects again. */
-  #dropShell(name: string): void {
-    const shell = this.#shells.get(name);
-    this.#shells.delete(name);
-    shell?.then((s) => s.close(), () => {}).catch(() => {});
-  }
-
-  async #closeShells(): Promise<void> {
-    const shells = [...this.#shells.values()];
-    this.#shells.clear();
-    for (const shell of shells) await (await shell.catch(() => null))?.close().catch(() => {});
   }
 
   /** The password the step uses, as the database answered (a store without the answer: the candidate, unkept). */
