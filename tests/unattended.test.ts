@@ -8,6 +8,9 @@
 import assert from "node:assert/strict";
 import { setFaults } from "../dev/clpctl_sim.ts";
 import { createApp } from "../supabase/functions/hosting-automator/app.ts";
+import { type ErrorCode, HostingError } from "../supabase/functions/hosting-automator/errors.ts";
+import { Outcome } from "../supabase/functions/hosting-automator/outcome.ts";
+import type { Lease } from "../supabase/functions/hosting-automator/store.ts";
 import { type Stack, withStack } from "./support/stack.ts";
 
 /** A configured server for claims made directly through the store (registered as `default` when none is). */
@@ -243,7 +246,13 @@ Deno.test("the same unrecognised failure a few times in a row fails the job; oth
       limit: 1,
       defaultServer: DEFAULT_SERVER,
     });
-    const fail = async (code: string, attemptLimit?: number) => {
+    /** The attempt fails with a transient `code` (its exit's answer: the job's state now). */
+    const failWith = async (lease: Lease, code: ErrorCode, attemptLimit?: number) => {
+      const failure = new HostingError(code, "x", { publicMessage: "x", transient: true, attemptLimit });
+      const answer = await stack.app.store!.exit(lease, Outcome.failure(failure, []));
+      return answer.ok ? answer : null;
+    };
+    const fail = async (code: ErrorCode, attemptLimit?: number) => {
       const [c] = await stack.app.store!.claim({
         worker: "w",
         server: "s:22",
@@ -251,22 +260,14 @@ Deno.test("the same unrecognised failure a few times in a row fails the job; oth
         limit: 1,
         defaultServer: DEFAULT_SERVER,
       });
-      return await stack.app.store!.fail({ jobId: c.jobId, leaseToken: c.leaseToken }, {
-        code,
-        publicMessage: "x",
-        internalMessage: "x",
-        permanent: false,
-        attemptLimit,
-      });
+      return await failWith({ jobId: c.jobId, leaseToken: c.leaseToken }, code, attemptLimit);
     };
     // The first claim above holds the job; fail it as the first unrecognised failure.
-    const first = await stack.app.store!.fail({ jobId: claimed.jobId, leaseToken: claimed.leaseToken }, {
-      code: "cloudpanel_failed",
-      publicMessage: "x",
-      internalMessage: "x",
-      permanent: false,
-      attemptLimit: 3,
-    });
+    const first = await failWith(
+      { jobId: claimed.jobId, leaseToken: claimed.leaseToken },
+      "cloudpanel_failed",
+      3,
+    );
     assert.equal(first?.state, "queued");
     await makeDue(stack);
     assert.equal((await fail("ssh_timeout"))?.state, "queued", "another code in between");

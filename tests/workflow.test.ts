@@ -13,7 +13,12 @@ import {
   parseDomain,
   siteUserFor,
 } from "../supabase/functions/hosting-automator/domain.ts";
-import { HostingError } from "../supabase/functions/hosting-automator/errors.ts";
+import {
+  ERROR_CODES,
+  type ErrorCode,
+  failureClass,
+  HostingError,
+} from "../supabase/functions/hosting-automator/errors.ts";
 import { Logger, Redactor } from "../supabase/functions/hosting-automator/log.ts";
 import type { MatomoClient, MatomoSite } from "../supabase/functions/hosting-automator/matomo.ts";
 import type { ExecResult, RemoteShell } from "../supabase/functions/hosting-automator/remote.ts";
@@ -116,7 +121,8 @@ function fakeStore(script: { jobs?: Row[]; answer?: (fn: string, n: number, args
       }
       case "hosting_complete_job":
       case "hosting_complete_removal":
-      case "hosting_release_job": {
+      case "hosting_release_job":
+      case "hosting_server_trouble": {
         if (live) held = null;
         return live;
       }
@@ -151,19 +157,24 @@ const claim = (first: V, time_left_ms: V = BUDGET_MS - RESERVE_MS, site_id: V = 
 });
 const advance = (done: V, start: V, domain: V = null) => ({ fn: "advance", done, start, domain });
 const heartbeat = (step: V = "cloudpanel_site") => ({ fn: "heartbeat", step });
-const complete = (done: V, matomo_site_id: V, backfill: V, doc_root: V = DOC_ROOT) => ({
-  fn: "complete",
-  ...{ done, doc_root, matomo_site_id, backfill },
+// The job's exit, by its outcome (outcome.ts).
+const active = (done: V, matomo_site_id: V, backfill_kind: V, doc_root: V = DOC_ROOT) => ({
+  fn: "exit",
+  ...{ type: "active", done, doc_root, matomo_site_id, backfill_kind },
 });
 const fail = (code: V, permanent: V, done: V, attempt_limit: V = null) => ({
-  fn: "fail",
-  ...{ code, permanent, attempt_limit, done },
+  fn: "exit",
+  ...{ type: "fail", code, permanent, attempt_limit, done },
 });
-const release = (done: V) => ({ fn: "release", done });
-const removed = (done: V) => ({ fn: "removed", done });
-const waitForDns = (done: V) => ({ fn: "wait_for_dns", done });
+const snooze = (done: V) => ({ fn: "exit", type: "snooze", schedule: "dns", done });
+const release = (done: V) => ({ fn: "exit", type: "release", done });
+const removed = (done: V) => ({ fn: "exit", type: "removed", done });
+const serverTrouble = (code: V, done: V) => ({ fn: "exit", type: "server_trouble", code, done });
 
-/** A call with what each test checks: the arguments that decide the job's fate, step ends as step:state:code. */
+/**
+ * A call with what each test checks: the arguments that decide the job's fate, step ends as step:state:code.
+ * The exit is shown by its outcome, whichever SQL function the store's bridge wrote it with.
+ */
 function brief({ fn, args: a }: Call): Row {
   switch (fn) {
     case "hosting_claim_jobs":
@@ -173,15 +184,22 @@ function brief({ fn, args: a }: Call): Row {
     case "hosting_heartbeat":
       return heartbeat(a.p_step);
     case "hosting_complete_job":
-      return complete(ends(a.p_done), a.p_matomo_site_id, a.p_backfill_analytics, a.p_doc_root);
+      return active(
+        ends(a.p_done),
+        a.p_matomo_site_id,
+        a.p_backfill_analytics ? "analytics" : null,
+        a.p_doc_root,
+      );
     case "hosting_fail_job":
       return fail(a.p_code, a.p_permanent, ends(a.p_done), a.p_attempt_limit);
+    case "hosting_wait_for_dns":
+      return snooze(ends(a.p_done));
     case "hosting_release_job":
       return release(ends(a.p_done));
     case "hosting_complete_removal":
       return removed(ends(a.p_done));
-    case "hosting_wait_for_dns":
-      return waitForDns(ends(a.p_done));
+    case "hosting_server_trouble":
+      return serverTrouble(a.p_code, ends(a.p_done));
   }
   return { fn, args: a };
 }
@@ -321,7 +339,7 @@ Deno.test("a provision job runs its five steps in order in seven statements, the
     advance([ended("dns_check")], "ssl_certificate"),
     advance([ended("ssl_certificate")], "https_verify"),
     advance([ended("https_verify")], "matomo_site"),
-    complete([ended("matomo_site")], 7, false),
+    active([ended("matomo_site")], 7, null),
   ]);
   assert.equal(fake.calls.at(-1)!.args.p_certificate_expires_at, "2027-02-27T00:00:00.000Z");
   for (const { args } of fake.calls.slice(1)) {
@@ -337,7 +355,21 @@ Deno.test("a provision job runs its five steps in order in seven statements, the
     message: "Site created on CloudPanel. (0 ms)",
     level: "info",
     duration_ms: 0,
+    // The step's policies: its result settles the stored password, and a removal needs its user and doc root.
+    settles_password: true,
+    keeps: { site_user: USER, doc_root: DOC_ROOT },
   }]);
+  // Every done end carries its step's policies as steps.ts declares them; the other steps declare none.
+  const policies = fake.calls
+    .flatMap(({ args }) => (args.p_done as Row[] | null) ?? [])
+    .map((end) => [end.step, end.settles_password, end.keeps]);
+  assert.deepEqual(policies, [
+    ["cloudpanel_site", true, { site_user: USER, doc_root: DOC_ROOT }],
+    ["dns_check", undefined, undefined],
+    ["ssl_certificate", undefined, undefined],
+    ["https_verify", undefined, undefined],
+    ["matomo_site", undefined, { matomo_site_id: 7 }],
+  ]);
   assert.deepEqual(shell.commands(), ["clpctl site:add:static", "clpctl lets-encrypt:install:certificate"]);
   assert.equal(state.connects, 1, "one SSH connection for both commands");
   assert.deepEqual(matomo.domains, [DOMAIN]);
@@ -354,7 +386,7 @@ Deno.test("an analytics job runs only matomo_site: claim, one transition, comple
   assert.deepEqual(fake.brief(), [
     claim(true),
     advance(null, "matomo_site"),
-    complete([ended("matomo_site")], 12, false),
+    active([ended("matomo_site")], 12, null),
   ]);
   assert.deepEqual(shell.commands(), []);
   assert.equal(state.connects, 0, "no SSH connection for an analytics job");
@@ -379,7 +411,7 @@ Deno.test("steps the journal shows done are skipped without a statement or a com
     advance([ended("dns_check")], "ssl_certificate"),
     advance([ended("ssl_certificate")], "https_verify"),
     advance([ended("https_verify")], "matomo_site"),
-    complete([ended("matomo_site")], 7, false, doneRoot),
+    active([ended("matomo_site")], 7, null, doneRoot),
   ]);
   assert.deepEqual(shell.commands(), ["clpctl lets-encrypt:install:certificate"]);
   assert.equal(outcomes[0].steps[0].status, "already_done");
@@ -529,8 +561,11 @@ Deno.test("Matomo failing in a provision job: transient → active with a backfi
   };
   for (
     const [error, backfill] of [
-      [new HostingError("matomo_unreachable", "Matomo could not be reached: connection refused"), true],
-      [new HostingError("matomo_error", "Matomo refused: you can't access this resource"), false],
+      [
+        new HostingError("matomo_unreachable", "Matomo could not be reached: connection refused"),
+        "analytics",
+      ],
+      [new HostingError("matomo_error", "Matomo refused: you can't access this resource"), null],
     ] as const
   ) {
     const fake = fakeStore({ jobs: [claimRow({ steps: journaled })] });
@@ -539,7 +574,7 @@ Deno.test("Matomo failing in a provision job: transient → active with a backfi
     assert.deepEqual(fake.brief(), [
       claim(true),
       advance(null, "matomo_site"),
-      complete([`matomo_site:failed:${error.code}`], null, backfill),
+      active([`matomo_site:failed:${error.code}`], null, backfill),
     ], error.code);
     assert.equal(outcome.status, "active");
     assert.equal(outcome.warning?.code, error.code);
@@ -555,10 +590,10 @@ Deno.test("Matomo not configured: the step is journaled skipped with the complet
     advance(null, "dns_check"),
     advance([ended("dns_check")], "ssl_certificate"),
     advance([ended("ssl_certificate")], "https_verify"),
-    complete(
+    active(
       [ended("https_verify"), "matomo_site:skipped:matomo_not_configured"],
       null,
-      false,
+      null,
     ),
   ]);
   assert.equal(outcome.warning?.code, "matomo_not_configured");
@@ -599,7 +634,86 @@ Deno.test("a CloudPanel failure fails the attempt as the outcome table says: per
     ], code);
     assert.equal(outcome.status, permanent ? "failed" : "retrying", code);
     assert.equal(outcome.error?.code, code);
+    const [end] = fake.calls.at(-1)!.args.p_done as Row[];
+    assert.ok(!("settles_password" in end) && !("keeps" in end), "a failed end settles and keeps nothing");
   }
+});
+
+Deno.test("a server unreachable at connect is the server's trouble: the job waits for it, the step cut short", async () => {
+  const codes = (Object.keys(ERROR_CODES) as ErrorCode[]).filter((code) => failureClass(code).serverTrouble);
+  assert.ok(codes.length > 0);
+  for (const code of codes) {
+    const fake = fakeStore({ jobs: [claimRow()] });
+    const refused = new HostingError(code, `cloudpanel.test:22: ${code}`);
+    const { run } = setup({ store: fake.store, deps: { connect: () => Promise.reject(refused) } });
+    const { outcomes: [outcome] } = await run();
+    assert.deepEqual(fake.brief(), [
+      claim(true),
+      advance(null, "cloudpanel_site", DOMAIN),
+      serverTrouble(code, ["cloudpanel_site:failed:interrupted"]),
+    ], code);
+    assert.equal(outcome.status, "waiting", code);
+    assert.equal(outcome.error?.code, code);
+    assert.deepEqual(outcome.steps, [], "no step ran");
+  }
+
+  // A connection that fails for a cause its failure class does not call the server's fails the step instead.
+  const fake = fakeStore({ jobs: [claimRow()] });
+  const bug = new HostingError("internal", "the key could not be parsed");
+  const { run } = setup({ store: fake.store, deps: { connect: () => Promise.reject(bug) } });
+  const { outcomes: [outcome] } = await run();
+  assert.deepEqual(fake.brief().at(-1), fail("internal", true, ["cloudpanel_site:failed:internal"]));
+  assert.equal(outcome.status, "failed");
+});
+
+Deno.test("a connection lost in the middle of a command fails the step, and the next job connects again", async () => {
+  const fake = fakeStore({ jobs: [claimRow(), claimRow()] });
+  let calls = 0;
+  const { run, state } = setup({
+    store: fake.store,
+    exec: (command, options) =>
+      ++calls === 1
+        ? Promise.reject(
+          new HostingError("ssh_unreachable", "cloudpanel.test:22: the SSH connection is closed"),
+        )
+        : clpctl(command, options),
+  });
+  const { outcomes } = await run({ drain: true });
+  assert.deepEqual(
+    fake.brief().filter((c) => c.fn === "exit")[0],
+    fail("ssh_unreachable", false, ["cloudpanel_site:failed:ssh_unreachable"]),
+  );
+  assert.deepEqual(outcomes.map((o) => o.status), ["retrying", "active"]);
+  assert.equal(state.connects, 2, "the broken connection was not reused");
+});
+
+Deno.test("an exit the database refuses fails the job instead; one that cannot reach it leaves the job to its lease", async () => {
+  const refusing = fakeStore({
+    jobs: [claimRow({ kind: "analytics" })],
+    answer: (fn) => {
+      if (fn === "hosting_complete_job") {
+        throw new HostingError("internal", "hosting_complete_job failed: 22023 p_doc_root is not a site's");
+      }
+    },
+  });
+  const refused = await setup({ store: refusing.store }).run();
+  assert.deepEqual(refusing.brief().slice(2), [
+    active([ended("matomo_site")], 7, null),
+    fail("internal", true, null),
+  ]);
+  assert.equal(refused.outcomes[0].status, "failed");
+  assert.equal(refused.outcomes[0].error?.code, "internal");
+
+  const away = fakeStore({
+    jobs: [claimRow({ kind: "analytics" }), claimRow({ kind: "analytics" })],
+    answer: (fn) => {
+      if (fn === "hosting_complete_job") throw new HostingError("store_failed", "connection refused");
+    },
+  });
+  const result = await setup({ store: away.store }).run({ drain: true });
+  assert.deepEqual(away.brief().map((c) => c.fn), ["claim", "advance", "exit"], "no further claim");
+  assert.equal(result.outcomes[0].status, "interrupted");
+  assert.equal(result.stopped?.code, "store_failed");
 });
 
 Deno.test("a domain another site owns fails at the first transition: nothing reaches the server, nothing more is written", async () => {
@@ -905,7 +1019,7 @@ Deno.test("DNS not pointing at the server yet: the job waits for DNS (no attempt
     deps: scriptedChecks({ dnsPointsTo: () => Promise.reject(notReady) }),
   });
   const { outcomes: [outcome] } = await run();
-  assert.deepEqual(fake.brief().at(-1), waitForDns(["dns_check:failed:dns_not_ready"]), "its own schedule");
+  assert.deepEqual(fake.brief().at(-1), snooze(["dns_check:failed:dns_not_ready"]), "its own schedule");
   assert.deepEqual(shell.commands(), ["clpctl site:add:static"], "no certificate command");
   assert.equal(outcome.status, "retrying");
   assert.match(outcome.error!.message, /198\.51\.100\.7 \(expected 203\.0\.113\.10\)/);

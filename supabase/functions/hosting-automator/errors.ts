@@ -7,6 +7,25 @@
  * keeps the original error.
  */
 
+/**
+ * A schedule of its own for a job that is not ready yet: it waits on that schedule's backoff without spending
+ * an attempt, and fails once the schedule's limit has passed (the database keeps each schedule's settings).
+ */
+export type Schedule = "dns";
+
+/** What a code means to the queue: its public text, whether a retry can help, and how the job waits. */
+export interface FailureClass {
+  transient: boolean;
+  text: string;
+  /** Not a failure of the work but "not ready yet": the job waits on this schedule, attempt kept. */
+  schedule?: Schedule;
+  /**
+   * Met while connecting to the job's server: the server's trouble, not the site's. Its circuit opens and its
+   * jobs wait for it, attempt kept (the same code in the middle of a command is a failure of that step).
+   */
+  serverTrouble?: true;
+}
+
 /** Stable codes with their default public text and whether a retry can help. */
 export const ERROR_CODES = {
   // input and configuration
@@ -36,15 +55,25 @@ export const ERROR_CODES = {
   },
 
   // CloudPanel over SSH
-  ssh_unreachable: { transient: true, text: "The CloudPanel server could not be reached; will retry." },
-  ssh_timeout: { transient: true, text: "The CloudPanel server did not answer in time; will retry." },
+  ssh_unreachable: {
+    transient: true,
+    serverTrouble: true,
+    text: "The CloudPanel server could not be reached; will retry.",
+  },
+  ssh_timeout: {
+    transient: true,
+    serverTrouble: true,
+    text: "The CloudPanel server did not answer in time; will retry.",
+  },
   ssh_host_key_mismatch: {
     transient: false,
+    serverTrouble: true,
     text:
       "The CloudPanel server's host key does not match the pinned one (CLOUDPANEL_SSH_HOST_KEY, or the server's host_key in hosting_automator.servers); nothing was executed on the server.",
   },
   ssh_auth_failed: {
     transient: false,
+    serverTrouble: true,
     text: "The CloudPanel server refused the SSH key; nothing was executed on the server.",
   },
   cloudpanel_site_user_exists: {
@@ -88,6 +117,7 @@ export const ERROR_CODES = {
   // DNS before the certificate, asked over DNS-over-HTTPS: Let's Encrypt validates against the same records
   dns_not_ready: {
     transient: true,
+    schedule: "dns",
     text:
       "DNS does not point at the server yet (a name has no A or AAAA record, or one that is not the server's); will retry.",
   },
@@ -122,9 +152,14 @@ export const ERROR_CODES = {
   interrupted: { transient: true, text: "Provisioning was interrupted; will resume." },
   store_failed: { transient: true, text: "The database could not be reached." },
   internal: { transient: false, text: "Internal error." },
-} as const satisfies Record<string, { transient: boolean; text: string }>;
+} as const satisfies Record<string, FailureClass>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
+
+/** The failure class of a code. */
+export function failureClass(code: ErrorCode): FailureClass {
+  return ERROR_CODES[code];
+}
 
 export interface HostingErrorOptions {
   /** Safe text for clients and `sites.error_message`; defaults to the code's text. */

@@ -1,6 +1,7 @@
 /**
  * The steps of a job, declared as data: what each step does, its timeout, whether a provisioning job may go on
- * without it, when it is skipped, and which steps each kind of job runs, in order, and how the job ends. The
+ * without it, when it is skipped, what it means to the database (it takes the domain, settles the password,
+ * keeps values for a removal), and which steps each kind of job runs, in order, and how the job ends. The
  * workflow runs whatever the kind lists; adding a step is one entry here plus its client call.
  */
 import { certificateNames } from "./certificate_names.ts";
@@ -8,8 +9,10 @@ import type { CloudPanel } from "./cloudpanel.ts";
 import { docRootFor, type Domain, siteUserFor } from "./domain.ts";
 import type { Logger } from "./log.ts";
 import type { MatomoClient } from "./matomo.ts";
-import type { ClaimedJob, EventLevel, JobKind, SiteCredentials, StepName } from "./store.ts";
+import type { ClaimedJob, EventLevel, JobKind, KeptKey, SiteCredentials, StepName } from "./store.ts";
 import { HostingError, toHostingError } from "./errors.ts";
+import type { StepEnd } from "./journal.ts";
+import { type Completion, Outcome } from "./outcome.ts";
 
 export interface StepTimeouts {
   siteMs: number;
@@ -85,9 +88,18 @@ export interface StepDef {
   optional: boolean;
   /**
    * The step needs the site user's password: the workflow generates one, and the transition that starts the
-   * step stores it in Vault (or returns the one an earlier attempt stored), so every retry sends the same.
+   * step stores it in Vault (or returns the one an earlier attempt stored), so every retry sends the same. Its
+   * done end settles the stored password (`settles_password`): its result's `credentials` says whether the
+   * password is the site user's.
    */
   password?: true;
+  /**
+   * Starting it takes ownership of the job's canonical domain (one site per domain): the transition that
+   * starts it carries the domain, and a domain another site owns ends the job there.
+   */
+  claimsDomain?: true;
+  /** Result values a later removal needs, sent with its done end (`keeps`) for the database to keep. */
+  keeps?: readonly KeptKey[];
   skip: (context: { matomo: MatomoClient | null; options: StepOptions; checks: Checks }) => Skip | null;
   run: (context: StepContext, timeoutMs: number) => Promise<StepDone>;
 }
@@ -98,6 +110,8 @@ export const STEPS: Record<StepName, StepDef> = {
     timeoutMs: (t) => t.siteMs,
     optional: false,
     password: true,
+    claimsDomain: true,
+    keeps: ["site_user", "doc_root"],
     skip: () => null,
     run: async ({ cloudPanel, domain, signal, credentials }, timeoutMs) => {
       const site = await cloudPanel().addStaticSite(domain, {
@@ -197,6 +211,7 @@ export const STEPS: Record<StepName, StepDef> = {
     name: "matomo_site",
     timeoutMs: (t) => t.matomoMs,
     optional: true,
+    keeps: ["matomo_site_id"],
     skip: ({ matomo }) =>
       matomo ? null : {
         code: "matomo_not_configured",
@@ -259,39 +274,39 @@ export const STEPS: Record<StepName, StepDef> = {
   },
 };
 
-/** How a job ends, built from its steps' results: the site goes active, or its removal is done. */
-export type Completion =
-  | {
-    type: "site";
-    docRoot: string;
-    matomoSiteId: number | null;
-    /** The served certificate's expiry, when this job checked it. */
-    certificateExpiresAt: string | null;
-    message: string;
-    /** Queue an analytics job: the Matomo step failed for now. */
-    backfillAnalytics: boolean;
-  }
-  | { type: "removal"; message: string };
+/** A done end's policies, as its step declares them: what the end means to the database beyond the journal. */
+export function policiesOf(
+  def: StepDef,
+  result: Record<string, unknown>,
+): Pick<StepEnd, "settlesPassword" | "keeps"> {
+  return {
+    ...(def.password ? { settlesPassword: true as const } : {}),
+    ...(def.keeps ? { keeps: Object.fromEntries(def.keeps.map((key) => [key, result[key] ?? null])) } : {}),
+  };
+}
 
 export interface CompletionContext {
   domain: Domain;
   results: Partial<Record<StepName, Record<string, unknown>>>;
   /** Why an optional step did not give its result (skipped or failed), if it did not. */
   warning?: { code: string };
-  /** An optional step failed transiently: worth retrying later. */
-  retryable: boolean;
+  /** Queue a job of this kind: an optional step failed for now (the kind's `backfill`). */
+  backfill: JobKind | null;
+  /** The step ends not written yet, written with the completion. */
+  done: StepEnd[];
 }
 
 export interface KindDef {
   steps: readonly StepName[];
-  /** Its first step takes ownership of the canonical domain (one site per domain). */
-  ownsDomain: boolean;
-  /** An optional step that fails lets the job finish without it. */
-  allowsOptionalFailure: boolean;
+  /**
+   * An optional step that fails lets the job finish without it, and a transient failure queues a job of this
+   * kind to do it later. Without it, an optional step's failure fails the job like any step's.
+   */
+  backfill?: JobKind;
   complete: (context: CompletionContext) => Completion;
 }
 
-function siteCompletion({ domain, results, warning, retryable }: CompletionContext): Completion {
+function siteCompletion({ domain, results, warning, backfill, done }: CompletionContext): Completion {
   const docRoot = typeof results.cloudpanel_site?.doc_root === "string"
     ? results.cloudpanel_site.doc_root
     : docRootFor(siteUserFor(domain), domain);
@@ -299,42 +314,37 @@ function siteCompletion({ domain, results, warning, retryable }: CompletionConte
     ? results.matomo_site.matomo_site_id
     : null;
   const notAfter = results.https_verify?.not_after;
-  return {
-    type: "site",
+  return Outcome.active({
     docRoot,
     matomoSiteId,
     certificateExpiresAt: typeof notAfter === "string" ? notAfter : null,
     message: matomoSiteId === null
       ? `Site is active without analytics (${warning?.code ?? "matomo_site"}).`
       : `Site is active; Matomo site ${matomoSiteId}.`,
-    backfillAnalytics: retryable && matomoSiteId === null,
-  };
+    backfillKind: matomoSiteId === null ? backfill : null,
+  }, done);
 }
 
 /** The kinds of job: their steps in order and how each ends. */
 export const KINDS: Record<JobKind, KindDef> = {
   provision: {
     steps: ["cloudpanel_site", "dns_check", "ssl_certificate", "https_verify", "matomo_site"],
-    ownsDomain: true,
-    allowsOptionalFailure: true,
+    backfill: "analytics",
     complete: siteCompletion,
   },
   analytics: {
     steps: ["matomo_site"],
-    ownsDomain: false,
-    allowsOptionalFailure: false,
     complete: siteCompletion,
   },
   remove: {
     steps: ["cloudpanel_site_delete", "matomo_site_delete"],
-    ownsDomain: false,
-    allowsOptionalFailure: false,
-    complete: ({ results }) => ({
-      type: "removal",
-      message: results.cloudpanel_site_delete?.deleted === false
-        ? "Site removed (CloudPanel had no site for it)."
-        : "Site removed.",
-    }),
+    complete: ({ results, done }) =>
+      Outcome.removed(
+        results.cloudpanel_site_delete?.deleted === false
+          ? "Site removed (CloudPanel had no site for it)."
+          : "Site removed.",
+        done,
+      ),
   },
 };
 

@@ -6,7 +6,9 @@
 import { z } from "zod";
 import { DEFAULT_STEP_MS } from "./defaults.ts";
 import { HostingError } from "./errors.ts";
+import { endsJson, type StepEnd } from "./journal.ts";
 import { Redactor } from "./log.ts";
+import { type Outcome, type OutcomeJson, outcomeJson } from "./outcome.ts";
 
 export const STEP_NAMES = [
   "cloudpanel_site",
@@ -81,6 +83,8 @@ const removalTarget = z.object({
   matomo_site_id: z.number().int().positive().nullable(),
 }).transform((t) => ({ siteUser: t.site_user, docRoot: t.doc_root, matomoSiteId: t.matomo_site_id }));
 export type RemovalTarget = z.output<typeof removalTarget>;
+/** The result values a removal needs, as steps keep them (`StepDef.keeps`) and the claim answers them. */
+export type KeptKey = keyof z.input<typeof removalTarget>;
 
 /** A server's address as the SQL answers it, and as the SSH client takes it. */
 const serverFields = {
@@ -167,6 +171,19 @@ const advanceAnswer = z.union([
   }),
 ]);
 export type Advance = z.output<typeof advanceAnswer>;
+
+/** The exit's answer: the job's state now (and when it runs again, when queued), or the lease was lost. */
+const exitAnswer = z.union([
+  z.object({ ok: z.literal(false), reason: z.literal("lease_lost") }),
+  z.object({
+    ok: z.literal(true),
+    state: z.enum(["succeeded", "queued", "failed", "cancelled"]),
+    run_at: z.string().optional(),
+    attempts: z.number().int().optional(),
+  }),
+]);
+export type ExitAnswer = z.output<typeof exitAnswer>;
+export type ExitTaken = Extract<ExitAnswer, { ok: true }>;
 
 const enqueueResult = z.object({
   found: z.boolean(),
@@ -368,55 +385,11 @@ export interface Lease {
   leaseToken: string;
 }
 
-/** How a step ended, journaled with the next transition. Messages are redacted by the store. */
-export interface StepEnd {
-  step: StepName;
-  state: Exclude<StepState, "started">;
-  result?: Record<string, unknown>;
-  code?: string;
-  message?: string;
-  level?: EventLevel;
-  durationMs?: number;
-}
-
-function endJson(ends: StepEnd | StepEnd[] | undefined, redact: (text: string) => string): unknown {
-  if (ends === undefined) return null;
-  const one = (e: StepEnd) => ({
-    step: e.step,
-    state: e.state,
-    result: e.result ?? {},
-    ...(e.code !== undefined ? { code: e.code } : {}),
-    ...(e.message !== undefined ? { message: redact(e.message) } : {}),
-    level: e.level ?? "info",
-    ...(e.durationMs !== undefined ? { duration_ms: Math.round(e.durationMs) } : {}),
-  });
-  if (Array.isArray(ends)) return ends.length === 0 ? null : ends.map(one);
-  return one(ends);
-}
-
-export interface Completion {
-  docRoot: string;
-  matomoSiteId: number | null;
-  message?: string;
-  /** The last step's end, journaled with the completion. */
-  done?: StepEnd | StepEnd[];
-  /** Queue an analytics job: the Matomo step failed for now and the site goes active without it. */
-  backfillAnalytics?: boolean;
-  /** The expiry of the certificate the site was seen to serve. */
-  certificateExpiresAt?: string | null;
-}
-
-export interface Failure {
-  code: string;
-  publicMessage: string;
-  /** Redacted by the store. */
-  internalMessage: string;
-  permanent: boolean;
-  /** The same code this many times in a row fails the job. */
-  attemptLimit?: number;
-  /** The failed step's end, journaled with the failure. */
-  done?: StepEnd;
-}
+/**
+ * What the workflow needs of the store: claim a job, cross its step boundaries, renew its lease, end it; and
+ * close a server's circuit when it answers again after failures.
+ */
+export type WorkerStore = Pick<Store, "claim" | "advance" | "heartbeat" | "exit" | "serverOk">;
 
 export class Store {
   readonly #call: SqlCaller;
@@ -516,14 +489,14 @@ export class Store {
   async advance(
     lease: Lease,
     leaseSeconds: number,
-    transition: { done?: StepEnd | StepEnd[]; start?: StepName; domain?: string; password?: string },
+    transition: { done?: readonly StepEnd[]; start?: StepName; domain?: string; password?: string },
   ): Promise<Advance> {
     const answer = advanceAnswer.parse(
       await this.#write("hosting_advance", {
         p_job_id: lease.jobId,
         p_lease_token: lease.leaseToken,
         p_lease_seconds: leaseSeconds,
-        p_done: endJson(transition.done, this.#redact),
+        p_done: endsJson(transition.done ?? [], this.#redact),
         p_start: transition.start ?? null,
         p_domain: transition.domain ?? null,
         p_password: transition.password ?? null,
@@ -534,39 +507,70 @@ export class Store {
     return answer;
   }
 
-  async complete(lease: Lease, completion: Completion): Promise<boolean> {
-    return z.boolean().parse(
-      await this.#write("hosting_complete_job", {
-        p_job_id: lease.jobId,
-        p_lease_token: lease.leaseToken,
-        p_doc_root: completion.docRoot,
-        p_matomo_site_id: completion.matomoSiteId,
-        p_message: completion.message === undefined ? null : this.#redact(completion.message),
-        p_done: endJson(completion.done, this.#redact),
-        p_backfill_analytics: completion.backfillAnalytics ?? false,
-        p_certificate_expires_at: completion.certificateExpiresAt ?? null,
-      }, "value"),
-    );
+  /**
+   * The job's one exit from `running`, under the lease guard: the outcome (outcome.ts) and the step ends it
+   * carries, in one statement. Every text passes the redactor.
+   */
+  async exit(lease: Lease, outcome: Outcome): Promise<ExitAnswer> {
+    return exitAnswer.parse(await this.#exitBridge(lease, outcomeJson(outcome, this.#redact)));
   }
 
-  /**
-   * The job's server could not be reached: its circuit opens with backoff and the job is given back without
-   * spending the attempt. False when the lease was lost.
-   */
-  async serverTrouble(
-    lease: Lease,
-    trouble: { code: string; message: string; done?: StepEnd | StepEnd[] },
-  ): Promise<boolean> {
-    return z.boolean().parse(
-      await this.#write("hosting_server_trouble", {
-        p_job_id: lease.jobId,
-        p_lease_token: lease.leaseToken,
-        p_code: trouble.code,
-        p_message: this.#redact(trouble.message),
-        p_done: endJson(trouble.done, this.#redact),
-      }, "value"),
-    );
+  // ---------------------------------------------------------------------------------------------------------
+  // BRIDGE, until `public.hosting_exit(p_job_id bigint, p_lease_token uuid, p_outcome jsonb) returns jsonb`
+  // exists: each outcome goes to the SQL function that writes it today, and the answer is made the exit's.
+  // Replace the whole method by:
+  //   return this.#write("hosting_exit", { p_job_id: lease.jobId, p_lease_token: lease.leaseToken,
+  //     p_outcome: json }, "value");
+  async #exitBridge(lease: Lease, json: OutcomeJson): Promise<unknown> {
+    const lost = { ok: false, reason: "lease_lost" };
+    const call = (fn: string, args: Record<string, unknown>) =>
+      this.#write(
+        fn,
+        { p_job_id: lease.jobId, p_lease_token: lease.leaseToken, p_done: json.done, ...args },
+        "value",
+      );
+    // The old functions answer true (taken) or false, or hosting_fail_job's {state, run_at, attempts} or null.
+    const flag = async (fn: string, args: Record<string, unknown>, state: string) =>
+      await call(fn, args) === true ? { ok: true, state } : lost;
+    const next = async (fn: string, args: Record<string, unknown>) => {
+      const answer = await call(fn, args);
+      return answer === null ? lost : { ok: true, ...answer as object };
+    };
+    switch (json.type) {
+      case "active":
+        if (json.backfill_kind !== null && json.backfill_kind !== "analytics") break;
+        return await flag("hosting_complete_job", {
+          p_doc_root: json.doc_root,
+          p_matomo_site_id: json.matomo_site_id,
+          p_message: json.message,
+          p_backfill_analytics: json.backfill_kind === "analytics",
+          p_certificate_expires_at: json.certificate_expires_at,
+        }, "succeeded");
+      case "removed":
+        return await flag("hosting_complete_removal", { p_message: json.message }, "succeeded");
+      case "fail":
+        return await next("hosting_fail_job", {
+          p_code: json.code,
+          p_public_message: json.public_message,
+          p_internal_message: json.internal_message,
+          p_permanent: json.permanent,
+          p_attempt_limit: json.attempt_limit,
+        });
+      case "snooze":
+        if (json.schedule !== "dns") break;
+        return await next("hosting_wait_for_dns", {
+          p_public_message: json.public_message,
+          p_internal_message: json.internal_message,
+        });
+      case "release":
+        return await flag("hosting_release_job", { p_reason: json.reason }, "queued");
+      case "server_trouble":
+        return await flag("hosting_server_trouble", { p_code: json.code, p_message: json.message }, "queued");
+    }
+    throw new HostingError("internal", `the database has no exit for ${json.type} outcomes like this one`);
   }
+  // END OF BRIDGE
+  // ---------------------------------------------------------------------------------------------------------
 
   /** A server with failures answered again: its circuit closes. */
   async serverOk(name: string): Promise<void> {
@@ -576,86 +580,6 @@ export class Store {
   /** Every registered server (for the dry run's checks). */
   async servers(): Promise<ServerRow[]> {
     return z.array(serverRow).parse(await this.#call("hosting_servers", {}, "value"));
-  }
-
-  /** Finishes a removal; false when the lease was lost. */
-  async completeRemoval(
-    lease: Lease,
-    completion: { message?: string; done?: StepEnd | StepEnd[] },
-  ): Promise<boolean> {
-    return z.boolean().parse(
-      await this.#write("hosting_complete_removal", {
-        p_job_id: lease.jobId,
-        p_lease_token: lease.leaseToken,
-        p_message: completion.message === undefined ? null : this.#redact(completion.message),
-        p_done: endJson(completion.done, this.#redact),
-      }, "value"),
-    );
-  }
-
-  /**
-   * DNS does not point at the server yet: queued again on the DNS schedule without spending the attempt, or
-   * failed once the site has waited too long. Null when the lease was lost.
-   */
-  async waitForDns(lease: Lease, wait: { publicMessage: string; internalMessage: string; done?: StepEnd }) {
-    return failOutcome.parse(
-      await this.#write("hosting_wait_for_dns", {
-        p_job_id: lease.jobId,
-        p_lease_token: lease.leaseToken,
-        p_public_message: this.#redact(wait.publicMessage),
-        p_internal_message: this.#redact(wait.internalMessage),
-        p_done: endJson(wait.done, this.#redact),
-      }, "value"),
-    );
-  }
-
-  /** Null when the lease was lost. */
-  async fail(lease: Lease, failure: Failure): Promise<FailOutcome> {
-    return failOutcome.parse(
-      await this.#write("hosting_fail_job", {
-        p_job_id: lease.jobId,
-        p_lease_token: lease.leaseToken,
-        p_code: failure.code,
-        p_public_message: this.#redact(failure.publicMessage),
-        p_internal_message: this.#redact(failure.internalMessage),
-        p_permanent: failure.permanent,
-        p_attempt_limit: failure.attemptLimit ?? null,
-        p_done: endJson(failure.done, this.#redact),
-      }, "value"),
-    );
-  }
-
-  /** Gives the job back without spending the attempt; `done` journals a step cut short. */
-  async release(lease: Lease, reason: string, done?: StepEnd | StepEnd[]): Promise<boolean> {
-    return z.boolean().parse(
-      await this.#write("hosting_release_job", {
-        p_job_id: lease.jobId,
-        p_lease_token: lease.leaseToken,
-        p_reason: this.#redact(reason),
-        p_done: endJson(done, this.#redact),
-      }, "value"),
-    );
-  }
-
-  /** `message` is redacted by the store. */
-  async logEvent(
-    event: {
-      siteId: string;
-      jobId: number;
-      step: StepName;
-      level: EventLevel;
-      code: string;
-      message: string;
-    },
-  ): Promise<void> {
-    await this.#call("hosting_log_event", {
-      p_site_id: event.siteId,
-      p_job_id: event.jobId,
-      p_step: event.step,
-      p_level: event.level,
-      p_code: event.code,
-      p_message: this.#redact(event.message),
-    }, "value");
   }
 
   /** Asks for a site's removal (its row is kept and ends `removed`). */

@@ -1,6 +1,6 @@
 /**
- * The provisioning workflow: claim a job → run the steps its kind plans (steps.ts), each journaled → complete
- * or fail it, then claim the next due job while the worker's time allows.
+ * The provisioning workflow: claim a job → run the steps its kind plans (steps.ts), each journaled → end it
+ * with one outcome (outcome.ts), then claim the next due job while the worker's time allows.
  *
  * Resumable: a step the journal shows as done is skipped, so a job taken over after a crash continues where it
  * stopped. Every write goes through the lease; a worker that lost its lease stops without writing.
@@ -8,7 +8,11 @@
  * Leases are short (HOSTING_LEASE_SECONDS) and renewed in the background while a step runs, so a dead worker's
  * slot is free again within one lease. On the normal path a provisioning job costs seven statements: the
  * claim, one transition per step boundary (the end of one step and the start of the next together; five steps),
- * and the completion with the last step's end.
+ * and the exit with the last step's end.
+ *
+ * A job stops in one of two ways: with an outcome, a value the store's exit writes in one guarded statement
+ * (active, removed, fail, snooze, release, server trouble), or settled already: the database ended it at a
+ * step boundary (cancelled, domain taken), the lease is lost, or the database cannot be reached.
  *
  * Time: the deadline is the earlier of the invocation's budget and the worker's own wall-clock limit, which on
  * Supabase counts from the worker's start, not the request's. A job is claimed only when its expected
@@ -16,37 +20,40 @@
  * its slot up, and the claim rings the doorbell so another worker takes it.
  */
 import { CloudPanel } from "./cloudpanel.ts";
+import { Connections } from "./connections.ts";
 import { DEFAULT_STEP_MS, LEASE_SECONDS } from "./defaults.ts";
-import { type Domain, generatePassword, parseDomain } from "./domain.ts";
-import { HostingError, toHostingError } from "./errors.ts";
+import { generatePassword, parseDomain } from "./domain.ts";
+import { type ErrorCode, failureClass, HostingError, toHostingError } from "./errors.ts";
+import type { StepEnd } from "./journal.ts";
 import type { Logger } from "./log.ts";
 import type { MatomoClient } from "./matomo.ts";
+import { Outcome, type Settled, settledBy } from "./outcome.ts";
 import type { RemoteShell } from "./remote.ts";
 import {
   type Checks,
-  type Completion,
-  type KindDef,
   KINDS,
   PLANS,
+  policiesOf,
+  type StepContext,
   type StepDef,
   type StepOptions,
   STEPS,
   type StepTimeouts,
 } from "./steps.ts";
 import type {
+  Advance,
   ClaimedJob,
   ClaimedServer,
-  FailOutcome,
+  JobKind,
   Lease,
   SiteCredentials,
-  StepEnd,
   StepName,
-  Store,
+  WorkerStore,
 } from "./store.ts";
 import type { FleetConfig, ServerAddress } from "./config.ts";
 
 export interface WorkflowDeps {
-  store: Store;
+  store: WorkerStore;
   logger: Logger;
   /** Opens the SSH connection to a server; called at most once per server and invocation, at its first step. */
   connect: (server: ServerAddress) => Promise<RemoteShell>;
@@ -149,39 +156,6 @@ export const RESERVE_MS = 3_000;
 export const WALL_CLOCK_MARGIN_MS = 5_000;
 const SHUTDOWN_REASON = "The worker is shutting down; queued to continue.";
 
-class LeaseLost extends Error {}
-/**
- * The job's server could not be reached (refused, timed out, wrong host key, key refused): the server's
- * trouble, not the site's. Its circuit opens and the job waits for it without spending an attempt.
- */
-class ServerTrouble extends Error {
-  constructor(readonly failure: HostingError) {
-    super(failure.message);
-  }
-}
-/** The server paused: the job was given back until its circuit closes. */
-class Paused extends Error {
-  constructor(readonly failure: HostingError) {
-    super(failure.message);
-  }
-}
-class Released extends Error {}
-class Shutdown extends Error {}
-/** A removal of the site was queued after this job: the database cancelled it. */
-class Cancelled extends Error {}
-/**
- * Another site owns this canonical domain (or is still being removed with it); the database already failed
- * the job, or queued it again (`next`).
- */
-class DomainTaken extends Error {
-  constructor(
-    readonly code: "domain_taken" | "domain_being_removed",
-    message: string,
-    readonly next?: FailOutcome,
-  ) {
-    super(message);
-  }
-}
 /** Without checks configured: no public addresses (DNS is not checked), and no served certificate to see. */
 const NO_CHECKS: Checks = {
   publicIps: [],
@@ -191,12 +165,40 @@ const NO_CHECKS: Checks = {
 
 /** Said once per process: where the database has no Vault, site passwords are not kept. */
 let vaultAbsenceSaid = false;
-/** A step failed; `end` is its journal entry, written with the job's failure. */
-class StepFailed extends Error {
-  constructor(readonly failure: HostingError, readonly end: StepEnd, readonly outcome: StepOutcome) {
-    super(failure.message);
-  }
+
+/** A job being run: its lease, its log, its report, and the step ends the next transition writes. */
+interface Run {
+  job: ClaimedJob;
+  lease: Lease;
+  log: Logger;
+  report: JobOutcome;
+  /** Step ends not written yet: they travel with the next transition (the next step's start, or the exit). */
+  pending: StepEnd[];
+  /** This job's connection to its server failed: that failure is the server's trouble, not the step's. */
+  unreachable?: HostingError;
 }
+
+/** How a job stops: an outcome for the exit to write, or settled already. */
+type Ending = Outcome | Settled;
+/** A step that ran to its end: done, or failed (`failure`); the job decides whether it goes on. */
+type Ran = { end: StepEnd; failure?: HostingError };
+
+const LEASE_LOST: Settled = { status: "lease_lost" };
+/** Failures of our own machinery: never a reason to go on without an optional step. */
+const MACHINERY: ReadonlySet<string> = new Set<ErrorCode>(["store_failed", "internal"]);
+
+/** What the log says when a job stops, by what the workflow reports. */
+const SAID: Record<JobStatus, [level: "info" | "warn" | "error", message: string]> = {
+  active: ["info", "job succeeded"],
+  removed: ["info", "site removed"],
+  retrying: ["warn", "job not finished: queued again"],
+  failed: ["error", "job failed"],
+  released: ["info", "job given back to continue in another invocation"],
+  waiting: ["warn", "server unreachable: the job waits for it, attempt kept"],
+  cancelled: ["info", "job cancelled: the site is being removed"],
+  lease_lost: ["warn", "lease lost: another worker owns this job now; stopping without writing"],
+  interrupted: ["warn", "the database could not be reached; the job resumes once its lease expires"],
+};
 
 export class Invocation {
   readonly worker = `ef-${crypto.randomUUID().slice(0, 8)}`;
@@ -207,8 +209,7 @@ export class Invocation {
   readonly #leaseSeconds: number;
   /** Aborted on shutdown: running steps stop, their jobs are given back. */
   readonly #shutdown = new AbortController();
-  /** One SSH connection per server, opened at the first step that needs it. */
-  readonly #shells = new Map<string, Promise<RemoteShell>>();
+  readonly #connections: Connections;
   #stopped: RunResult["stopped"];
   #onProgress: RunOptions["onProgress"];
   #answeredKick = false;
@@ -223,6 +224,7 @@ export class Invocation {
       : Math.min(budgetEnd, deps.workerDeadline - WALL_CLOCK_MARGIN_MS);
     this.#log = deps.logger.child({ worker: this.worker });
     this.#leaseSeconds = deps.leaseSeconds ?? LEASE_SECONDS.default;
+    this.#connections = new Connections(deps.connect, (name) => deps.store.serverOk(name));
   }
 
   get leaseSeconds(): number {
@@ -232,12 +234,11 @@ export class Invocation {
   /** Stops claiming and gives running jobs back at once, without spending their attempts. */
   shutdown(reason: string): void {
     if (this.#shutdown.signal.aborted) return;
-    this.#stop(
-      new HostingError("interrupted", `shutdown: ${reason}`, {
-        publicMessage: `The worker is shutting down (${reason}); unfinished jobs were given back.`,
-      }),
-    );
-    this.#shutdown.abort(new Shutdown(reason));
+    const error = new HostingError("interrupted", `shutdown: ${reason}`, {
+      publicMessage: `The worker is shutting down (${reason}); unfinished jobs were given back.`,
+    });
+    this.#stop(error);
+    this.#shutdown.abort(error);
   }
 
   /** Settles when the current run has ended (for a shutdown to wait on). */
@@ -298,7 +299,7 @@ export class Invocation {
       await Promise.all(Array.from({ length: Math.max(1, options.concurrency ?? 1) }, lane));
     } finally {
       this.#deps.registry?.delete(this);
-      await this.#closeShells();
+      await this.#connections.close();
     }
     return { outcomes, stopped: this.#stopped };
   }
@@ -316,397 +317,278 @@ export class Invocation {
     });
   }
 
-  /** The CloudPanel client of one job, on its server's connection (opened once per server and invocation). */
-  #cloudPanel(log: Logger, server: ClaimedServer): () => CloudPanel {
-    let client: CloudPanel | undefined;
-    return () =>
-      client ??= new CloudPanel(() => {
-        let shell = this.#shells.get(server.name);
-        if (!shell) {
-          shell = this.#connect(server);
-          this.#shells.set(server.name, shell);
-        }
-        return shell;
-      }, log);
-  }
-
-  async #connect(server: ClaimedServer): Promise<RemoteShell> {
-    let shell: RemoteShell;
-    try {
-      shell = await this.#deps.connect(server);
-    } catch (error) {
-      // Not kept: the next job on this server (once its circuit closes) connects again.
-      this.#shells.delete(server.name);
-      throw new ServerTrouble(toHostingError(error));
-    }
-    // It answered again after failures: its circuit closes (a best effort; the next failure would reopen it).
-    if (server.failures > 0) await this.#deps.store.serverOk(server.name).catch(() => {});
-    return shell;
-  }
-
-  /** Forgets a server's connection that broke, so the next job on it connects again. */
-  #dropShell(name: string): void {
-    const shell = this.#shells.get(name);
-    this.#shells.delete(name);
-    shell?.then((s) => s.close(), () => {}).catch(() => {});
-  }
-
-  async #closeShells(): Promise<void> {
-    const shells = [...this.#shells.values()];
-    this.#shells.clear();
-    for (const shell of shells) await (await shell.catch(() => null))?.close().catch(() => {});
-  }
-
+  /** A job, from its claim to its end: its steps, then its outcome written (or settled already). */
   async #runJob(job: ClaimedJob): Promise<JobOutcome> {
     const started = this.#clock();
-    const log = this.#log.child({ site: job.siteId, job: job.jobId, domain: job.domain ?? undefined });
-    const lease: Lease = { jobId: job.jobId, leaseToken: job.leaseToken };
-    const outcome: JobOutcome = {
-      job_id: job.jobId,
-      site_id: job.siteId,
-      domain: job.domain,
-      kind: job.kind,
-      attempt: job.attempt,
-      status: "active",
-      steps: [],
-      duration_ms: 0,
+    const run: Run = {
+      job,
+      lease: { jobId: job.jobId, leaseToken: job.leaseToken },
+      log: this.#log.child({ site: job.siteId, job: job.jobId, domain: job.domain ?? undefined }),
+      report: {
+        job_id: job.jobId,
+        site_id: job.siteId,
+        domain: job.domain,
+        kind: job.kind,
+        attempt: job.attempt,
+        status: "active",
+        steps: [],
+        duration_ms: 0,
+      },
+      pending: [],
     };
     this.#onProgress?.({ kind: "job_started", job });
-    log.info("job started", { kind: job.kind, attempt: job.attempt, max_attempts: job.maxAttempts });
+    run.log.info("job started", { kind: job.kind, attempt: job.attempt, max_attempts: job.maxAttempts });
 
-    try {
-      // Validated before anything reaches the server; an invalid domain never opens a connection. The text
-      // judged must be exactly the stored text, not what a driver made of it.
-      if (!job.domainIntact) {
-        throw new HostingError("invalid_domain", "the domain read differs from the stored text", {
-          publicMessage:
-            "The domain is invalid: it contains a character that does not survive being read (such as a byte order mark or another invisible character); write it again without it.",
-        });
-      }
-      const domain = parseDomain(job.domain);
-      const kind = KINDS[job.kind];
-      const cloudPanel = this.#cloudPanel(log, job.server);
-      const checks = this.#deps.checksFor?.(job.server) ?? NO_CHECKS;
-      const results: Partial<Record<StepName, Record<string, unknown>>> = {};
-      /** The end of the step that ran last, written with the next transition. */
-      let pending: StepEnd[] = [];
-      let retryable = false;
-
-      for (const name of kind.steps) {
-        const def = STEPS[name];
-        const prior = job.steps[name];
-        if (prior?.state === "done") {
-          results[name] = prior.result;
-          outcome.steps.push({ step: name, status: "already_done", duration_ms: 0 });
-          continue;
-        }
-        const skip = def.skip({ matomo: this.#deps.matomo, options: this.#stepOptions, checks });
-        if (skip) {
-          pending.push({
-            step: name,
-            state: "skipped",
-            code: skip.code,
-            message: skip.message,
-            level: skip.level,
-          });
-          outcome.steps.push({ step: name, status: "skipped", duration_ms: 0, code: skip.code });
-          if (skip.level === "warn") outcome.warning = { code: skip.code, message: skip.message };
-          continue;
-        }
-        const ran = await this.#step({
-          job,
-          lease,
-          log,
-          def,
-          kind,
-          domain,
-          cloudPanel,
-          checks,
-          results,
-          pending,
-        });
-        pending = [ran.end];
-        outcome.steps.push(ran.outcome);
-        if (ran.end.state === "done") {
-          results[name] = ran.end.result;
-          continue;
-        }
-        // An optional step failed in a job that may go on without it: the site goes active without it.
-        const failure = ran.failure!;
-        outcome.warning = {
-          code: failure.code,
-          message: failure.transient
-            ? `${failure.publicMessage} The site is active without analytics; it is retried automatically.`
-            : `${failure.publicMessage} The site is active without analytics; fix the cause, then retry it.`,
-        };
-        retryable ||= failure.transient;
-        log.warn("optional step failed; the site goes active without it", {
-          step: name,
-          code: failure.code,
-          backfill: failure.transient,
-        });
-      }
-
-      const completion = kind.complete({ domain, results, warning: outcome.warning, retryable });
-      if (!await this.#complete(lease, completion, pending)) throw new LeaseLost();
-      if (completion.type === "site") {
-        outcome.status = "active";
-        outcome.doc_root = completion.docRoot;
-        outcome.matomo_site_id = completion.matomoSiteId;
-        log.info("job succeeded", {
-          doc_root: completion.docRoot,
-          matomo_site_id: completion.matomoSiteId,
-          backfill: completion.backfillAnalytics,
-        });
-      } else {
-        outcome.status = "removed";
-        log.info("site removed");
-      }
-    } catch (error) {
-      await this.#settle(error, job, lease, outcome, log);
-    }
-
-    outcome.duration_ms = Math.round(this.#clock() - started);
-    this.#onProgress?.({ kind: "job_finished", job, outcome });
-    return outcome;
+    const ending = await this.#steps(run).catch((error) => this.#failed(run, toHostingError(error), []));
+    const { detail, ...settled } = "type" in ending ? await this.#exit(run, ending) : ending;
+    Object.assign(run.report, settled);
+    const [level, said] = SAID[settled.status];
+    run.log[level](said, {
+      server: job.server.name,
+      code: settled.error?.code,
+      next_run_at: settled.next_run_at,
+      doc_root: settled.doc_root,
+      matomo_site_id: settled.matomo_site_id,
+      detail,
+    });
+    run.report.duration_ms = Math.round(this.#clock() - started);
+    this.#onProgress?.({ kind: "job_finished", job, outcome: run.report });
+    return run.report;
   }
 
-  /** The job's last statement: the site goes active, or its removal is done (with the last step's end). */
-  #complete(lease: Lease, completion: Completion, done: StepEnd[]): Promise<boolean> {
-    return completion.type === "site"
-      ? this.#deps.store.complete(lease, {
-        docRoot: completion.docRoot,
-        matomoSiteId: completion.matomoSiteId,
-        message: completion.message,
-        done,
-        backfillAnalytics: completion.backfillAnalytics,
-        certificateExpiresAt: completion.certificateExpiresAt,
-      })
-      : this.#deps.store.completeRemoval(lease, { message: completion.message, done });
+  /** The steps of the job's kind in order, each journaled; the job's completion, or where it stopped. */
+  async #steps(run: Run): Promise<Ending> {
+    const { job } = run;
+    // Validated before anything reaches the server; an invalid domain never opens a connection. The text
+    // judged must be exactly the stored text, not what a driver made of it.
+    if (!job.domainIntact) return Outcome.failure(unreadableDomain(), []);
+    const kind = KINDS[job.kind];
+    const context = {
+      job,
+      domain: parseDomain(job.domain),
+      log: run.log,
+      cloudPanel: this.#cloudPanel(run),
+      matomo: this.#deps.matomo,
+      checks: this.#deps.checksFor?.(job.server) ?? NO_CHECKS,
+      results: {} as StepContext["results"],
+    };
+    let backfill: JobKind | null = null;
+
+    for (const name of kind.steps) {
+      const def = STEPS[name];
+      if (this.#passedOver(run, def, context)) continue;
+      const ran = await this.#step(run, def, context);
+      if (!("end" in ran)) return ran;
+      run.pending = [ran.end];
+      if (!ran.failure) {
+        context.results[name] = ran.end.result ?? {};
+      } else if (def.optional && kind.backfill && !MACHINERY.has(ran.failure.code)) {
+        if (this.#goesOnWithout(run, def, ran.failure)) backfill = kind.backfill;
+      } else {
+        return this.#failed(run, ran.failure, run.pending);
+      }
+    }
+    return kind.complete({ ...context, warning: run.report.warning, backfill, done: run.pending });
+  }
+
+  /**
+   * A step that does not run: done in an earlier run (the journal says so; its result is reused), or skipped in
+   * this deployment (journaled with the next transition).
+   */
+  #passedOver(run: Run, def: StepDef, context: Pick<StepContext, "results" | "checks">): boolean {
+    const step = def.name;
+    const prior = run.job.steps[step];
+    if (prior?.state === "done") {
+      context.results[step] = prior.result;
+      run.report.steps.push({ step, status: "already_done", duration_ms: 0 });
+      return true;
+    }
+    const skip = def.skip({ matomo: this.#deps.matomo, options: this.#stepOptions, checks: context.checks });
+    if (!skip) return false;
+    const { code, message, level } = skip;
+    run.pending.push({ step, state: "skipped", code, message, level });
+    run.report.steps.push({ step, status: "skipped", duration_ms: 0, code });
+    if (level === "warn") run.report.warning = { code, message };
+    return true;
+  }
+
+  /**
+   * An optional step failed in a job that may go on without it: the site goes active without it, with a
+   * warning. True when a retry can help (the kind's backfill job does it later).
+   */
+  #goesOnWithout(run: Run, def: StepDef, { code, transient, publicMessage }: HostingError): boolean {
+    run.report.warning = {
+      code,
+      message: transient
+        ? `${publicMessage} The site is active without analytics; it is retried automatically.`
+        : `${publicMessage} The site is active without analytics; fix the cause, then retry it.`,
+    };
+    run.log.warn("optional step failed; the site goes active without it", {
+      step: def.name,
+      code,
+      backfill: transient,
+    });
+    return transient;
+  }
+
+  /**
+   * One step: started with the ends before it (one statement), run within a timeout that fits the deadline
+   * while its lease is renewed, and its end returned for the next transition; or the job's ending, when the
+   * job stops at this step (time, shutdown, its server unreachable, the database's answer, the lease lost).
+   */
+  async #step(
+    run: Run,
+    def: StepDef,
+    context: Omit<StepContext, "credentials" | "signal">,
+  ): Promise<Ran | Ending> {
+    const step = def.name;
+    const timeoutMs = def.timeoutMs(this.#deps.timeouts);
+    const left = this.#remaining() - RESERVE_MS;
+    if (this.#shutdown.signal.aborted) return Outcome.release(SHUTDOWN_REASON, run.pending);
+    if (left < Math.min(run.job.estimates[step] ?? DEFAULT_STEP_MS, timeoutMs)) {
+      return Outcome.release(`Time budget spent before ${step}; queued to continue.`, run.pending);
+    }
+    // A password is registered before it goes anywhere, so no log line or write can carry it.
+    const candidate = def.password ? generatePassword() : undefined;
+    if (candidate) run.log.redactor.add(candidate);
+    const advanced = await this.#deps.store.advance(run.lease, this.#leaseSeconds, {
+      done: run.pending,
+      start: step,
+      domain: def.claimsDomain ? context.domain : undefined,
+      password: candidate,
+    });
+    if (!advanced.ok) return refused(advanced);
+    run.pending = [];
+    const credentials = candidate ? this.#credentials(advanced.credentials, candidate, run.log) : undefined;
+    this.#onProgress?.({ kind: "step_started", job: run.job, step });
+
+    const effective = Math.min(timeoutMs, left);
+    const started = this.#clock();
+    const lost = new AbortController();
+    // A step whose time was cut to the deadline stops there, whatever its client does with the timeout.
+    const atDeadline = effective < timeoutMs ? AbortSignal.timeout(Math.max(0, effective)) : null;
+    const signal = AbortSignal.any([lost.signal, this.#shutdown.signal, ...(atDeadline ? [atDeadline] : [])]);
+    const renewal = this.#renewWhileRunning(run.lease, step, lost);
+    try {
+      const done = await abortable(def.run({ ...context, credentials, signal }, effective), signal);
+      const duration = Math.round(this.#clock() - started);
+      run.log.info("step done", { step, duration_ms: duration });
+      const end: StepEnd = {
+        step,
+        state: "done",
+        result: done.result,
+        code: `${step}_done`,
+        message: `${done.message} (${duration} ms)`,
+        durationMs: duration,
+        ...policiesOf(def, done.result),
+      };
+      return { end: this.#ended(run, end, { step, status: "done", duration_ms: duration }) };
+    } catch (error) {
+      if (lost.signal.aborted) return LEASE_LOST;
+      const duration = Math.round(this.#clock() - started);
+      return this.#stepFailed(run, step, toHostingError(error), duration, {
+        atDeadline: atDeadline?.aborted ?? false,
+        shortened: effective < timeoutMs,
+      });
+    } finally {
+      clearInterval(renewal);
+    }
+  }
+
+  /**
+   * A step that failed or was stopped: the job given back (shutdown, time), its server's trouble (the
+   * connection failed), or the step's failed end, for the job to decide on.
+   */
+  #stepFailed(
+    run: Run,
+    step: StepName,
+    failure: HostingError,
+    duration: number,
+    time: { atDeadline: boolean; shortened: boolean },
+  ): Ran | Ending {
+    const cut = (reason: string): StepEnd[] => [{
+      step,
+      state: "failed",
+      code: "interrupted",
+      message: `${step} stopped after ${duration} ms: ${reason}`,
+      level: "warn",
+      durationMs: duration,
+    }];
+    if (this.#shutdown.signal.aborted) return Outcome.release(SHUTDOWN_REASON, cut("shutdown"));
+    if (failure === run.unreachable && failureClass(failure.code).serverTrouble) {
+      return Outcome.serverTrouble(
+        failure,
+        cut(`server ${run.job.server.name} unreachable (${failure.code})`),
+      );
+    }
+    // A timeout shortened by our own deadline says nothing about the server: continue elsewhere, attempt kept.
+    if (time.atDeadline || (failure.code === "ssh_timeout" && time.shortened)) {
+      return Outcome.release(`Time budget spent during ${step}; queued to continue.`, cut("time budget"));
+    }
+    const end: StepEnd = {
+      step,
+      state: "failed",
+      code: failure.code,
+      message: `${step} failed after ${duration} ms: ${failure.message}`,
+      level: failure.transient ? "warn" : "error",
+      durationMs: duration,
+    };
+    const { code, publicMessage: message } = failure;
+    return {
+      end: this.#ended(run, end, { step, status: "failed", duration_ms: duration, code, message }),
+      failure,
+    };
+  }
+
+  /** A step's end, reported (its outcome, its progress event) and returned for the next transition. */
+  #ended(run: Run, end: StepEnd, outcome: StepOutcome): StepEnd {
+    run.report.steps.push(outcome);
+    this.#onProgress?.({ kind: "step_finished", job: run.job, outcome });
+    return end;
+  }
+
+  /** A failure as the job's ending: the database out of reach stops the invocation; any other is written. */
+  #failed(run: Run, failure: HostingError, done: StepEnd[]): Ending {
+    if (failure.code === "store_failed") return this.#interrupted(failure);
+    // The connection broke mid-command: the next job on this server connects again.
+    if (failure.code === "ssh_unreachable") this.#connections.drop(run.job.server.name);
+    return Outcome.failure(failure, done);
+  }
+
+  /**
+   * The job's exit: the outcome written in one guarded statement. An outcome the database refuses (a check of
+   * its own) fails the job instead; a failure it cannot take leaves the job to its lease.
+   */
+  async #exit(run: Run, outcome: Outcome): Promise<Settled> {
+    try {
+      const answer = await this.#deps.store.exit(run.lease, outcome);
+      return answer.ok ? settledBy(outcome, answer) : LEASE_LOST;
+    } catch (error) {
+      const failure = toHostingError(error);
+      if (failure.code === "store_failed" || outcome.type === "fail" || outcome.type === "snooze") {
+        return this.#interrupted(failure);
+      }
+      return await this.#exit(run, Outcome.failure(failure, []));
+    }
+  }
+
+  #interrupted(failure: HostingError): Settled {
+    this.#stop(failure);
+    return { status: "interrupted", error: { code: failure.code, message: failure.publicMessage } };
   }
 
   get #stepOptions(): StepOptions {
     return { matomoOnRemove: this.#deps.matomoOnRemove ?? "keep" };
   }
 
-  /** Turns a job's failure into its next state: retry, fail, or nothing (lease lost, released, store down). */
-  async #settle(
-    error: unknown,
-    job: ClaimedJob,
-    lease: Lease,
-    outcome: JobOutcome,
-    log: Logger,
-  ): Promise<void> {
-    if (error instanceof LeaseLost) {
-      outcome.status = "lease_lost";
-      log.warn("lease lost: another worker owns this job now; stopping without writing");
-      return;
-    }
-    if (error instanceof Paused) {
-      outcome.status = "waiting";
-      outcome.error = { code: error.failure.code, message: error.failure.publicMessage };
-      log.warn("server unreachable: the job waits for it, attempt kept", {
-        server: job.server.name,
-        code: error.failure.code,
-        detail: error.failure.message,
+  /** The job's CloudPanel client, on its server's connection (opened once per server and invocation). */
+  #cloudPanel(run: Run): () => CloudPanel {
+    let client: CloudPanel | undefined;
+    const shell = () =>
+      this.#connections.shell(run.job.server).catch((error) => {
+        throw run.unreachable = toHostingError(error);
       });
-      return;
-    }
-    if (error instanceof Cancelled) {
-      outcome.status = "cancelled";
-      log.info("job cancelled: the site is being removed");
-      return;
-    }
-    if (error instanceof DomainTaken) {
-      outcome.error = { code: error.code, message: error.message };
-      if (error.next?.state === "queued") {
-        outcome.status = "retrying";
-        outcome.next_run_at = error.next.run_at;
-        log.warn("the domain is still being removed for another site; retried later", { code: error.code });
-      } else {
-        outcome.status = "failed";
-        log.error("job failed: the domain belongs to another site", { code: error.code });
-      }
-      return;
-    }
-    if (error instanceof Released) {
-      outcome.status = "released";
-      log.info("job given back to continue in another invocation", { reason: error.message });
-      return;
-    }
-    if (error instanceof StepFailed) outcome.steps.push(error.outcome);
-    const failure = error instanceof StepFailed ? error.failure : toHostingError(error);
-    outcome.error = { code: failure.code, message: failure.publicMessage };
-    if (failure.code === "store_failed") {
-      outcome.status = "interrupted";
-      this.#stop(failure);
-      return;
-    }
-    // The connection broke mid-command: the next job on this server connects again.
-    if (failure.code === "ssh_unreachable") this.#dropShell(job.server.name);
-    try {
-      const done = error instanceof StepFailed ? error.end : undefined;
-      // Waiting for DNS is not a failure of the work: its own schedule, no attempt spent (bounded in SQL).
-      const next = failure.code === "dns_not_ready"
-        ? await this.#deps.store.waitForDns(lease, {
-          publicMessage: failure.publicMessage,
-          internalMessage: failure.message,
-          done,
-        })
-        : await this.#deps.store.fail(lease, {
-          code: failure.code,
-          publicMessage: failure.publicMessage,
-          internalMessage: failure.message,
-          permanent: !failure.transient,
-          attemptLimit: failure.attemptLimit,
-          done,
-        });
-      if (next === null) {
-        outcome.status = "lease_lost";
-      } else if (next.state === "failed") {
-        outcome.status = "failed";
-      } else {
-        outcome.status = "retrying";
-        outcome.next_run_at = next.run_at;
-      }
-      log[next?.state === "failed" ? "error" : "warn"]("job attempt failed", {
-        code: failure.code,
-        transient: failure.transient,
-        next: next?.state ?? "lease_lost",
-        detail: failure.message,
-      });
-    } catch (storeError) {
-      outcome.status = "interrupted";
-      this.#stop(toHostingError(storeError));
-    }
-  }
-
-  /**
-   * One step: started (with the previous step's end, one statement), run with a timeout that fits the deadline
-   * while the lease is renewed in the background, and its end returned for the next transition. An optional
-   * step's failure in a job that may go on without it is returned as a `failed` end; any other failure is thrown.
-   */
-  async #step(
-    { job, lease, log, def, kind, domain, cloudPanel, checks, results, pending }: {
-      job: ClaimedJob;
-      lease: Lease;
-      log: Logger;
-      def: StepDef;
-      kind: KindDef;
-      domain: Domain;
-      cloudPanel: () => CloudPanel;
-      checks: Checks;
-      results: Partial<Record<StepName, Record<string, unknown>>>;
-      pending: StepEnd[];
-    },
-  ): Promise<{ end: StepEnd; outcome: StepOutcome; failure?: HostingError }> {
-    const store = this.#deps.store;
-    const step = def.name;
-    const timeoutMs = def.timeoutMs(this.#deps.timeouts);
-    const expected = job.estimates[step] ?? DEFAULT_STEP_MS;
-    const left = this.#remaining() - RESERVE_MS;
-    if (this.#shutdown.signal.aborted) await this.#release(lease, SHUTDOWN_REASON, pending);
-    if (left < Math.min(expected, timeoutMs)) {
-      await this.#release(lease, `Time budget spent before ${step}; queued to continue.`, pending);
-    }
-    const effective = Math.min(timeoutMs, left);
-    // A password is registered before it goes anywhere, so no log line or write can carry it.
-    const candidate = def.password ? generatePassword() : undefined;
-    if (candidate) log.redactor.add(candidate);
-    const advanced = await store.advance(lease, this.#leaseSeconds, {
-      done: pending,
-      start: step,
-      // The first step of a kind that owns its domain takes ownership of the canonical domain.
-      domain: kind.ownsDomain && kind.steps[0] === step ? domain : undefined,
-      password: candidate,
-    });
-    if (!advanced.ok && advanced.reason === "domain_taken") {
-      throw new DomainTaken(advanced.code, advanced.message, advanced.next);
-    }
-    if (!advanced.ok && advanced.reason === "cancelled") throw new Cancelled();
-    if (!advanced.ok) throw new LeaseLost();
-    const credentials = def.password ? this.#credentials(advanced.credentials, candidate!, log) : undefined;
-    this.#onProgress?.({ kind: "step_started", job, step });
-
-    const started = this.#clock();
-    const lost = new AbortController();
-    // A step whose time was cut to the deadline stops there, whatever its client does with the timeout.
-    const atDeadline = effective < timeoutMs ? AbortSignal.timeout(Math.max(0, effective)) : null;
-    const signal = AbortSignal.any([lost.signal, this.#shutdown.signal, ...(atDeadline ? [atDeadline] : [])]);
-    const renewal = this.#renewWhileRunning(lease, step, lost);
-    try {
-      const done = await abortable(
-        def.run(
-          { job, domain, log, cloudPanel, matomo: this.#deps.matomo, results, credentials, checks, signal },
-          effective,
-        ),
-        signal,
-      );
-      const duration = Math.round(this.#clock() - started);
-      log.info("step done", { step, duration_ms: duration });
-      const outcome: StepOutcome = { step, status: "done", duration_ms: duration };
-      this.#onProgress?.({ kind: "step_finished", job, outcome });
-      return {
-        end: {
-          step,
-          state: "done",
-          result: done.result,
-          code: `${step}_done`,
-          message: `${done.message} (${duration} ms)`,
-          durationMs: duration,
-        },
-        outcome,
-      };
-    } catch (error) {
-      if (lost.signal.aborted) throw new LeaseLost();
-      const duration = Math.round(this.#clock() - started);
-      const cut = (reason: string) => ({
-        step,
-        state: "failed" as const,
-        code: "interrupted",
-        message: `${step} stopped after ${duration} ms: ${reason}`,
-        level: "warn" as const,
-        durationMs: duration,
-      });
-      if (this.#shutdown.signal.aborted) await this.#release(lease, SHUTDOWN_REASON, [cut("shutdown")]);
-      if (error instanceof ServerTrouble) {
-        const paused = await store.serverTrouble(lease, {
-          code: error.failure.code,
-          message: error.failure.publicMessage,
-          done: [cut(`server ${job.server.name} unreachable (${error.failure.code})`)],
-        });
-        if (!paused) throw new LeaseLost();
-        throw new Paused(error.failure);
-      }
-      const failure = toHostingError(error);
-      // A timeout shortened by our own deadline says nothing about the server: continue elsewhere, attempt kept.
-      if (atDeadline?.aborted || (failure.code === "ssh_timeout" && effective < timeoutMs)) {
-        await this.#release(lease, `Time budget spent during ${step}; queued to continue.`, [
-          cut("time budget"),
-        ]);
-      }
-      const end: StepEnd = {
-        step,
-        state: "failed",
-        code: failure.code,
-        message: `${step} failed after ${duration} ms: ${failure.message}`,
-        level: failure.transient ? "warn" : "error",
-        durationMs: duration,
-      };
-      const outcome: StepOutcome = {
-        step,
-        status: "failed",
-        duration_ms: duration,
-        code: failure.code,
-        message: failure.publicMessage,
-      };
-      this.#onProgress?.({ kind: "step_finished", job, outcome });
-      const internal = failure.code === "store_failed" || failure.code === "internal";
-      if (def.optional && kind.allowsOptionalFailure && !internal) return { end, outcome, failure };
-      throw new StepFailed(failure, end, outcome);
-    } finally {
-      clearInterval(renewal);
-    }
+    return () => client ??= new CloudPanel(shell, run.log);
   }
 
   /** The password the step uses, as the database answered (a store without the answer: the candidate, unkept). */
@@ -731,9 +613,10 @@ export class Invocation {
     const leaseMs = this.#leaseSeconds * 1000;
     let expiresAt = this.#clock() + leaseMs;
     let inFlight = false;
+    const lose = () => lost.abort(new HostingError("lease_lost", `job ${lease.jobId}: the lease was lost`));
     /** Gives the step up shortly before the lease could have expired unrenewed. */
     const giveUpIfExpiring = () => {
-      if (this.#clock() >= expiresAt - leaseMs / 6) lost.abort(new LeaseLost());
+      if (this.#clock() >= expiresAt - leaseMs / 6) lose();
     };
     return setInterval(async () => {
       if (lost.signal.aborted) return;
@@ -743,7 +626,7 @@ export class Invocation {
       const sent = this.#clock();
       try {
         if (await this.#deps.store.heartbeat(lease, this.#leaseSeconds, step)) expiresAt = sent + leaseMs;
-        else lost.abort(new LeaseLost());
+        else lose();
       } catch (error) {
         this.#log.warn("lease renewal failed", { step, code: toHostingError(error).code });
         giveUpIfExpiring();
@@ -752,10 +635,32 @@ export class Invocation {
       }
     }, leaseMs / 3);
   }
+}
 
-  async #release(lease: Lease, reason: string, ends: StepEnd[]): Promise<never> {
-    if (!await this.#deps.store.release(lease, reason, ends)) throw new LeaseLost();
-    throw new Released(reason);
+/** A domain whose text did not survive being read: judged invalid, as the stored text may be fine. */
+function unreadableDomain(): HostingError {
+  return new HostingError("invalid_domain", "the domain read differs from the stored text", {
+    publicMessage:
+      "The domain is invalid: it contains a character that does not survive being read (such as a byte order mark or another invisible character); write it again without it.",
+  });
+}
+
+/** The database's refusal at a step boundary: it ended the job itself (cancelled, domain taken), or the lease is gone. */
+function refused(answer: Exclude<Advance, { ok: true }>): Settled {
+  switch (answer.reason) {
+    case "lease_lost":
+      return LEASE_LOST;
+    case "cancelled":
+      return { status: "cancelled" };
+    case "domain_taken": {
+      // Failed by the database, or queued again while the domain is still being removed for another site.
+      const next = answer.next?.state === "queued" ? answer.next : null;
+      return {
+        status: next ? "retrying" : "failed",
+        error: { code: answer.code, message: answer.message },
+        ...(next ? { next_run_at: next.run_at } : {}),
+      };
+    }
   }
 }
 
