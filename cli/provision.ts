@@ -78,7 +78,7 @@ Provisions websites on CloudPanel and Matomo the way the Edge Function does, fro
   --verbose            also print the JSON log lines (redacted) on stderr
   -h, --help           this text
 
-Settings are the Edge Function's (see README, "Configuration"), checked all at once, each command only those it
+Settings are the Edge Function's (see README, "Settings"), checked all at once, each command only those it
 uses: --status and --credentials read only the store's (with HOSTING_STORE=postgres, SUPABASE_DB_URL alone),
 the others also CloudPanel's and Matomo's; none needs the keys callers present. HOSTING_STORE=postgres with
 SUPABASE_DB_URL talks to the database directly, the default uses SUPABASE_URL and the secret key.

@@ -146,7 +146,7 @@ export function statusLines(status: StatusReport, context: StatusContext): strin
   } else {
     say(
       "  none registered yet, and CLOUDPANEL_SSH_HOST is not set here: the first claim of a worker that has it " +
-        "registers that server as `default`; or add rows to hosting_automator.servers (README, A fleet of servers)",
+        "registers that server as `default`; or add rows to hosting_automator.servers (docs/fleet.md)",
       style.warn,
     );
   }

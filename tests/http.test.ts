@@ -1,5 +1,5 @@
 /**
- * The function's HTTP contract (README, "The function's requests") on the real stack, called in-process: the
+ * The function's HTTP contract (docs/http.md) on the real stack, called in-process: the
  * Database Webhook payload, a kick of a site that is not due, status, retry, ?wait=true on a slow server, and
  * removal, each with what it does in the database and on the servers. Authentication, bodies, routes and each
  * route's answers are tested on the bare handler with fakes (tests/http_*.test.ts); hostile input on the real

@@ -1,5 +1,5 @@
 /**
- * hosting-automator, the Supabase Edge Function: see README.md for the requests it answers.
+ * hosting-automator, the Supabase Edge Function: docs/http.md lists the requests it answers.
  * Configuration is validated once, when the worker starts.
  */
 import { createApp } from "./app.ts";

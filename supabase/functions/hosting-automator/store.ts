@@ -249,7 +249,7 @@ const retryResult = z.object({
 });
 export type RetryResult = z.output<typeof retryResult>;
 
-/** `hosting_status()`: passed through as the JSON the SQL builds (documented in the README). */
+/** `hosting_status()`: passed through as the JSON the SQL builds (documented in docs/http.md). */
 const statusReport = z.object({
   generated_at: z.string(),
   sites: z.record(z.string(), z.number()),
