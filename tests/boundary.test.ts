@@ -19,6 +19,7 @@ import { PLANS } from "../supabase/functions/hosting-automator/steps.ts";
 import { postgresStore } from "../supabase/functions/hosting-automator/store_pg.ts";
 import { testDb } from "./support/db.ts";
 import { type DbConnection, parseDbUrl } from "../supabase/functions/hosting-automator/db_url.ts";
+import { generateClientKey } from "./support/sshd.ts";
 
 function dbOf(url: string): DbConnection {
   const db = parseDbUrl(url);
@@ -162,9 +163,8 @@ Deno.test("the servers table checks the same patterns as server_rules.ts, and bo
   });
 });
 
-const KEY =
-  "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIBt0ps3cr3tK3yMaterialAAAAAAAAAAAAAAAAAAAAAAAAAoAoGCCqGSM49\n" +
-  "-----END EC PRIVATE KEY-----\n";
+// A real key: configuration checks a key's type and shape.
+const KEY = (await generateClientKey("ecdsa", "pem")).privateKey;
 const ENV = {
   SUPABASE_URL: "https://project.supabase.co",
   SUPABASE_SECRET_KEYS: JSON.stringify({ default: "sb_secret_boundary_test_value" }),
