@@ -119,25 +119,26 @@ function fakeStore(script: { jobs?: Row[]; answer?: (fn: string, n: number, args
         if (live && !renewed) held = null;
         return renewed;
       }
-      case "hosting_complete_job":
-      case "hosting_complete_removal":
-      case "hosting_release_job":
-      case "hosting_server_trouble": {
-        if (live) held = null;
-        return live;
-      }
-      case "hosting_wait_for_dns":
-        if (!live) return null;
-        held = null;
-        return { state: "queued", run_at: new Date(Date.now() + 60_000).toISOString(), attempts: 0 };
-      case "hosting_fail_job": {
-        if (!live) return null;
+      case "hosting_exit": {
+        if (!live) return { ok: false, reason: "lease_lost" };
         const job = held!;
         held = null;
+        const outcome = args.p_outcome as { type: string; permanent?: boolean };
         const attempts = job.attempt as number;
-        return args.p_permanent || attempts >= (job.max_attempts as number)
-          ? { state: "failed", attempts }
-          : { state: "queued", run_at: new Date(Date.now() + 30_000).toISOString(), attempts };
+        const at = (ms: number) => new Date(Date.now() + ms).toISOString();
+        switch (outcome.type) {
+          case "active":
+          case "removed":
+            return { ok: true, state: "succeeded", attempts };
+          case "snooze":
+            return { ok: true, state: "queued", run_at: at(60_000), attempts: attempts - 1 };
+          case "fail":
+            return outcome.permanent || attempts >= (job.max_attempts as number)
+              ? { ok: true, state: "failed", attempts }
+              : { ok: true, state: "queued", run_at: at(30_000), attempts };
+          default: // release, server_trouble: due again without spending the attempt
+            return { ok: true, state: "queued", run_at: at(0), attempts: attempts - 1 };
+        }
       }
     }
     throw new Error(`fake store: unexpected call ${fn}`);
@@ -173,7 +174,7 @@ const serverTrouble = (code: V, done: V) => ({ fn: "exit", type: "server_trouble
 
 /**
  * A call with what each test checks: the arguments that decide the job's fate, step ends as step:state:code.
- * The exit is shown by its outcome, whichever SQL function the store's bridge wrote it with.
+ * The exit is shown by its outcome, as hosting_exit takes it.
  */
 function brief({ fn, args: a }: Call): Row {
   switch (fn) {
@@ -183,23 +184,24 @@ function brief({ fn, args: a }: Call): Row {
       return advance(ends(a.p_done), a.p_start, a.p_domain);
     case "hosting_heartbeat":
       return heartbeat(a.p_step);
-    case "hosting_complete_job":
-      return active(
-        ends(a.p_done),
-        a.p_matomo_site_id,
-        a.p_backfill_analytics ? "analytics" : null,
-        a.p_doc_root,
-      );
-    case "hosting_fail_job":
-      return fail(a.p_code, a.p_permanent, ends(a.p_done), a.p_attempt_limit);
-    case "hosting_wait_for_dns":
-      return snooze(ends(a.p_done));
-    case "hosting_release_job":
-      return release(ends(a.p_done));
-    case "hosting_complete_removal":
-      return removed(ends(a.p_done));
-    case "hosting_server_trouble":
-      return serverTrouble(a.p_code, ends(a.p_done));
+    case "hosting_exit": {
+      const o = a.p_outcome as Record<string, V>;
+      const done = ends(o.done);
+      switch (o.type) {
+        case "active":
+          return active(done, o.matomo_site_id, o.backfill_kind, o.doc_root);
+        case "fail":
+          return fail(o.code, o.permanent, done, o.attempt_limit);
+        case "snooze":
+          return { fn: "exit", type: "snooze", schedule: o.schedule, done };
+        case "release":
+          return release(done);
+        case "removed":
+          return removed(done);
+        case "server_trouble":
+          return serverTrouble(o.code, done);
+      }
+    }
   }
   return { fn, args: a };
 }
@@ -690,9 +692,9 @@ Deno.test("a connection lost in the middle of a command fails the step, and the 
 Deno.test("an exit the database refuses fails the job instead; one that cannot reach it leaves the job to its lease", async () => {
   const refusing = fakeStore({
     jobs: [claimRow({ kind: "analytics" })],
-    answer: (fn) => {
-      if (fn === "hosting_complete_job") {
-        throw new HostingError("internal", "hosting_complete_job failed: 22023 p_doc_root is not a site's");
+    answer: (fn, _n, args) => {
+      if (fn === "hosting_exit" && (args.p_outcome as Row).type === "active") {
+        throw new HostingError("internal", "hosting_exit failed: 22023 outcome.doc_root must be a doc root");
       }
     },
   });
@@ -707,7 +709,7 @@ Deno.test("an exit the database refuses fails the job instead; one that cannot r
   const away = fakeStore({
     jobs: [claimRow({ kind: "analytics" }), claimRow({ kind: "analytics" })],
     answer: (fn) => {
-      if (fn === "hosting_complete_job") throw new HostingError("store_failed", "connection refused");
+      if (fn === "hosting_exit") throw new HostingError("store_failed", "connection refused");
     },
   });
   const result = await setup({ store: away.store }).run({ drain: true });
