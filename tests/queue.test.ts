@@ -34,7 +34,7 @@ const claim = (sql: Sql, worker: string, limit = 1, lease = 60) =>
   sql`select * from public.hosting_claim_jobs(${worker}, 'srv', ${lease}, ${limit},
     p_default_server => ${sql.json(DEFAULT_SERVER)})`;
 
-/** The outcomes these tests end jobs with, as hosting_exit takes them (a JSON text the SQL reads as jsonb). */
+/** The outcomes these tests end jobs with, as hosting_exit takes them: JSON text, sent as text and read as jsonb. */
 const active = (docRoot: string, matomoSiteId: number | null = null) =>
   JSON.stringify({ type: "active", doc_root: docRoot, matomo_site_id: matomoSiteId });
 const fail = (code: string, message: string, permanent: boolean) =>
@@ -51,7 +51,7 @@ Deno.test("two workers claiming at the same moment: one gets the job, the other 
         const [won] = [...got1, ...got2];
         await sql`select public.hosting_exit(${won.job_id}, ${won.lease_token}, ${
           active("/home/u-1/htdocs/x.example")
-        })`;
+        }::text::jsonb)`;
       }
     } finally {
       await Promise.all([a.end(), b.end()]);
@@ -75,9 +75,9 @@ Deno.test("an expired lease is taken over, and the old owner's later record, com
         '{"step": "cloudpanel_site", "state": "done", "result": {"doc_root": "/home/old/htdocs/takeover.example"}}')
         ->> 'reason' as recorded`;
       const [{ completed }] = await a`select public.hosting_exit(${first.job_id}, ${first.lease_token},
-        ${active("/home/old/htdocs/takeover.example", 1)}) ->> 'reason' as completed`;
+        ${active("/home/old/htdocs/takeover.example", 1)}::text::jsonb) ->> 'reason' as completed`;
       const [{ failed }] = await a`select public.hosting_exit(${first.job_id}, ${first.lease_token},
-        ${fail("internal", "old worker failure", true)}) ->> 'reason' as failed`;
+        ${fail("internal", "old worker failure", true)}::text::jsonb) ->> 'reason' as failed`;
       assert.deepEqual(
         [recorded, completed, failed],
         ["lease_lost", "lease_lost", "lease_lost"],
@@ -85,7 +85,7 @@ Deno.test("an expired lease is taken over, and the old owner's later record, com
       );
 
       const [{ done }] = await b`select public.hosting_exit(${second.job_id}, ${second.lease_token},
-        ${active("/home/new-user/htdocs/takeover.example", 5)}) ->> 'state' as done`;
+        ${active("/home/new-user/htdocs/takeover.example", 5)}::text::jsonb) ->> 'state' as done`;
       assert.deepEqual(done, "succeeded", "the new owner completes");
       const [row] =
         await sql`select status_hosting, hosting_doc_root, matomo_site_id from public.sites where id = ${site}`;
@@ -118,7 +118,7 @@ Deno.test("the per-server cap holds: with cap 3 and 12 due jobs, eight racing cl
         for (const job of claims.flat()) {
           await sql`select public.hosting_exit(${job.job_id}, ${job.lease_token}, ${
             active("/home/u-1/htdocs/x.example")
-          })`;
+          }::text::jsonb)`;
           finished++;
         }
         if (finished >= 12) break;
@@ -253,7 +253,7 @@ Deno.test("retrying an active site that lacks analytics queues a job and keeps t
     const [job] = await claim(sql, "w1");
     await sql`select public.hosting_exit(${job.job_id}, ${job.lease_token}, ${
       active("/home/u-1/htdocs/noanalytics.example")
-    })`;
+    }::text::jsonb)`;
     const [{ retry }] = await sql`select public.hosting_retry(null, true) as retry`;
     assert.deepEqual(retry.requeued.map((r: { reason: string }) => r.reason), ["missing_analytics"]);
     const [again] = await claim(sql, "w2");
@@ -262,7 +262,7 @@ Deno.test("retrying an active site that lacks analytics queues a job and keeps t
     assert.deepEqual(row.status_hosting, "active", "claiming it does not take the site out of active");
     const [{ failed }] = await sql`select public.hosting_exit(${again.job_id}, ${again.lease_token}, ${
       fail("internal", "boom", true)
-    }) as failed`;
+    }::text::jsonb) as failed`;
     assert.deepEqual(failed.state, "failed");
     const [after] = await sql`select status_hosting, error_message from public.sites where id = ${site}`;
     assert.deepEqual(

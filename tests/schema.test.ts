@@ -245,7 +245,24 @@ Deno.test("a database installed from the earlier migrations upgrades to the curr
     const [{ facts }] =
       await sql`select facts from hosting_automator.site_facts where site_id = ${ids.active}`;
     assert.deepEqual(facts, { site_user: "active-abc", doc_root: docRoot("active") });
-    await assertSameJson(await reports(sql, Object.values(ids)), reportsBefore, "the reports read the same");
+    // The report's sections the upgrade adds (whether the database starts jobs by itself, and the jobs that wait
+    // for a server: here the one whose server could not be reached); every other section reads the same.
+    const reportsAfter = await reports(sql, Object.values(ids));
+    const { setup, waiting_for_server: waitingForServer, ...statusAfter } = reportsAfter.status;
+    assert.ok(
+      setup && !("setup" in reportsBefore.status),
+      "the report says whether jobs start by themselves",
+    );
+    assert.deepEqual(waitingForServer, {
+      jobs: 1,
+      by_reason: { ssh_unreachable: 1 },
+      sites: { provisioning: 1 },
+    });
+    await assertSameJson(
+      { ...reportsAfter, status: statusAfter },
+      reportsBefore,
+      "the reports read the same",
+    );
     // The policy this test set aside, the catalogs compare whole. pg_cron serves the suite's `postgres` database
     // only: here, as on a database without it, there is no schedule.
     await sql`update hosting_automator.settings set backoff_base_seconds = default, backoff_max_seconds = default,

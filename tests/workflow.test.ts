@@ -146,6 +146,11 @@ function fakeStore(script: { jobs?: Row[]; answer?: (fn: string, n: number, args
   return { store: new Store(call, undefined, { retryDelaysMs: [] }), calls, brief: () => calls.map(brief) };
 }
 
+/** The step ends a call journals: an advance's p_done, or the done of an exit's outcome. */
+const doneOf = (args: Row) => (args.p_outcome ? (args.p_outcome as Row).done : args.p_done) as Row[] | null;
+/** The outcome an exit sent. */
+const outcomeOf = (args: Row) => args.p_outcome as Row;
+
 type End = { step: string; state: string; code?: string };
 const ends = (done: unknown) =>
   done === null ? null : ([done].flat() as End[]).map((e) => `${e.step}:${e.state}:${e.code}`);
@@ -343,13 +348,13 @@ Deno.test("a provision job runs its five steps in order in seven statements, the
     advance([ended("https_verify")], "matomo_site"),
     active([ended("matomo_site")], 7, null),
   ]);
-  assert.equal(fake.calls.at(-1)!.args.p_certificate_expires_at, "2027-02-27T00:00:00.000Z");
+  assert.equal(outcomeOf(fake.calls.at(-1)!.args).certificate_expires_at, "2027-02-27T00:00:00.000Z");
   for (const { args } of fake.calls.slice(1)) {
     assert.equal(args.p_job_id, row.job_id);
     assert.equal(args.p_lease_token, row.lease_token);
   }
   // The site step's end, whole, as the next transition journals it (the fake clock stood still: 0 ms).
-  assert.deepEqual(fake.calls[2].args.p_done, [{
+  assert.deepEqual(doneOf(fake.calls[2].args), [{
     step: "cloudpanel_site",
     state: "done",
     result: { site_user: USER, doc_root: DOC_ROOT, created: true, credentials: "known" },
@@ -363,7 +368,7 @@ Deno.test("a provision job runs its five steps in order in seven statements, the
   }]);
   // Every done end carries its step's policies as steps.ts declares them; the other steps declare none.
   const policies = fake.calls
-    .flatMap(({ args }) => (args.p_done as Row[] | null) ?? [])
+    .flatMap(({ args }) => doneOf(args) ?? [])
     .map((end) => [end.step, end.settles_password, end.keeps]);
   assert.deepEqual(policies, [
     ["cloudpanel_site", true, { site_user: USER, doc_root: DOC_ROOT }],
@@ -429,7 +434,7 @@ Deno.test("a job whose time runs out before a step is released with the last end
   const a = setup({ store: first.store, clock });
   const { outcomes: [released] } = await a.run();
   assert.deepEqual(first.brief(), [claim(true), release(null)]);
-  assert.match(first.calls[1].args.p_reason as string, /Time budget spent before cloudpanel_site/);
+  assert.match(outcomeOf(first.calls[1].args).reason as string, /Time budget spent before cloudpanel_site/);
   assert.equal(released.status, "released");
   assert.equal(a.state.connects, 0, "nothing reaches the server");
 
@@ -464,7 +469,7 @@ Deno.test("a step's timeout is cut to the deadline, and a timeout so cut release
     advance(null, "cloudpanel_site", DOMAIN),
     release(["cloudpanel_site:failed:interrupted"]),
   ]);
-  assert.match(fake.calls[2].args.p_reason as string, /Time budget spent during cloudpanel_site/);
+  assert.match(outcomeOf(fake.calls[2].args).reason as string, /Time budget spent during cloudpanel_site/);
   assert.equal(outcome.status, "released");
 
   // The control: the step's own timeout passing is the server's slowness, and spends the attempt.
@@ -548,7 +553,7 @@ Deno.test("a shutdown while a step runs releases the job with the step cut short
     advance(null, "cloudpanel_site", DOMAIN),
     release(["cloudpanel_site:failed:interrupted"]),
   ]);
-  assert.match((fake.calls[2].args.p_done as { message: string }[])[0].message, /shutdown/);
+  assert.match((doneOf(fake.calls[2].args) as { message: string }[])[0].message, /shutdown/);
   assert.equal(result.outcomes.length, 1, "the second due job is left for another worker");
   assert.equal(result.outcomes[0].status, "released");
   assert.equal(result.stopped?.code, "interrupted");
@@ -636,7 +641,7 @@ Deno.test("a CloudPanel failure fails the attempt as the outcome table says: per
     ], code);
     assert.equal(outcome.status, permanent ? "failed" : "retrying", code);
     assert.equal(outcome.error?.code, code);
-    const [end] = fake.calls.at(-1)!.args.p_done as Row[];
+    const [end] = doneOf(fake.calls.at(-1)!.args) as Row[];
     assert.ok(!("settles_password" in end) && !("keeps" in end), "a failed end settles and keeps nothing");
   }
 });
@@ -879,7 +884,7 @@ Deno.test("with MATOMO_ON_REMOVE=delete the removal deletes the recorded Matomo 
     advance([ended("cloudpanel_site_delete")], "matomo_site_delete"),
     removed([ended("matomo_site_delete")]),
   ]);
-  assert.deepEqual(fake.calls[2].args.p_done, [{
+  assert.deepEqual(doneOf(fake.calls[2].args), [{
     step: "cloudpanel_site_delete",
     state: "done",
     result: { deleted: false },
@@ -974,13 +979,13 @@ Deno.test("the site step sends the password the database stored, and journals wh
   const sent = first.shell.seen[0];
   assert.equal(sent.command, "clpctl site:add:static");
   assert.equal(sent.password, stored, "the retry sends the stored password, not a new one");
-  const siteEnd = (resumed.calls[2].args.p_done as { result: Row }[])[0].result;
+  const siteEnd = (doneOf(resumed.calls[2].args) as { result: Row }[])[0].result;
   assert.equal(siteEnd.credentials, "known");
 
   // The first claim to store a password finds the site already there: made by someone else, password unknown.
   const adopted = fakeStore({ jobs: [claimRow()] });
   await setup({ store: adopted.store, exec: exists }).run();
-  assert.equal((adopted.calls[2].args.p_done as { result: Row }[])[0].result.credentials, "unknown");
+  assert.equal((doneOf(adopted.calls[2].args) as { result: Row }[])[0].result.credentials, "unknown");
 
   // Without Vault the password is not kept, and the journal says so.
   const noVault = fakeStore({
@@ -991,7 +996,7 @@ Deno.test("the site step sends the password the database stored, and journals wh
         : undefined,
   });
   await setup({ store: noVault.store }).run();
-  assert.equal((noVault.calls[2].args.p_done as { result: Row }[])[0].result.credentials, "not_stored");
+  assert.equal((doneOf(noVault.calls[2].args) as { result: Row }[])[0].result.credentials, "not_stored");
 });
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1061,7 +1066,7 @@ Deno.test("a valid certificate already served is not issued again, also when an 
   const { run, shell } = setup({ store: fake.store, served: [DOMAIN] });
   const { outcomes: [outcome] } = await run();
   assert.deepEqual(shell.commands(), [], "no certificate command: the server already serves a valid one");
-  const certificateEnd = (fake.calls[2].args.p_done as { step: string; result: Row }[])[0];
+  const certificateEnd = (doneOf(fake.calls[2].args) as { step: string; result: Row }[])[0];
   assert.equal(certificateEnd.step, "ssl_certificate");
   assert.equal(certificateEnd.result.reused, true);
   assert.equal(outcome.status, "active");
