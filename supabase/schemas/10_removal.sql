@@ -2,7 +2,7 @@
 -- queues a `remove` job, which keeps what it needs and so survives the row. A removal cancels the site's build
 -- jobs that have not started; one that is running stops at its next step boundary. So a removal never races a
 -- half-made site, and provisioning again after a removal starts from nothing. The removal's completion is with
--- the other exits (hosting_complete_removal).
+-- the exit (hosting_exit, outcome `removed`).
 
 -- A build job is superseded when a removal was queued for its site after it: it must not start another step.
 create function hosting_automator.superseded(p_job_id bigint, p_site uuid)
