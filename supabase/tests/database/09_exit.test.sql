@@ -347,8 +347,8 @@ select is(
   (select array_agg(p.proname::text order by p.proname) from pg_proc p
    where p.proname in ('hosting_complete_job', 'hosting_complete_removal', 'hosting_fail_job', 'hosting_wait_for_dns',
      'hosting_release_job', 'hosting_server_trouble', 'hosting_record_step', 'hosting_log_event', 'complete_job_core',
-     'waits_for_server')),
-  null, 'the six old exits, and the functions nobody calls any more, are gone');
+     'waits_for_server', 'leased_job')),
+  null, 'the six old exits, a second lease guard, and the functions nobody calls any more, are gone');
 
 select * from finish();
 rollback;
