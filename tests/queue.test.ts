@@ -34,6 +34,12 @@ const claim = (sql: Sql, worker: string, limit = 1, lease = 60) =>
   sql`select * from public.hosting_claim_jobs(${worker}, 'srv', ${lease}, ${limit},
     p_default_server => ${sql.json(DEFAULT_SERVER)})`;
 
+/** The outcomes these tests end jobs with, as hosting_exit takes them: JSON text, sent as text and read as jsonb. */
+const active = (docRoot: string, matomoSiteId: number | null = null) =>
+  JSON.stringify({ type: "active", doc_root: docRoot, matomo_site_id: matomoSiteId });
+const fail = (code: string, message: string, permanent: boolean) =>
+  JSON.stringify({ type: "fail", code, public_message: message, internal_message: null, permanent });
+
 Deno.test("two workers claiming at the same moment: one gets the job, the other gets nothing", async () => {
   await withDb("claim_race", async ({ url, sql }) => {
     const a = connect(url), b = connect(url);
@@ -43,7 +49,9 @@ Deno.test("two workers claiming at the same moment: one gets the job, the other 
         const [got1, got2] = await Promise.all([claim(a, "worker-a"), claim(b, "worker-b")]);
         assert.deepEqual(got1.length + got2.length, 1, `round ${round}: exactly one worker gets the job`);
         const [won] = [...got1, ...got2];
-        await sql`select public.hosting_complete_job(${won.job_id}, ${won.lease_token}, '/home/u-1/htdocs/x.example')`;
+        await sql`select public.hosting_exit(${won.job_id}, ${won.lease_token}, ${
+          active("/home/u-1/htdocs/x.example")
+        }::text::jsonb)`;
       }
     } finally {
       await Promise.all([a.end(), b.end()]);
@@ -63,18 +71,22 @@ Deno.test("an expired lease is taken over, and the old owner's later record, com
       assert.deepEqual(second?.job_id, first.job_id, "the same job is claimed by the new worker");
       assert.deepEqual(second.attempt, 2);
 
-      const [{ recorded }] = await a`select public.hosting_record_step(${first.job_id}, ${first.lease_token},
-        'cloudpanel_site', 'done', '{"doc_root": "/home/old/htdocs/takeover.example"}') as recorded`;
-      const [{ completed }] =
-        await a`select public.hosting_complete_job(${first.job_id}, ${first.lease_token},
-        '/home/old/htdocs/takeover.example', 1) as completed`;
-      const [{ failed }] = await a`select public.hosting_fail_job(${first.job_id}, ${first.lease_token},
-        'internal', 'old worker failure', null, true) as failed`;
-      assert.deepEqual([recorded, completed, failed], [false, false, null], "the old owner changes nothing");
+      const [{ recorded }] = await a`select public.hosting_advance(${first.job_id}, ${first.lease_token}, 60,
+        '{"step": "cloudpanel_site", "state": "done", "result": {"doc_root": "/home/old/htdocs/takeover.example"}}')
+        ->> 'reason' as recorded`;
+      const [{ completed }] = await a`select public.hosting_exit(${first.job_id}, ${first.lease_token},
+        ${active("/home/old/htdocs/takeover.example", 1)}::text::jsonb) ->> 'reason' as completed`;
+      const [{ failed }] = await a`select public.hosting_exit(${first.job_id}, ${first.lease_token},
+        ${fail("internal", "old worker failure", true)}::text::jsonb) ->> 'reason' as failed`;
+      assert.deepEqual(
+        [recorded, completed, failed],
+        ["lease_lost", "lease_lost", "lease_lost"],
+        "the old owner changes nothing",
+      );
 
-      const [{ done }] = await b`select public.hosting_complete_job(${second.job_id}, ${second.lease_token},
-        '/home/new-user/htdocs/takeover.example', 5) as done`;
-      assert.ok(done, "the new owner completes");
+      const [{ done }] = await b`select public.hosting_exit(${second.job_id}, ${second.lease_token},
+        ${active("/home/new-user/htdocs/takeover.example", 5)}::text::jsonb) ->> 'state' as done`;
+      assert.deepEqual(done, "succeeded", "the new owner completes");
       const [row] =
         await sql`select status_hosting, hosting_doc_root, matomo_site_id from public.sites where id = ${site}`;
       assert.deepEqual(row, {
@@ -104,7 +116,9 @@ Deno.test("the per-server cap holds: with cap 3 and 12 due jobs, eight racing cl
         assert.ok(running <= 3, `at most 3 running, saw ${running}`);
         assert.deepEqual(claims.flat().length, 3 - 0, "free slots are filled exactly");
         for (const job of claims.flat()) {
-          await sql`select public.hosting_complete_job(${job.job_id}, ${job.lease_token}, '/home/u-1/htdocs/x.example')`;
+          await sql`select public.hosting_exit(${job.job_id}, ${job.lease_token}, ${
+            active("/home/u-1/htdocs/x.example")
+          }::text::jsonb)`;
           finished++;
         }
         if (finished >= 12) break;
@@ -237,15 +251,18 @@ Deno.test("retrying an active site that lacks analytics queues a job and keeps t
   await withDb("retry_analytics", async ({ sql }) => {
     const site = await activeSite(sql, "noanalytics.example");
     const [job] = await claim(sql, "w1");
-    await sql`select public.hosting_complete_job(${job.job_id}, ${job.lease_token}, '/home/u-1/htdocs/noanalytics.example', null)`;
+    await sql`select public.hosting_exit(${job.job_id}, ${job.lease_token}, ${
+      active("/home/u-1/htdocs/noanalytics.example")
+    }::text::jsonb)`;
     const [{ retry }] = await sql`select public.hosting_retry(null, true) as retry`;
     assert.deepEqual(retry.requeued.map((r: { reason: string }) => r.reason), ["missing_analytics"]);
     const [again] = await claim(sql, "w2");
     assert.deepEqual(again.site_id, site);
     const [row] = await sql`select status_hosting from public.sites where id = ${site}`;
     assert.deepEqual(row.status_hosting, "active", "claiming it does not take the site out of active");
-    const [{ failed }] =
-      await sql`select public.hosting_fail_job(${again.job_id}, ${again.lease_token}, 'internal', 'boom', null, true) as failed`;
+    const [{ failed }] = await sql`select public.hosting_exit(${again.job_id}, ${again.lease_token}, ${
+      fail("internal", "boom", true)
+    }::text::jsonb) as failed`;
     assert.deepEqual(failed.state, "failed");
     const [after] = await sql`select status_hosting, error_message from public.sites where id = ${site}`;
     assert.deepEqual(

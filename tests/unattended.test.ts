@@ -118,7 +118,7 @@ for (const dnsChecked of [true, false]) {
       assert.deepEqual(perSite, [
         "hosting_claim_jobs",
         ...Array(ran).fill("hosting_advance"),
-        "hosting_complete_job",
+        "hosting_exit",
       ]);
       assert.equal(perSite.length, dnsChecked ? 7 : 6);
       assert.equal(calls.at(-1), "hosting_claim_jobs");

@@ -119,31 +119,37 @@ function fakeStore(script: { jobs?: Row[]; answer?: (fn: string, n: number, args
         if (live && !renewed) held = null;
         return renewed;
       }
-      case "hosting_complete_job":
-      case "hosting_complete_removal":
-      case "hosting_release_job":
-      case "hosting_server_trouble": {
-        if (live) held = null;
-        return live;
-      }
-      case "hosting_wait_for_dns":
-        if (!live) return null;
-        held = null;
-        return { state: "queued", run_at: new Date(Date.now() + 60_000).toISOString(), attempts: 0 };
-      case "hosting_fail_job": {
-        if (!live) return null;
+      case "hosting_exit": {
+        if (!live) return { ok: false, reason: "lease_lost" };
         const job = held!;
         held = null;
+        const outcome = args.p_outcome as { type: string; permanent?: boolean };
         const attempts = job.attempt as number;
-        return args.p_permanent || attempts >= (job.max_attempts as number)
-          ? { state: "failed", attempts }
-          : { state: "queued", run_at: new Date(Date.now() + 30_000).toISOString(), attempts };
+        const at = (ms: number) => new Date(Date.now() + ms).toISOString();
+        switch (outcome.type) {
+          case "active":
+          case "removed":
+            return { ok: true, state: "succeeded", attempts };
+          case "snooze":
+            return { ok: true, state: "queued", run_at: at(60_000), attempts: attempts - 1 };
+          case "fail":
+            return outcome.permanent || attempts >= (job.max_attempts as number)
+              ? { ok: true, state: "failed", attempts }
+              : { ok: true, state: "queued", run_at: at(30_000), attempts };
+          default: // release, server_trouble: due again without spending the attempt
+            return { ok: true, state: "queued", run_at: at(0), attempts: attempts - 1 };
+        }
       }
     }
     throw new Error(`fake store: unexpected call ${fn}`);
   };
   return { store: new Store(call, undefined, { retryDelaysMs: [] }), calls, brief: () => calls.map(brief) };
 }
+
+/** The step ends a call journals: an advance's p_done, or the done of an exit's outcome. */
+const doneOf = (args: Row) => (args.p_outcome ? (args.p_outcome as Row).done : args.p_done) as Row[] | null;
+/** The outcome an exit sent. */
+const outcomeOf = (args: Row) => args.p_outcome as Row;
 
 type End = { step: string; state: string; code?: string };
 const ends = (done: unknown) =>
@@ -173,7 +179,7 @@ const serverTrouble = (code: V, done: V) => ({ fn: "exit", type: "server_trouble
 
 /**
  * A call with what each test checks: the arguments that decide the job's fate, step ends as step:state:code.
- * The exit is shown by its outcome, whichever SQL function the store's bridge wrote it with.
+ * The exit is shown by its outcome, as hosting_exit takes it.
  */
 function brief({ fn, args: a }: Call): Row {
   switch (fn) {
@@ -183,23 +189,24 @@ function brief({ fn, args: a }: Call): Row {
       return advance(ends(a.p_done), a.p_start, a.p_domain);
     case "hosting_heartbeat":
       return heartbeat(a.p_step);
-    case "hosting_complete_job":
-      return active(
-        ends(a.p_done),
-        a.p_matomo_site_id,
-        a.p_backfill_analytics ? "analytics" : null,
-        a.p_doc_root,
-      );
-    case "hosting_fail_job":
-      return fail(a.p_code, a.p_permanent, ends(a.p_done), a.p_attempt_limit);
-    case "hosting_wait_for_dns":
-      return snooze(ends(a.p_done));
-    case "hosting_release_job":
-      return release(ends(a.p_done));
-    case "hosting_complete_removal":
-      return removed(ends(a.p_done));
-    case "hosting_server_trouble":
-      return serverTrouble(a.p_code, ends(a.p_done));
+    case "hosting_exit": {
+      const o = a.p_outcome as Record<string, V>;
+      const done = ends(o.done);
+      switch (o.type) {
+        case "active":
+          return active(done, o.matomo_site_id, o.backfill_kind, o.doc_root);
+        case "fail":
+          return fail(o.code, o.permanent, done, o.attempt_limit);
+        case "snooze":
+          return { fn: "exit", type: "snooze", schedule: o.schedule, done };
+        case "release":
+          return release(done);
+        case "removed":
+          return removed(done);
+        case "server_trouble":
+          return serverTrouble(o.code, done);
+      }
+    }
   }
   return { fn, args: a };
 }
@@ -341,13 +348,13 @@ Deno.test("a provision job runs its five steps in order in seven statements, the
     advance([ended("https_verify")], "matomo_site"),
     active([ended("matomo_site")], 7, null),
   ]);
-  assert.equal(fake.calls.at(-1)!.args.p_certificate_expires_at, "2027-02-27T00:00:00.000Z");
+  assert.equal(outcomeOf(fake.calls.at(-1)!.args).certificate_expires_at, "2027-02-27T00:00:00.000Z");
   for (const { args } of fake.calls.slice(1)) {
     assert.equal(args.p_job_id, row.job_id);
     assert.equal(args.p_lease_token, row.lease_token);
   }
   // The site step's end, whole, as the next transition journals it (the fake clock stood still: 0 ms).
-  assert.deepEqual(fake.calls[2].args.p_done, [{
+  assert.deepEqual(doneOf(fake.calls[2].args), [{
     step: "cloudpanel_site",
     state: "done",
     result: { site_user: USER, doc_root: DOC_ROOT, created: true, credentials: "known" },
@@ -361,7 +368,7 @@ Deno.test("a provision job runs its five steps in order in seven statements, the
   }]);
   // Every done end carries its step's policies as steps.ts declares them; the other steps declare none.
   const policies = fake.calls
-    .flatMap(({ args }) => (args.p_done as Row[] | null) ?? [])
+    .flatMap(({ args }) => doneOf(args) ?? [])
     .map((end) => [end.step, end.settles_password, end.keeps]);
   assert.deepEqual(policies, [
     ["cloudpanel_site", true, { site_user: USER, doc_root: DOC_ROOT }],
@@ -427,7 +434,7 @@ Deno.test("a job whose time runs out before a step is released with the last end
   const a = setup({ store: first.store, clock });
   const { outcomes: [released] } = await a.run();
   assert.deepEqual(first.brief(), [claim(true), release(null)]);
-  assert.match(first.calls[1].args.p_reason as string, /Time budget spent before cloudpanel_site/);
+  assert.match(outcomeOf(first.calls[1].args).reason as string, /Time budget spent before cloudpanel_site/);
   assert.equal(released.status, "released");
   assert.equal(a.state.connects, 0, "nothing reaches the server");
 
@@ -462,7 +469,7 @@ Deno.test("a step's timeout is cut to the deadline, and a timeout so cut release
     advance(null, "cloudpanel_site", DOMAIN),
     release(["cloudpanel_site:failed:interrupted"]),
   ]);
-  assert.match(fake.calls[2].args.p_reason as string, /Time budget spent during cloudpanel_site/);
+  assert.match(outcomeOf(fake.calls[2].args).reason as string, /Time budget spent during cloudpanel_site/);
   assert.equal(outcome.status, "released");
 
   // The control: the step's own timeout passing is the server's slowness, and spends the attempt.
@@ -546,7 +553,7 @@ Deno.test("a shutdown while a step runs releases the job with the step cut short
     advance(null, "cloudpanel_site", DOMAIN),
     release(["cloudpanel_site:failed:interrupted"]),
   ]);
-  assert.match((fake.calls[2].args.p_done as { message: string }[])[0].message, /shutdown/);
+  assert.match((doneOf(fake.calls[2].args) as { message: string }[])[0].message, /shutdown/);
   assert.equal(result.outcomes.length, 1, "the second due job is left for another worker");
   assert.equal(result.outcomes[0].status, "released");
   assert.equal(result.stopped?.code, "interrupted");
@@ -634,7 +641,7 @@ Deno.test("a CloudPanel failure fails the attempt as the outcome table says: per
     ], code);
     assert.equal(outcome.status, permanent ? "failed" : "retrying", code);
     assert.equal(outcome.error?.code, code);
-    const [end] = fake.calls.at(-1)!.args.p_done as Row[];
+    const [end] = doneOf(fake.calls.at(-1)!.args) as Row[];
     assert.ok(!("settles_password" in end) && !("keeps" in end), "a failed end settles and keeps nothing");
   }
 });
@@ -690,9 +697,9 @@ Deno.test("a connection lost in the middle of a command fails the step, and the 
 Deno.test("an exit the database refuses fails the job instead; one that cannot reach it leaves the job to its lease", async () => {
   const refusing = fakeStore({
     jobs: [claimRow({ kind: "analytics" })],
-    answer: (fn) => {
-      if (fn === "hosting_complete_job") {
-        throw new HostingError("internal", "hosting_complete_job failed: 22023 p_doc_root is not a site's");
+    answer: (fn, _n, args) => {
+      if (fn === "hosting_exit" && (args.p_outcome as Row).type === "active") {
+        throw new HostingError("internal", "hosting_exit failed: 22023 outcome.doc_root must be a doc root");
       }
     },
   });
@@ -707,7 +714,7 @@ Deno.test("an exit the database refuses fails the job instead; one that cannot r
   const away = fakeStore({
     jobs: [claimRow({ kind: "analytics" }), claimRow({ kind: "analytics" })],
     answer: (fn) => {
-      if (fn === "hosting_complete_job") throw new HostingError("store_failed", "connection refused");
+      if (fn === "hosting_exit") throw new HostingError("store_failed", "connection refused");
     },
   });
   const result = await setup({ store: away.store }).run({ drain: true });
@@ -877,7 +884,7 @@ Deno.test("with MATOMO_ON_REMOVE=delete the removal deletes the recorded Matomo 
     advance([ended("cloudpanel_site_delete")], "matomo_site_delete"),
     removed([ended("matomo_site_delete")]),
   ]);
-  assert.deepEqual(fake.calls[2].args.p_done, [{
+  assert.deepEqual(doneOf(fake.calls[2].args), [{
     step: "cloudpanel_site_delete",
     state: "done",
     result: { deleted: false },
@@ -972,13 +979,13 @@ Deno.test("the site step sends the password the database stored, and journals wh
   const sent = first.shell.seen[0];
   assert.equal(sent.command, "clpctl site:add:static");
   assert.equal(sent.password, stored, "the retry sends the stored password, not a new one");
-  const siteEnd = (resumed.calls[2].args.p_done as { result: Row }[])[0].result;
+  const siteEnd = (doneOf(resumed.calls[2].args) as { result: Row }[])[0].result;
   assert.equal(siteEnd.credentials, "known");
 
   // The first claim to store a password finds the site already there: made by someone else, password unknown.
   const adopted = fakeStore({ jobs: [claimRow()] });
   await setup({ store: adopted.store, exec: exists }).run();
-  assert.equal((adopted.calls[2].args.p_done as { result: Row }[])[0].result.credentials, "unknown");
+  assert.equal((doneOf(adopted.calls[2].args) as { result: Row }[])[0].result.credentials, "unknown");
 
   // Without Vault the password is not kept, and the journal says so.
   const noVault = fakeStore({
@@ -989,7 +996,7 @@ Deno.test("the site step sends the password the database stored, and journals wh
         : undefined,
   });
   await setup({ store: noVault.store }).run();
-  assert.equal((noVault.calls[2].args.p_done as { result: Row }[])[0].result.credentials, "not_stored");
+  assert.equal((doneOf(noVault.calls[2].args) as { result: Row }[])[0].result.credentials, "not_stored");
 });
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1059,7 +1066,7 @@ Deno.test("a valid certificate already served is not issued again, also when an 
   const { run, shell } = setup({ store: fake.store, served: [DOMAIN] });
   const { outcomes: [outcome] } = await run();
   assert.deepEqual(shell.commands(), [], "no certificate command: the server already serves a valid one");
-  const certificateEnd = (fake.calls[2].args.p_done as { step: string; result: Row }[])[0];
+  const certificateEnd = (doneOf(fake.calls[2].args) as { step: string; result: Row }[])[0];
   assert.equal(certificateEnd.step, "ssl_certificate");
   assert.equal(certificateEnd.result.reused, true);
   assert.equal(outcome.status, "active");

@@ -35,17 +35,23 @@ create table hosting_automator.jobs (
   site_user text,
   doc_root text,
   matomo_site_id integer,
+  -- Why a queued job waits, when it is not its own retry: its server's circuit (`server`), a snooze schedule
+  -- (`dns`), or a server with room (`capacity`). Set by the exit and the claim, cleared when the job is claimed.
+  waiting_for text constraint jobs_waiting_for_check check (waiting_for in ('server', 'capacity', 'dns')),
   constraint jobs_lease_iff_running check (
     (state = 'running') = (lease_owner is not null and lease_token is not null and lease_expires_at is not null)
   ),
   constraint jobs_finished_iff_done check ((state in ('succeeded', 'failed', 'cancelled')) = (finished_at is not null)),
   constraint jobs_removal_target check (
     (kind <> 'remove' or domain is not null)
-    and length(domain) <= 253 and length(site_user) <= 32 and length(doc_root) <= 400 and matomo_site_id > 0)
+    and length(domain) <= 253 and length(site_user) <= 32 and length(doc_root) <= 400 and matomo_site_id > 0),
+  constraint jobs_waiting_only_queued check (waiting_for is null or state = 'queued')
 );
 comment on table hosting_automator.jobs is
   'One job per run of work for a site; at most one open (queued or running) build job and one open removal per site.';
 comment on column hosting_automator.jobs.domain is 'A removal''s domain (canonical where the site was built).';
+comment on column hosting_automator.jobs.waiting_for is
+  'Why a queued job waits: server (its circuit is open), a snooze schedule (dns), or capacity (no server has room).';
 
 -- One open build job (provision, analytics) and one open removal per site, enforced by the schema; the claim
 -- runs a site's jobs in the order they were queued.

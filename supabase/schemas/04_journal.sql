@@ -25,6 +25,16 @@ comment on table hosting_automator.steps is 'Step journal per site: a resumed or
 -- The expected duration of a step is read from its most recent successful runs.
 create index steps_recent_done on hosting_automator.steps (step, updated_at desc) where state = 'done';
 
+-- What later calls need to know about a site, kept from the ends of its steps (`keeps`): e.g. the site user and
+-- doc root a removal deletes, the Matomo site id. Merged on each step end; goes with the journal.
+create table hosting_automator.site_facts (
+  site_id uuid primary key,
+  facts jsonb not null default '{}' check (jsonb_typeof(facts) = 'object'),
+  updated_at timestamptz not null default now()
+);
+comment on table hosting_automator.site_facts is
+  'Per site, the values its steps kept for later calls (a removal''s target, the credentials'' site user).';
+
 -- Append-only: what happened, for operators. No foreign key, so it outlives deleted sites; only the retention
 -- deletes from it (docs/architecture.md §12).
 create table hosting_automator.events (
@@ -80,9 +90,106 @@ as $$
   where st.state <> 'done'
 $$;
 
--- Journal the end of a step: `done`, `failed` or `skipped`, with its result, code, duration and an event, and
--- settle the credentials when the site step is done. p_done: {"step", "state", "result"?, "code"?, "message"?,
--- "level"?, "duration_ms"?}. A done step stays done.
+-- A JSON number that is a whole number from p_min to p_max.
+create function hosting_automator.is_whole_number(p_value jsonb, p_min numeric, p_max numeric)
+returns boolean
+language plpgsql
+immutable
+set search_path = ''
+as $$
+declare
+  v_number numeric;
+begin
+  if jsonb_typeof(p_value) is distinct from 'number' then
+    return false;
+  end if;
+  v_number := (p_value #>> '{}')::numeric;
+  return v_number between p_min and p_max and v_number = trunc(v_number);
+end
+$$;
+
+-- Refuses (22023, naming the field and the rule) step ends that are not what the journal takes: one end (an
+-- object) or an array of them, each {"step", "state": done|failed|skipped, "result"?: object, "code"?, "message"?,
+-- "level"?, "duration_ms"?, "settles_password"?: bool, "keeps"?: object}; a null counts as left out. p_field
+-- names them in the error.
+create function hosting_automator.check_ends(p_done jsonb, p_field text)
+returns void
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  v_end jsonb;
+  v_index bigint;
+  v_name text;
+  v_key text;
+begin
+  if p_done is null or jsonb_typeof(p_done) = 'null' then
+    return;
+  end if;
+  if jsonb_typeof(p_done) not in ('object', 'array') then
+    raise exception '% must be a step end (an object) or an array of them', p_field using errcode = '22023';
+  end if;
+  for v_end, v_index in
+    select e, i from jsonb_array_elements(case when jsonb_typeof(p_done) = 'array' then p_done
+      else jsonb_build_array(p_done) end) with ordinality as a(e, i)
+  loop
+    v_name := case when jsonb_typeof(p_done) = 'array' then format('%s[%s]', p_field, v_index - 1) else p_field end;
+    if jsonb_typeof(v_end) <> 'object' then
+      raise exception '% must be a step end (an object)', v_name using errcode = '22023';
+    end if;
+    select k into v_key from jsonb_object_keys(v_end) k
+    where k not in ('step', 'state', 'result', 'code', 'message', 'level', 'duration_ms', 'settles_password', 'keeps')
+    order by k limit 1;
+    if v_key is not null then
+      raise exception '%.% is not a field of a step end', v_name, v_key using errcode = '22023';
+    end if;
+    -- Only what is there is checked below (nulls inside result and keeps do not matter here).
+    v_end := jsonb_strip_nulls(v_end);
+    if not coalesce(v_end ->> 'step' in (select s::text from unnest(enum_range(null::hosting_automator.step_name)) s)
+      and jsonb_typeof(v_end -> 'step') = 'string', false)
+    then
+      raise exception '%.step must be a step name (hosting_automator.step_name)', v_name using errcode = '22023';
+    end if;
+    if not coalesce(v_end ->> 'state' in ('done', 'failed', 'skipped') and jsonb_typeof(v_end -> 'state') = 'string',
+      false)
+    then
+      raise exception '%.state must be done, failed or skipped (a step ends)', v_name using errcode = '22023';
+    end if;
+    if v_end ? 'result' and jsonb_typeof(v_end -> 'result') <> 'object' then
+      raise exception '%.result must be a JSON object', v_name using errcode = '22023';
+    end if;
+    if v_end ? 'code' and not coalesce(jsonb_typeof(v_end -> 'code') = 'string'
+      and v_end ->> 'code' ~ '^[a-z][a-z0-9_]{0,63}$', false)
+    then
+      raise exception '%.code must be a lower-case code (a-z, 0-9 and _, up to 64)', v_name using errcode = '22023';
+    end if;
+    if v_end ? 'message' and jsonb_typeof(v_end -> 'message') <> 'string' then
+      raise exception '%.message must be a string', v_name using errcode = '22023';
+    end if;
+    if v_end ? 'level' and not coalesce(jsonb_typeof(v_end -> 'level') = 'string' and v_end ->> 'level' in (
+      select l::text from unnest(enum_range(null::hosting_automator.event_level)) l), false)
+    then
+      raise exception '%.level must be debug, info, warn or error', v_name using errcode = '22023';
+    end if;
+    if v_end ? 'duration_ms' and not hosting_automator.is_whole_number(v_end -> 'duration_ms', 0, 2147483647) then
+      raise exception '%.duration_ms must be a whole number of milliseconds, not negative', v_name
+        using errcode = '22023';
+    end if;
+    if v_end ? 'settles_password' and jsonb_typeof(v_end -> 'settles_password') <> 'boolean' then
+      raise exception '%.settles_password must be true or false', v_name using errcode = '22023';
+    end if;
+    if v_end ? 'keeps' and jsonb_typeof(v_end -> 'keeps') <> 'object' then
+      raise exception '%.keeps must be a JSON object (the values to keep for the site)', v_name using errcode = '22023';
+    end if;
+  end loop;
+end
+$$;
+
+-- Journal the end of a step: `done`, `failed` or `skipped`, with its result, code, duration and an event (p_done
+-- was checked by check_ends). A done step stays done. What the step means to the database comes with its end:
+-- `settles_password` (its result's `credentials` says whether the stored password is the site user's) and
+-- `keeps` (values kept for the site when the journal takes the done end).
 create function hosting_automator.journal_end(p_site uuid, p_job bigint, p_done jsonb)
 returns void
 language plpgsql
@@ -93,13 +200,8 @@ declare
   v_step hosting_automator.step_name := (p_done ->> 'step')::hosting_automator.step_name;
   v_state hosting_automator.step_state := (p_done ->> 'state')::hosting_automator.step_state;
   v_result jsonb := coalesce(p_done -> 'result', '{}'::jsonb);
+  v_taken integer;
 begin
-  if v_state = 'started' then
-    raise exception 'a step ends done, failed or skipped' using errcode = '22023';
-  end if;
-  if jsonb_typeof(v_result) <> 'object' then
-    raise exception 'the step result must be a JSON object' using errcode = '22023';
-  end if;
   insert into hosting_automator.steps as st (site_id, step, state, result, last_error_code, last_job_id, duration_ms)
   values (p_site, v_step, v_state, v_result, p_done ->> 'code', p_job, (p_done ->> 'duration_ms')::integer)
   on conflict (site_id, step) do update set
@@ -110,10 +212,15 @@ begin
     duration_ms = excluded.duration_ms,
     updated_at = now()
   where st.state <> 'done';
-  if v_step = 'cloudpanel_site' and v_state = 'done' then
+  get diagnostics v_taken = row_count;
+  if v_state = 'done' and coalesce((p_done ->> 'settles_password')::boolean, false) then
     perform hosting_automator.settle_credentials(p_site, v_result);
   end if;
-  if p_done ? 'message' then
+  if v_state = 'done' and v_taken > 0 and jsonb_typeof(p_done -> 'keeps') = 'object' then
+    insert into hosting_automator.site_facts as f (site_id, facts) values (p_site, p_done -> 'keeps')
+    on conflict (site_id) do update set facts = f.facts || excluded.facts, updated_at = now();
+  end if;
+  if p_done ->> 'message' is not null then
     insert into hosting_automator.events (site_id, job_id, step, level, code, message)
     values (p_site, p_job, v_step::text, coalesce(p_done ->> 'level', 'info')::hosting_automator.event_level,
       p_done ->> 'code', left(p_done ->> 'message', 2000));
@@ -161,72 +268,4 @@ as $$
     group by n.step
     having count(*) >= 3
   ) x
-$$;
-
--- Journal a step (started, done, failed or skipped), with an optional event, under the job's lease. False when
--- the lease is lost. A step that is done stays done.
-create function public.hosting_record_step(
-  p_job_id bigint,
-  p_lease_token uuid,
-  p_step text,
-  p_state text,
-  p_result jsonb default '{}'::jsonb,
-  p_code text default null,
-  p_message text default null,
-  p_level text default 'info'
-)
-returns boolean
-language plpgsql
-security definer
-set search_path = ''
-as $$
-declare
-  v_site uuid;
-  v_step hosting_automator.step_name := p_step::hosting_automator.step_name;
-  v_state hosting_automator.step_state := p_state::hosting_automator.step_state;
-begin
-  if p_result is null or jsonb_typeof(p_result) <> 'object' then
-    raise exception 'p_result must be a JSON object' using errcode = '22023';
-  end if;
-  select j.site_id into v_site from hosting_automator.lock_leased_job(p_job_id, p_lease_token) j;
-  if not found then
-    return false;
-  end if;
-  update hosting_automator.jobs j set current_step = v_step, updated_at = now() where j.id = p_job_id;
-
-  insert into hosting_automator.steps as st (site_id, step, state, result, attempts, last_error_code, last_job_id)
-  values (v_site, v_step, v_state, p_result, case when v_state = 'started' then 1 else 0 end, p_code, p_job_id)
-  on conflict (site_id, step) do update set
-    state = excluded.state,
-    result = excluded.result,
-    attempts = st.attempts + excluded.attempts,
-    last_error_code = excluded.last_error_code,
-    last_job_id = excluded.last_job_id,
-    updated_at = now()
-  where st.state <> 'done';
-
-  if p_message is not null then
-    insert into hosting_automator.events (site_id, job_id, step, level, code, message)
-    values (v_site, p_job_id, p_step, p_level::hosting_automator.event_level, p_code, left(p_message, 2000));
-  end if;
-  return true;
-end
-$$;
-
--- Append an event (warnings from a step that did not fail the job). Messages must already be redacted.
-create function public.hosting_log_event(
-  p_site_id uuid,
-  p_job_id bigint,
-  p_step text,
-  p_level text,
-  p_code text,
-  p_message text
-)
-returns void
-language sql
-security definer
-set search_path = ''
-as $$
-  insert into hosting_automator.events (site_id, job_id, step, level, code, message)
-  values (p_site_id, p_job_id, p_step, p_level::hosting_automator.event_level, p_code, left(p_message, 2000))
 $$;

@@ -120,8 +120,8 @@ begin
 end
 $$;
 
--- The site user's credentials, for the module that uploads a site's files over SFTP: site user, password,
--- server (its name, host and port) and doc root. Raises a clear error when there is nothing to give: no such
+-- The site user's credentials, for the module that uploads a site's files over SFTP: site user (kept by the step
+-- that made the site), password, server and doc root. Raises a clear error when there is nothing to give: no such
 -- site, not provisioned yet, being removed, no Vault, or adopted from an earlier run (its password was never
 -- known here).
 create function public.hosting_site_credentials(p_site_id uuid)
@@ -134,7 +134,7 @@ as $$
 declare
   v_site record;
   v_cred hosting_automator.credentials;
-  v_step record;
+  v_facts jsonb;
   v_password text;
   v_host text;
   v_port integer;
@@ -150,10 +150,9 @@ begin
     raise exception 'site % (%) is removed or being removed: its credentials are deleted', p_site_id, v_site.domain
       using errcode = 'P0002';
   end if;
-  select st.state, st.result into v_step from hosting_automator.steps st
-  where st.site_id = p_site_id and st.step = 'cloudpanel_site';
+  select f.facts into v_facts from hosting_automator.site_facts f where f.site_id = p_site_id;
   select * into v_cred from hosting_automator.credentials c where c.site_id = p_site_id;
-  if v_step.state is distinct from 'done' then
+  if v_facts ->> 'site_user' is null then
     raise exception 'site % (%) has no CloudPanel site yet: its credentials exist once the site step is done',
       p_site_id, v_site.domain using errcode = 'P0002';
   end if;
@@ -183,11 +182,11 @@ begin
   return jsonb_build_object(
     'site_id', v_site.id,
     'domain', v_site.domain,
-    'site_user', v_step.result ->> 'site_user',
+    'site_user', v_facts ->> 'site_user',
     'password', v_password,
     'server', v_cred.server,
     'host', v_host,
     'port', v_port,
-    'doc_root', coalesce(v_site.hosting_doc_root, v_step.result ->> 'doc_root'));
+    'doc_root', coalesce(v_site.hosting_doc_root, v_facts ->> 'doc_root'));
 end
 $$;

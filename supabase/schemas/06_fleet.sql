@@ -98,18 +98,8 @@ as $$
   limit 1
 $$;
 
--- A job given back with this code waits for its server (it could not be reached), not for its own retry.
-create function hosting_automator.waits_for_server(p_code text)
-returns boolean
-language sql
-immutable
-set search_path = ''
-as $$
-  select coalesce(p_code in ('ssh_unreachable', 'ssh_timeout', 'ssh_host_key_mismatch', 'ssh_auth_failed'), false)
-$$;
-
 -- An operator changed a server. Its address or state (a fixed host key, a server enabled): its circuit closes
--- and the jobs that waited for it are due now. Its room (capacity, state): the sites waiting for room are due now.
+-- and the jobs that waited for it are due now. Its room (capacity, state): the jobs waiting for room are due now.
 create function hosting_automator.on_server_changed()
 returns trigger
 language plpgsql
@@ -124,12 +114,11 @@ begin
     new.failures := 0;
     new.open_until := null;
     update hosting_automator.jobs j set run_at = now()
-    where j.state = 'queued' and j.server = new.name and j.run_at > now()
-      and hosting_automator.waits_for_server(j.last_error_code);
+    where j.state = 'queued' and j.server = new.name and j.run_at > now() and j.waiting_for = 'server';
   end if;
   if (old.capacity, old.state) is distinct from (new.capacity, new.state) then
     update hosting_automator.jobs j set run_at = now()
-    where j.state = 'queued' and j.run_at > now() and j.last_error_code = 'no_server_capacity';
+    where j.state = 'queued' and j.run_at > now() and j.waiting_for = 'capacity';
   end if;
   return new;
 end

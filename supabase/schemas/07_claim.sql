@@ -122,6 +122,7 @@ begin
       state = 'cancelled',
       last_error_code = 'cancelled',
       public_error = 'Cancelled: the site is being removed.',
+      waiting_for = null,
       finished_at = now(),
       updated_at = now()
     where j.id in (
@@ -146,7 +147,7 @@ begin
       select 1 from hosting_automator.servers s where s.state = 'active' and hosting_automator.server_fill(s) < 1);
 
   for v_job in
-    select j.id, j.site_id, j.kind, j.run_at, j.last_error_code
+    select j.id, j.site_id, j.kind, j.run_at, j.waiting_for
     from hosting_automator.jobs j
     left join hosting_automator.placements pl on pl.site_id = j.site_id
     left join hosting_automator.servers sv on sv.name = pl.server
@@ -179,14 +180,13 @@ begin
       end if;
     end if;
 
-    -- The site's server; a site without one is placed when its job starts (placement is sticky). A site built
-    -- before there was a fleet (its site step is journaled) lives on the configured server, `default`.
+    -- The site's server; a site without one is placed when its job starts (placement is sticky). A site with a
+    -- journal but no placement was built before there was a fleet: it lives on the configured server, `default`.
     select p.server into v_name from hosting_automator.placements p where p.site_id = v_job.site_id;
     v_new := v_name is null;
     if v_new then
       select sv.name into v_name from hosting_automator.servers sv
-      where sv.name = 'default' and exists (
-        select 1 from hosting_automator.steps st where st.site_id = v_job.site_id and st.step = 'cloudpanel_site');
+      where sv.name = 'default' and exists (select 1 from hosting_automator.steps st where st.site_id = v_job.site_id);
       v_name := coalesce(v_name, hosting_automator.best_server());
     end if;
     if v_name is null then
@@ -195,9 +195,10 @@ begin
         run_at = now() + hosting_automator.retry_delay(1),
         last_error_code = 'no_server_capacity',
         public_error = 'No active CloudPanel server has room for another site; add a server or raise a capacity.',
+        waiting_for = 'capacity',
         updated_at = now()
       where j.id = v_job.id;
-      if v_job.last_error_code is distinct from 'no_server_capacity' then
+      if v_job.waiting_for is distinct from 'capacity' then
         insert into hosting_automator.events (site_id, job_id, level, code, message)
         values (v_job.site_id, v_job.id, 'warn', 'no_server_capacity',
           'No active CloudPanel server has room for another site (capacity reached, or none active); the job waits.');
@@ -229,6 +230,7 @@ begin
       lease_expires_at = now() + make_interval(secs => p_lease_seconds),
       server = v_name,
       current_step = null,
+      waiting_for = null,
       started_at = coalesce(j.started_at, now()),
       updated_at = now()
     where j.id = v_job.id

@@ -55,7 +55,7 @@ $$;
 --     earlier attempt stored, else p_password, stored in Vault now.
 -- Answers {"ok": true[, "credentials": {password, prior, stored}]}; {"ok": false, "reason": "lease_lost"}
 -- (nothing written); {"ok": false, "reason": "cancelled"}; {"ok": false, "reason": "domain_taken", "code",
--- "message", "next"} (the job failed, or was queued again: `next` is hosting_fail_job's answer).
+-- "message", "next"} (the job failed, or was queued again: `next` is {"state", "run_at"?, "attempts"}).
 create function public.hosting_advance(
   p_job_id bigint,
   p_lease_token uuid,
@@ -81,6 +81,7 @@ begin
   if p_lease_seconds is null or p_lease_seconds not between 5 and 3600 then
     raise exception 'p_lease_seconds must be from 5 to 3600' using errcode = '22023';
   end if;
+  perform hosting_automator.check_ends(p_done, 'p_done');
   perform 1 from hosting_automator.lock_leased_job(p_job_id, p_lease_token);
   if not found then
     return jsonb_build_object('ok', false, 'reason', 'lease_lost');
@@ -139,10 +140,12 @@ begin
           'The domain %s is already hosted for another row of public.sites (id %s, domain %s); a domain has one site. Delete or correct one of the two rows, then retry.',
           p_domain, v_owner, v_owner_domain), 500);
       end if;
-      v_next := public.hosting_fail_job(p_job_id, p_lease_token, v_code, v_message,
-        format('canonical domain %s is owned by site %s', p_domain, v_owner), v_code = 'domain_taken');
+      v_next := public.hosting_exit(p_job_id, p_lease_token, jsonb_build_object(
+        'type', 'fail', 'code', v_code, 'public_message', v_message,
+        'internal_message', format('canonical domain %s is owned by site %s', p_domain, v_owner),
+        'permanent', v_code = 'domain_taken'));
       return jsonb_build_object('ok', false, 'reason', 'domain_taken', 'code', v_code, 'message', v_message,
-        'next', v_next);
+        'next', v_next - 'ok');
     end if;
   end if;
   if p_start is not null then
@@ -160,7 +163,7 @@ $$;
 
 -- Jobs whose worker stopped renewing its lease (crash, wall-clock limit): queue them again to resume, or fail
 -- them when they have used all their attempts (a job that kills its worker must not loop forever). A final
--- failure marks the row as hosting_fail_job does.
+-- failure marks the row as a failing exit does.
 create function hosting_automator.reap_expired_leases()
 returns integer
 language plpgsql

@@ -1,397 +1,375 @@
--- The exit of a running job (docs/architecture.md §4, §9): each ends the worker's lease in one call, under the
--- lease guard (lock_leased_job), ending the job's last step (p_done) in the same transaction. A lost lease
--- changes nothing and answers false or null.
+-- The exit of a running job (docs/architecture.md §4, §9): public.hosting_exit ends the worker's hold on a job in
+-- one call, fed by an outcome value, under the lease guard (lock_leased_job), journaling the job's last step ends
+-- in the same transaction. A lost lease changes nothing. No function here names a step or a code the worker sends.
 
--- Finish a build job: the job succeeds and the site becomes active with its doc root, its Matomo id (a null keeps
--- the row's) and the expiry of the certificate it was seen to serve (a null keeps the row's: an analytics job does
--- not look at the certificate), unless the row is in removal (a removal queued behind this job undoes it next).
--- With p_backfill_analytics and no Matomo id, an `analytics` job is queued (after the first backoff) to add the
--- Matomo site later; none for a job a removal superseded. False when the lease is lost.
-create function public.hosting_complete_job(
-  p_job_id bigint,
-  p_lease_token uuid,
-  p_doc_root text,
-  p_matomo_site_id integer default null,
-  p_message text default null,
-  p_done jsonb default null,
-  p_backfill_analytics boolean default false,
-  p_certificate_expires_at timestamptz default null
-)
+-- The schedules a job may wait on without spending an attempt (a snooze), each a group of settings: the first
+-- wait (doubling with jitter up to the longest), how long the waiting may last from the first journal entry of
+-- the step that waits, and the words the event log and the row use.
+create function hosting_automator.snooze_schedule(p_name text)
+returns table (backoff_seconds integer, backoff_max_seconds integer, limit_hours integer, label text, gave_up text)
+language sql
+stable
+set search_path = ''
+as $$
+  select x.backoff_seconds, x.backoff_max_seconds, x.limit_hours, x.label, x.gave_up
+  from hosting_automator.settings s
+  cross join lateral (values
+    ('dns', s.dns_backoff_seconds, s.dns_backoff_max_seconds, s.dns_wait_hours, 'DNS',
+      'DNS has not pointed at the server')
+  ) as x(name, backoff_seconds, backoff_max_seconds, limit_hours, label, gave_up)
+  where x.name = p_name
+$$;
+
+-- A text Postgres reads as a timestamp with its time zone (ISO 8601, as JSON carries one).
+create function hosting_automator.is_timestamp(p_text text)
 returns boolean
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  if p_text !~ '^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}(:?\d{2})?)$' then
+    return false;
+  end if;
+  perform p_text::timestamptz;
+  return true;
+exception when others then
+  return false;
+end
+$$;
+
+-- Refuses (22023, naming the field and the rule) an outcome of hosting_exit that is not one of its types with
+-- that type's fields. A field that may be null may also be left out; any other field is refused.
+create function hosting_automator.check_outcome(p_outcome jsonb)
+returns void
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  v_type text := p_outcome ->> 'type';
+  v_field record;
+  v_value jsonb;
+  v_known text[] := array['type'];
+  v_key text;
+begin
+  if p_outcome is null or jsonb_typeof(p_outcome) <> 'object' then
+    raise exception 'the outcome must be a JSON object with a type' using errcode = '22023';
+  end if;
+  if jsonb_typeof(p_outcome -> 'type') is distinct from 'string'
+    or v_type not in ('active', 'removed', 'fail', 'snooze', 'release', 'server_trouble')
+  then
+    raise exception 'outcome.type must be active, removed, fail, snooze, release or server_trouble'
+      using errcode = '22023';
+  end if;
+  -- Each type's fields: the rule its value keeps, and whether it is required (else it may be null or absent).
+  for v_field in
+    select f.name, f.rule, f.required
+    from (values
+      ('active', 'done', 'step ends', false),
+      ('active', 'message', 'a string', false),
+      ('active', 'doc_root', 'a doc root like /home/<site user>/htdocs/<domain>', true),
+      ('active', 'matomo_site_id', 'a positive integer', false),
+      ('active', 'certificate_expires_at', 'an ISO 8601 timestamp with a time zone', false),
+      ('active', 'backfill_kind', 'a build job kind (provision, analytics)', false),
+      ('removed', 'done', 'step ends', false),
+      ('removed', 'message', 'a string', false),
+      ('fail', 'done', 'step ends', false),
+      ('fail', 'code', 'a lower-case code (a-z, 0-9 and _, up to 64)', true),
+      ('fail', 'public_message', 'a string of 1 to 500 characters', true),
+      ('fail', 'internal_message', 'a string', false),
+      ('fail', 'permanent', 'true or false', true),
+      ('fail', 'attempt_limit', 'a positive integer', false),
+      ('snooze', 'done', 'step ends', false),
+      ('snooze', 'code', 'a lower-case code (a-z, 0-9 and _, up to 64)', true),
+      ('snooze', 'public_message', 'a string of 1 to 500 characters', true),
+      ('snooze', 'internal_message', 'a string', false),
+      ('snooze', 'schedule', 'a snooze schedule (hosting_automator.snooze_schedule: dns)', true),
+      ('release', 'done', 'step ends', false),
+      ('release', 'reason', 'a string', false),
+      ('server_trouble', 'done', 'step ends', false),
+      ('server_trouble', 'code', 'a lower-case code (a-z, 0-9 and _, up to 64)', true),
+      ('server_trouble', 'message', 'a string', false)
+    ) as f(type, name, rule, required)
+    where f.type = v_type
+  loop
+    v_known := v_known || v_field.name;
+    v_value := p_outcome -> v_field.name;
+    if v_value is null or jsonb_typeof(v_value) = 'null' then
+      if v_field.required then
+        raise exception 'outcome.% is required (type %): %', v_field.name, v_type, v_field.rule
+          using errcode = '22023';
+      end if;
+      continue;
+    end if;
+    if v_field.rule = 'step ends' then
+      perform hosting_automator.check_ends(v_value, 'outcome.' || v_field.name);
+      continue;
+    end if;
+    if not (case
+      when v_field.rule = 'true or false' then jsonb_typeof(v_value) = 'boolean'
+      when v_field.rule = 'a positive integer' then hosting_automator.is_whole_number(v_value, 1, 2147483647)
+      when jsonb_typeof(v_value) <> 'string' then false
+      when v_field.rule = 'a string' then true
+      when v_field.rule like 'a string of 1 to 500%' then length(v_value #>> '{}') between 1 and 500
+      when v_field.rule like 'a lower-case code%' then (v_value #>> '{}') ~ '^[a-z][a-z0-9_]{0,63}$'
+      when v_field.rule like 'a doc root%' then
+        (v_value #>> '{}') ~ '^/home/[a-z][a-z0-9-]{0,31}/htdocs/[a-z0-9.-]{1,253}$'
+      when v_field.rule like 'an ISO 8601 timestamp%' then hosting_automator.is_timestamp(v_value #>> '{}')
+      when v_field.rule like 'a build job kind%' then (v_value #>> '{}') in ('provision', 'analytics')
+      when v_field.rule like 'a snooze schedule%' then
+        exists (select 1 from hosting_automator.snooze_schedule(v_value #>> '{}'))
+      else false
+    end) then
+      raise exception 'outcome.% must be %', v_field.name, v_field.rule using errcode = '22023';
+    end if;
+  end loop;
+  select k into v_key from jsonb_object_keys(p_outcome) k where k <> all (v_known) order by k limit 1;
+  if v_key is not null then
+    raise exception 'outcome.% is not a field of type % (its fields: %)', v_key, v_type,
+      array_to_string(v_known[2:], ', ') using errcode = '22023';
+  end if;
+end
+$$;
+
+-- The one way a worker ends its hold on a running job, by an outcome value (docs/architecture.md §4):
+--   {"type": "active", "done", "message", "doc_root", "matomo_site_id", "certificate_expires_at", "backfill_kind"}
+--       a build job succeeds; the row becomes active with its doc root, Matomo id (null keeps the row's) and
+--       certificate expiry (null keeps the row's), unless it is in removal; with backfill_kind and no Matomo id,
+--       a job of that kind is queued after the first backoff (not for a job a removal superseded);
+--   {"type": "removed", "done", "message"}
+--       a removal succeeds; the site's journal, facts, domain ownership, placement and password go, and a kept
+--       row becomes 'removed';
+--   {"type": "fail", "done", "code", "public_message", "internal_message", "permanent", "attempt_limit"}
+--       transient with attempts left: queued after the backoff; permanent, out of attempts, or the same code
+--       attempt_limit times in a row: failed, and a build job's row (unless active or in removal) gets `failed`
+--       with the public message; a removal's row keeps 'removing' with the message;
+--   {"type": "snooze", "done", "code", "public_message", "internal_message", "schedule"}
+--       not ready yet: queued again on the schedule's backoff without spending the attempt; once the job's current
+--       step has waited the schedule's limit since it was first journaled, a permanent `fail` with that code;
+--   {"type": "release", "done", "reason"}
+--       given back unfinished (time ran out, shutdown), attempt kept, due now; rings for the slot it frees;
+--   {"type": "server_trouble", "done", "code", "message"}
+--       the job's server could not be reached: its circuit opens with backoff (failures while it is open count
+--       once) and the job waits for it, attempt kept.
+-- `done` is the step ends journaled with the exit (see check_ends). Answers {"ok": false, "reason": "lease_lost"}
+-- (nothing written) or {"ok": true, "state", "run_at" (when queued), "attempts"}. A malformed outcome raises 22023
+-- and changes nothing.
+create function public.hosting_exit(p_job_id bigint, p_lease_token uuid, p_outcome jsonb)
+returns jsonb
 language plpgsql
 security definer
 set search_path = ''
 as $$
 declare
-  v_job record;
+  v_type text := p_outcome ->> 'type';
+  v_job hosting_automator.jobs;
+  v_next hosting_automator.jobs;
+  v_code text := p_outcome ->> 'code';
+  v_public text := p_outcome ->> 'public_message';
+  v_permanent boolean;
+  v_attempt_limit integer;
+  v_schedule record;
+  v_since timestamptz;
+  v_server hosting_automator.servers;
+  v_until timestamptz;
   v_backfill bigint;
 begin
-  if p_doc_root is null or p_doc_root !~ '^/home/[a-z][a-z0-9-]{0,31}/htdocs/[a-z0-9.-]{1,253}$' then
-    raise exception 'p_doc_root must look like /home/<site user>/htdocs/<domain>' using errcode = '22023';
-  end if;
-  if p_matomo_site_id is not null and p_matomo_site_id < 1 then
-    raise exception 'p_matomo_site_id must be positive' using errcode = '22023';
-  end if;
-
-  perform 1 from hosting_automator.lock_leased_job(p_job_id, p_lease_token) j where j.kind <> 'remove';
+  perform hosting_automator.check_outcome(p_outcome);
+  v_permanent := coalesce((p_outcome ->> 'permanent')::boolean, false);
+  v_attempt_limit := (p_outcome ->> 'attempt_limit')::integer;
+  select * into v_job from hosting_automator.lock_leased_job(p_job_id, p_lease_token);
   if not found then
-    return false;
+    return jsonb_build_object('ok', false, 'reason', 'lease_lost');
   end if;
-  update hosting_automator.jobs j set
-    state = 'succeeded',
-    lease_owner = null,
-    lease_token = null,
-    lease_expires_at = null,
-    error_streak = 0,
-    finished_at = now(),
-    updated_at = now()
-  where j.id = p_job_id
-  returning j.id, j.site_id into v_job;
-  if p_done is not null then
-    perform hosting_automator.journal_ends(v_job.site_id, p_job_id, p_done);
+  if v_type = 'active' and v_job.kind = 'remove' then
+    raise exception 'outcome.type active finishes a build job; job % is a removal (its outcome is removed)', p_job_id
+      using errcode = '22023';
+  elsif v_type = 'removed' and v_job.kind <> 'remove' then
+    raise exception 'outcome.type removed finishes a removal; job % is a % job (its outcome is active)', p_job_id,
+      v_job.kind using errcode = '22023';
   end if;
 
-  update public.sites s set
-    status_hosting = 'active',
-    hosting_doc_root = p_doc_root,
-    matomo_site_id = coalesce(p_matomo_site_id, s.matomo_site_id),
-    certificate_expires_at = coalesce(p_certificate_expires_at, s.certificate_expires_at),
-    error_message = null
-  where s.id = v_job.site_id and not hosting_automator.row_in_removal(s.status_hosting);
-
-  insert into hosting_automator.events (site_id, job_id, level, code, message)
-  values (v_job.site_id, p_job_id, 'info', 'job_succeeded', left(coalesce(p_message, 'Site is active.'), 2000));
-
-  if p_backfill_analytics and p_matomo_site_id is null
-    and not hosting_automator.superseded(p_job_id, v_job.site_id) then
-    insert into hosting_automator.jobs (site_id, kind, max_attempts, run_at)
-    select v_job.site_id, 'analytics', s.analytics_max_attempts, now() + hosting_automator.retry_delay(1)
-    from hosting_automator.settings s
-    on conflict (site_id) where state in ('queued', 'running') and kind <> 'remove' do nothing
-    returning id into v_backfill;
-    if v_backfill is not null then
-      insert into hosting_automator.events (site_id, job_id, level, code, message)
-      values (v_job.site_id, v_backfill, 'info', 'analytics_backfill_queued',
-        'The site is active without analytics; the Matomo step is retried automatically.');
+  -- A snooze past its schedule's limit, counted from the first journal entry of the step that waits, fails.
+  if v_type = 'snooze' then
+    select * into v_schedule from hosting_automator.snooze_schedule(p_outcome ->> 'schedule');
+    select st.created_at into v_since from hosting_automator.steps st
+    where st.site_id = v_job.site_id and st.step = v_job.current_step;
+    if v_since < now() - make_interval(hours => v_schedule.limit_hours) then
+      v_type := 'fail';
+      v_public := left(format('%s for %s hours: %s', v_schedule.gave_up, v_schedule.limit_hours, v_public), 500);
+      v_permanent := true;
     end if;
   end if;
-  return true;
-end
-$$;
 
--- Finish a removal: the site's journal, domain ownership, placement and stored credentials are deleted
--- (provisioning again starts from nothing), and a kept row becomes 'removed' without its doc root, Matomo id and
--- server. False when the lease is lost.
-create function public.hosting_complete_removal(
-  p_job_id bigint,
-  p_lease_token uuid,
-  p_message text default null,
-  p_done jsonb default null
-)
-returns boolean
-language plpgsql
-security definer
-set search_path = ''
-as $$
-declare
-  v_site uuid;
-begin
-  perform 1 from hosting_automator.lock_leased_job(p_job_id, p_lease_token) j where j.kind = 'remove';
-  if not found then
-    return false;
+  -- The job's next state, decided once.
+  v_next := v_job;
+  v_next.lease_owner := null;
+  v_next.lease_token := null;
+  v_next.lease_expires_at := null;
+  v_next.waiting_for := null;
+  if v_type in ('active', 'removed') then
+    v_next.state := 'succeeded';
+    v_next.error_streak := 0;
+    v_next.finished_at := now();
+  elsif v_type = 'fail' then
+    v_next.error_streak := case when v_job.last_error_code = v_code then v_job.error_streak + 1 else 1 end;
+    if v_permanent or v_job.attempts >= v_job.max_attempts
+      or (v_attempt_limit is not null and v_next.error_streak >= v_attempt_limit)
+    then
+      v_next.state := 'failed';
+      v_next.finished_at := now();
+    else
+      v_next.state := 'queued';
+      v_next.run_at := now() + hosting_automator.retry_delay(v_job.attempts);
+    end if;
+    v_next.last_error_code := v_code;
+    v_next.last_error := left(p_outcome ->> 'internal_message', 4000);
+    v_next.public_error := v_public;
+  elsif v_type = 'snooze' then
+    v_next.error_streak := case when v_job.last_error_code = v_code then v_job.error_streak + 1 else 1 end;
+    v_next.state := 'queued';
+    v_next.attempts := greatest(v_job.attempts - 1, 0);
+    v_next.run_at := now() + hosting_automator.backoff(v_next.error_streak, v_schedule.backoff_seconds,
+      v_schedule.backoff_max_seconds);
+    v_next.last_error_code := v_code;
+    v_next.last_error := left(p_outcome ->> 'internal_message', 4000);
+    v_next.public_error := v_public;
+    v_next.waiting_for := p_outcome ->> 'schedule';
+  elsif v_type = 'release' then
+    v_next.state := 'queued';
+    v_next.attempts := greatest(v_job.attempts - 1, 0);
+    v_next.run_at := now();
+  elsif v_type = 'server_trouble' then
+    -- Due when the server's circuit closes; failures seen while it is already open do not push it further.
+    select * into v_server from hosting_automator.servers s where s.name = v_job.server for update;
+    if found then
+      v_until := case when v_server.open_until > now() then v_server.open_until
+        else now() + hosting_automator.retry_delay(v_server.failures + 1) end;
+    end if;
+    v_next.state := 'queued';
+    v_next.attempts := greatest(v_job.attempts - 1, 0);
+    v_next.run_at := coalesce(v_until, now() + hosting_automator.retry_delay(1));
+    v_next.last_error_code := v_code;
+    v_next.public_error := left(coalesce(p_outcome ->> 'message', v_code), 500);
+    v_next.waiting_for := 'server';
   end if;
+
   update hosting_automator.jobs j set
-    state = 'succeeded',
+    state = v_next.state,
+    attempts = v_next.attempts,
+    run_at = v_next.run_at,
     lease_owner = null,
     lease_token = null,
     lease_expires_at = null,
-    error_streak = 0,
-    finished_at = now(),
+    last_error_code = v_next.last_error_code,
+    last_error = v_next.last_error,
+    public_error = v_next.public_error,
+    error_streak = v_next.error_streak,
+    waiting_for = v_next.waiting_for,
+    finished_at = v_next.finished_at,
     updated_at = now()
-  where j.id = p_job_id
-  returning j.site_id into v_site;
-  if p_done is not null then
-    -- For the events they carry; the journal itself goes next.
-    perform hosting_automator.journal_ends(v_site, p_job_id, p_done);
-  end if;
-  delete from hosting_automator.steps st where st.site_id = v_site;
-  delete from hosting_automator.domain_owners o where o.site_id = v_site;
-  delete from hosting_automator.placements p where p.site_id = v_site;
-  perform hosting_automator.forget_credentials(v_site);
-  -- Only a row still waiting for this removal: one set back to 'pending' meanwhile is provisioned next.
-  update public.sites s set status_hosting = 'removed', hosting_doc_root = null, matomo_site_id = null,
-    hosting_server = null, error_message = null
-  where s.id = v_site and s.status_hosting = 'removing';
-  insert into hosting_automator.events (site_id, job_id, level, code, message)
-  values (v_site, p_job_id, 'info', 'site_removed', left(coalesce(p_message, 'Site removed.'), 2000));
-  return true;
-end
-$$;
-
--- Fail an attempt. Transient with attempts left: back to queued, next run time from the backoff. Permanent, out
--- of attempts, or the same code p_attempt_limit times in a row: the job fails. A build job's final failure marks
--- the row `failed` with the public message only, unless it is active (a live site whose analytics job failed is
--- not taken down) or in removal; a removal's final failure leaves its row 'removing' with the message (a retry
--- queues it again). Returns {"state": "queued", "run_at", "attempts"} or {"state": "failed", "attempts"}, or null
--- when the lease is lost.
-create function public.hosting_fail_job(
-  p_job_id bigint,
-  p_lease_token uuid,
-  p_code text,
-  p_public_message text,
-  p_internal_message text default null,
-  p_permanent boolean default false,
-  p_attempt_limit integer default null,
-  p_done jsonb default null
-)
-returns jsonb
-language plpgsql
-security definer
-set search_path = ''
-as $$
-declare
-  v_job record;
-begin
-  if p_code is null or p_code !~ '^[a-z][a-z0-9_]{0,63}$' then
-    raise exception 'p_code must be a lower-case error code' using errcode = '22023';
-  end if;
-  if p_public_message is null or length(p_public_message) not between 1 and 500 then
-    raise exception 'p_public_message must be 1 to 500 characters' using errcode = '22023';
-  end if;
-  if p_attempt_limit is not null and p_attempt_limit < 1 then
-    raise exception 'p_attempt_limit must be positive' using errcode = '22023';
+  where j.id = v_job.id;
+  if jsonb_typeof(p_outcome -> 'done') in ('object', 'array') then
+    perform hosting_automator.journal_ends(v_job.site_id, v_job.id, p_outcome -> 'done');
   end if;
 
-  perform 1 from hosting_automator.lock_leased_job(p_job_id, p_lease_token);
-  if not found then
-    return null;
-  end if;
-  update hosting_automator.jobs j set
-    state = (case when d.final then 'failed' else 'queued' end)::hosting_automator.job_state,
-    run_at = case when d.final then j.run_at else now() + hosting_automator.retry_delay(j.attempts) end,
-    lease_owner = null,
-    lease_token = null,
-    lease_expires_at = null,
-    last_error_code = p_code,
-    last_error = left(p_internal_message, 4000),
-    public_error = p_public_message,
-    error_streak = d.streak,
-    finished_at = case when d.final then now() end,
-    updated_at = now()
-  from (
-    select j2.id,
-      case when j2.last_error_code = p_code then j2.error_streak + 1 else 1 end as streak,
-      p_permanent or j2.attempts >= j2.max_attempts
-        or (p_attempt_limit is not null
-          and (case when j2.last_error_code = p_code then j2.error_streak + 1 else 1 end) >= p_attempt_limit)
-        as final
-    from hosting_automator.jobs j2
-    where j2.id = p_job_id
-  ) d
-  where j.id = d.id
-  returning j.id, j.site_id, j.state, j.run_at, j.attempts, j.max_attempts, j.current_step, j.kind into v_job;
-  if p_done is not null then
-    perform hosting_automator.journal_ends(v_job.site_id, v_job.id, p_done);
-  end if;
+  -- The outcome's effects.
+  if v_type = 'active' then
+    update public.sites s set
+      status_hosting = 'active',
+      hosting_doc_root = p_outcome ->> 'doc_root',
+      matomo_site_id = coalesce((p_outcome ->> 'matomo_site_id')::integer, s.matomo_site_id),
+      certificate_expires_at = coalesce((p_outcome ->> 'certificate_expires_at')::timestamptz, s.certificate_expires_at),
+      error_message = null
+    where s.id = v_job.site_id and not hosting_automator.row_in_removal(s.status_hosting);
+    insert into hosting_automator.events (site_id, job_id, level, code, message)
+    values (v_job.site_id, v_job.id, 'info', 'job_succeeded',
+      left(coalesce(p_outcome ->> 'message', 'Site is active.'), 2000));
+    if p_outcome ->> 'backfill_kind' is not null and p_outcome ->> 'matomo_site_id' is null
+      and not hosting_automator.superseded(v_job.id, v_job.site_id)
+    then
+      insert into hosting_automator.jobs (site_id, kind, max_attempts, run_at)
+      select v_job.site_id, p_outcome ->> 'backfill_kind', s.analytics_max_attempts, now() + hosting_automator.retry_delay(1)
+      from hosting_automator.settings s
+      on conflict (site_id) where state in ('queued', 'running') and kind <> 'remove' do nothing
+      returning id into v_backfill;
+      if v_backfill is not null then
+        insert into hosting_automator.events (site_id, job_id, level, code, message)
+        values (v_job.site_id, v_backfill, 'info', 'analytics_backfill_queued',
+          'The site is active without analytics; the Matomo step is retried automatically.');
+      end if;
+    end if;
 
-  if v_job.state = 'failed' and v_job.kind = 'remove' then
-    update public.sites s set error_message = left('Removal failed: ' || p_public_message, 500)
+  elsif v_type = 'removed' then
+    -- The step ends above were journaled for the events they carry; the journal itself goes now.
+    delete from hosting_automator.steps st where st.site_id = v_job.site_id;
+    delete from hosting_automator.site_facts f where f.site_id = v_job.site_id;
+    delete from hosting_automator.domain_owners o where o.site_id = v_job.site_id;
+    delete from hosting_automator.placements p where p.site_id = v_job.site_id;
+    perform hosting_automator.forget_credentials(v_job.site_id);
+    -- Only a row still waiting for this removal: one set back to 'pending' meanwhile is provisioned next.
+    update public.sites s set status_hosting = 'removed', hosting_doc_root = null, matomo_site_id = null,
+      hosting_server = null, error_message = null
     where s.id = v_job.site_id and s.status_hosting = 'removing';
-  elsif v_job.state = 'failed' then
-    -- A live site whose analytics job failed is not taken down.
-    update public.sites s set status_hosting = 'failed', error_message = p_public_message
-    where s.id = v_job.site_id and s.status_hosting is distinct from 'active'
-      and not hosting_automator.row_in_removal(s.status_hosting);
+    insert into hosting_automator.events (site_id, job_id, level, code, message)
+    values (v_job.site_id, v_job.id, 'info', 'site_removed', left(coalesce(p_outcome ->> 'message', 'Site removed.'), 2000));
+
+  elsif v_type = 'fail' then
+    if v_next.state = 'failed' and v_job.kind = 'remove' then
+      update public.sites s set error_message = left('Removal failed: ' || v_public, 500)
+      where s.id = v_job.site_id and s.status_hosting = 'removing';
+    elsif v_next.state = 'failed' then
+      -- A live site whose analytics job failed is not taken down.
+      update public.sites s set status_hosting = 'failed', error_message = v_public
+      where s.id = v_job.site_id and s.status_hosting is distinct from 'active'
+        and not hosting_automator.row_in_removal(s.status_hosting);
+    end if;
+    insert into hosting_automator.events (site_id, job_id, step, level, code, message)
+    values (
+      v_job.site_id, v_job.id, v_job.current_step::text,
+      (case when v_next.state = 'failed' then 'error' else 'warn' end)::hosting_automator.event_level,
+      v_code,
+      left(
+        -- The public text here; the step's own event carries the (redacted) detail.
+        case when v_next.state = 'failed'
+          then format('Attempt %s of %s failed; the %s job failed: %s', v_job.attempts, v_job.max_attempts,
+            v_job.kind, v_public)
+          else format('Attempt %s of %s failed; retry at %s: %s', v_job.attempts, v_job.max_attempts,
+            to_char(v_next.run_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), v_public)
+        end,
+        2000)
+    );
+
+  elsif v_type = 'snooze' then
+    insert into hosting_automator.events (site_id, job_id, step, level, code, message)
+    values (v_job.site_id, v_job.id, v_job.current_step::text, 'warn', v_code,
+      left(format('Waiting for %s (check %s); next check at %s: %s', v_schedule.label, v_next.error_streak,
+        to_char(v_next.run_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), v_public), 2000));
+
+  elsif v_type = 'release' then
+    insert into hosting_automator.events (site_id, job_id, level, code, message)
+    values (v_job.site_id, v_job.id, 'info', 'job_released',
+      left(coalesce(p_outcome ->> 'reason', 'The worker ran out of time; the job is queued to continue.'), 2000));
+    perform hosting_automator.ring(1);
+
+  elsif v_type = 'server_trouble' then
+    update hosting_automator.servers s set
+      failures = case when s.open_until > now() then s.failures else s.failures + 1 end,
+      open_until = v_until,
+      last_error_code = v_code,
+      last_error = left(coalesce(p_outcome ->> 'message', v_code), 500),
+      last_error_at = now(),
+      updated_at = now()
+    where s.name = v_job.server;
+    insert into hosting_automator.events (site_id, job_id, level, code, message)
+    values (v_job.site_id, v_job.id, 'warn', v_code,
+      left(format('CloudPanel server %s: %s Its jobs wait until %s.', v_job.server,
+        coalesce(p_outcome ->> 'message', v_code), to_char(v_until at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')),
+        2000));
   end if;
 
-  insert into hosting_automator.events (site_id, job_id, step, level, code, message)
-  values (
-    v_job.site_id, v_job.id, v_job.current_step::text,
-    (case when v_job.state = 'failed' then 'error' else 'warn' end)::hosting_automator.event_level,
-    p_code,
-    left(
-      -- The public text here; the step's own event carries the (redacted) detail.
-      case when v_job.state = 'failed'
-        then format('Attempt %s of %s failed; the %s job failed: %s', v_job.attempts, v_job.max_attempts,
-          v_job.kind, p_public_message)
-        else format('Attempt %s of %s failed; retry at %s: %s', v_job.attempts, v_job.max_attempts,
-          to_char(v_job.run_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), p_public_message)
-      end,
-      2000)
-  );
-
-  return case when v_job.state = 'failed'
-    then jsonb_build_object('state', 'failed', 'attempts', v_job.attempts)
-    else jsonb_build_object('state', 'queued', 'run_at', v_job.run_at, 'attempts', v_job.attempts)
-  end;
-end
-$$;
-
--- Give a job back unfinished without spending an attempt (the worker's time ran out, or it is shutting down),
--- and ring for the slot it frees. False when the lease is lost.
-create function public.hosting_release_job(
-  p_job_id bigint,
-  p_lease_token uuid,
-  p_reason text default null,
-  p_done jsonb default null
-)
-returns boolean
-language plpgsql
-security definer
-set search_path = ''
-as $$
-declare
-  v_site uuid;
-begin
-  perform 1 from hosting_automator.lock_leased_job(p_job_id, p_lease_token);
-  if not found then
-    return false;
-  end if;
-  update hosting_automator.jobs j set
-    state = 'queued',
-    attempts = greatest(j.attempts - 1, 0),
-    run_at = now(),
-    lease_owner = null,
-    lease_token = null,
-    lease_expires_at = null,
-    updated_at = now()
-  where j.id = p_job_id
-  returning j.site_id into v_site;
-  if p_done is not null then
-    perform hosting_automator.journal_ends(v_site, p_job_id, p_done);
-  end if;
-  insert into hosting_automator.events (site_id, job_id, level, code, message)
-  values (v_site, p_job_id, 'info', 'job_released',
-    left(coalesce(p_reason, 'The worker ran out of time; the job is queued to continue.'), 2000));
-  perform hosting_automator.ring(1);
-  return true;
-end
-$$;
-
--- DNS does not point at the server yet (`dns_not_ready`): the job is queued again without spending its attempt,
--- after the DNS backoff (dns_backoff_seconds doubling per wait in a row, up to dns_backoff_max_seconds); once the
--- site has waited dns_wait_hours since its first DNS check, the job fails instead. Answers as hosting_fail_job
--- does ({"state": "queued", "run_at", "attempts"} or {"state": "failed", …}), null when the lease is lost.
-create function public.hosting_wait_for_dns(
-  p_job_id bigint,
-  p_lease_token uuid,
-  p_public_message text,
-  p_internal_message text default null,
-  p_done jsonb default null
-)
-returns jsonb
-language plpgsql
-security definer
-set search_path = ''
-as $$
-declare
-  v_job record;
-  v_settings hosting_automator.settings;
-  v_since timestamptz;
-  v_streak integer;
-begin
-  if p_public_message is null or length(p_public_message) not between 1 and 500 then
-    raise exception 'p_public_message must be 1 to 500 characters' using errcode = '22023';
-  end if;
-  select * into v_settings from hosting_automator.settings;
-  select j.id, j.site_id, j.last_error_code, j.error_streak into v_job
-  from hosting_automator.lock_leased_job(p_job_id, p_lease_token) j;
-  if not found then
-    return null;
-  end if;
-  select st.created_at into v_since from hosting_automator.steps st
-  where st.site_id = v_job.site_id and st.step = 'dns_check';
-  if v_since is not null and v_since < now() - make_interval(hours => v_settings.dns_wait_hours) then
-    return public.hosting_fail_job(p_job_id, p_lease_token, 'dns_not_ready',
-      left(format('DNS has not pointed at the server for %s hours: %s', v_settings.dns_wait_hours,
-        p_public_message), 500),
-      p_internal_message, true, null, p_done);
-  end if;
-  v_streak := case when v_job.last_error_code = 'dns_not_ready' then v_job.error_streak + 1 else 1 end;
-  update hosting_automator.jobs j set
-    state = 'queued',
-    attempts = greatest(j.attempts - 1, 0),
-    run_at = now() + hosting_automator.backoff(v_streak, v_settings.dns_backoff_seconds,
-      v_settings.dns_backoff_max_seconds),
-    lease_owner = null,
-    lease_token = null,
-    lease_expires_at = null,
-    last_error_code = 'dns_not_ready',
-    last_error = left(p_internal_message, 4000),
-    public_error = p_public_message,
-    error_streak = v_streak,
-    updated_at = now()
-  where j.id = p_job_id
-  returning j.run_at, j.attempts into v_job;
-  if p_done is not null then
-    perform hosting_automator.journal_ends((select j.site_id from hosting_automator.jobs j where j.id = p_job_id),
-      p_job_id, p_done);
-  end if;
-  insert into hosting_automator.events (site_id, job_id, step, level, code, message)
-  select j.site_id, p_job_id, 'dns_check', 'warn', 'dns_not_ready',
-    left(format('Waiting for DNS (check %s); next check at %s: %s', v_streak,
-      to_char(j.run_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), p_public_message), 2000)
-  from hosting_automator.jobs j where j.id = p_job_id;
-  return jsonb_build_object('state', 'queued', 'run_at', v_job.run_at, 'attempts', v_job.attempts);
-end
-$$;
-
--- A server could not be reached (refused, timed out, its host key did not match, the key was refused): its
--- circuit opens with the queue's backoff over its failures in a row, and the job is given back without spending
--- an attempt, due when the circuit closes. The server's other jobs wait as well; the other servers go on.
--- False when the lease is lost.
-create function public.hosting_server_trouble(
-  p_job_id bigint,
-  p_lease_token uuid,
-  p_code text,
-  p_message text,
-  p_done jsonb default null
-)
-returns boolean
-language plpgsql
-security definer
-set search_path = ''
-as $$
-declare
-  v_job record;
-  v_until timestamptz;
-begin
-  if p_code is null or p_code !~ '^[a-z][a-z0-9_]{0,63}$' then
-    raise exception 'p_code must be a lower-case error code' using errcode = '22023';
-  end if;
-  select j.id, j.site_id, j.server into v_job from hosting_automator.lock_leased_job(p_job_id, p_lease_token) j;
-  if not found then
-    return false;
-  end if;
-  -- Failures seen while the circuit is already open (other jobs that met the same outage) count once.
-  update hosting_automator.servers s set
-    failures = case when s.open_until > now() then s.failures else s.failures + 1 end,
-    open_until = case when s.open_until > now() then s.open_until
-      else now() + hosting_automator.retry_delay(s.failures + 1) end,
-    last_error_code = p_code,
-    last_error = left(coalesce(p_message, p_code), 500),
-    last_error_at = now(),
-    updated_at = now()
-  where s.name = v_job.server
-  returning s.open_until into v_until;
-  update hosting_automator.jobs j set
-    state = 'queued',
-    attempts = greatest(j.attempts - 1, 0),
-    run_at = coalesce(v_until, now() + hosting_automator.retry_delay(1)),
-    lease_owner = null,
-    lease_token = null,
-    lease_expires_at = null,
-    last_error_code = p_code,
-    public_error = left(coalesce(p_message, p_code), 500),
-    updated_at = now()
-  where j.id = p_job_id;
-  if p_done is not null then
-    perform hosting_automator.journal_ends(v_job.site_id, p_job_id, p_done);
-  end if;
-  insert into hosting_automator.events (site_id, job_id, level, code, message)
-  values (v_job.site_id, p_job_id, 'warn', p_code,
-    left(format('CloudPanel server %s: %s Its jobs wait until %s.', v_job.server, coalesce(p_message, p_code),
-      to_char(v_until at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')), 2000));
-  return true;
+  return jsonb_build_object('ok', true, 'state', v_next.state, 'attempts', v_next.attempts)
+    || case when v_next.state = 'queued' then jsonb_build_object('run_at', v_next.run_at) else '{}'::jsonb end;
 end
 $$;

@@ -2,7 +2,7 @@
 -- queues a `remove` job, which keeps what it needs and so survives the row. A removal cancels the site's build
 -- jobs that have not started; one that is running stops at its next step boundary. So a removal never races a
 -- half-made site, and provisioning again after a removal starts from nothing. The removal's completion is with
--- the other exits (hosting_complete_removal).
+-- the exit (hosting_exit, outcome `removed`).
 
 -- A build job is superseded when a removal was queued for its site after it: it must not start another step.
 create function hosting_automator.superseded(p_job_id bigint, p_site uuid)
@@ -28,8 +28,8 @@ $$;
 
 -- A site is to be removed (its row deleted, or its status set to 'removing'). Cancels its build jobs that have
 -- not started; then, when anything may exist for it (a step was ever started, or a job is running), queues a
--- removal with what it needs; otherwise the site is removed at once. Answers 'queued', 'open' (a removal was
--- already open) or 'nothing_to_remove'.
+-- removal with what it needs (the site's kept facts: site user, doc root, Matomo id); otherwise the site is
+-- removed at once. Answers 'queued', 'open' (a removal was already open), 'nothing_to_remove' or 'no_domain'.
 create function hosting_automator.request_removal(
   p_site uuid,
   p_domain text,
@@ -45,9 +45,7 @@ as $$
 declare
   v_job bigint;
   v_domain text;
-  v_site_user text;
-  v_doc_root text;
-  v_matomo integer;
+  v_facts jsonb;
   v_server text;
 begin
   with cancelled as (
@@ -55,6 +53,7 @@ begin
       state = 'cancelled',
       last_error_code = 'cancelled',
       public_error = 'Cancelled: the site is being removed.',
+      waiting_for = null,
       finished_at = now(),
       updated_at = now()
     where j.site_id = p_site and j.state = 'queued' and j.kind <> 'remove'
@@ -71,6 +70,7 @@ begin
       select 1 from hosting_automator.jobs j where j.site_id = p_site and j.state in ('queued', 'running'))
   then
     delete from hosting_automator.domain_owners o where o.site_id = p_site;
+    delete from hosting_automator.site_facts f where f.site_id = p_site;
     perform hosting_automator.forget_credentials(p_site);
     if not p_row_deleted then
       update public.sites s set status_hosting = 'removed', hosting_doc_root = null, matomo_site_id = null,
@@ -83,10 +83,7 @@ begin
   end if;
 
   select o.domain into v_domain from hosting_automator.domain_owners o where o.site_id = p_site;
-  select st.result ->> 'site_user', st.result ->> 'doc_root' into v_site_user, v_doc_root
-  from hosting_automator.steps st where st.site_id = p_site and st.step = 'cloudpanel_site';
-  select (st.result ->> 'matomo_site_id')::integer into v_matomo
-  from hosting_automator.steps st where st.site_id = p_site and st.step = 'matomo_site' and st.state = 'done';
+  select f.facts into v_facts from hosting_automator.site_facts f where f.site_id = p_site;
   select j.server into v_server from hosting_automator.jobs j
   where j.site_id = p_site and j.kind <> 'remove' and j.server is not null order by j.id desc limit 1;
   if coalesce(v_domain, p_domain) is null then
@@ -98,8 +95,11 @@ begin
   end if;
 
   insert into hosting_automator.jobs (site_id, kind, max_attempts, domain, site_user, doc_root, matomo_site_id, server)
-  select p_site, 'remove', s.remove_max_attempts, coalesce(v_domain, lower(p_domain)), v_site_user,
-    coalesce(v_doc_root, p_doc_root), coalesce(p_matomo_site_id, v_matomo), v_server
+  select p_site, 'remove', s.remove_max_attempts, coalesce(v_domain, lower(p_domain)), v_facts ->> 'site_user',
+    coalesce(v_facts ->> 'doc_root', p_doc_root),
+    coalesce(p_matomo_site_id,
+      case when v_facts ->> 'matomo_site_id' ~ '^[1-9][0-9]{0,8}$' then (v_facts ->> 'matomo_site_id')::integer end),
+    v_server
   from hosting_automator.settings s
   on conflict (site_id) where state in ('queued', 'running') and kind = 'remove' do nothing
   returning id into v_job;

@@ -85,8 +85,8 @@ end
 $$;
 
 -- Queued jobs that wait for a server rather than for their own turn: their server is disabled, could not be
--- reached (by the code it failed with: ssh_unreachable, ssh_timeout, ssh_host_key_mismatch, ssh_auth_failed),
--- or no active server has room (no_server_capacity). `sites` counts their sites by status_hosting, which says
+-- reached (waiting_for = 'server', by the code the worker gave back with), or no active server has room
+-- (waiting_for = 'capacity': no_server_capacity). `sites` counts their sites by status_hosting, which says
 -- `provisioning` for a site whose job waits.
 create function hosting_automator.waiting_for_server()
 returns jsonb
@@ -98,8 +98,8 @@ as $$
     select j.site_id, s.status_hosting,
       case
         when sv.state = 'disabled' then 'server_disabled'
-        when hosting_automator.waits_for_server(j.last_error_code) then j.last_error_code
-        when j.last_error_code = 'no_server_capacity' then 'no_server_capacity'
+        when j.waiting_for = 'server' then coalesce(j.last_error_code, 'server_unreachable')
+        when j.waiting_for = 'capacity' then 'no_server_capacity'
       end as reason
     from hosting_automator.jobs j
     left join hosting_automator.placements pl on pl.site_id = j.site_id
@@ -164,7 +164,7 @@ as $$
         'concurrency', sv.concurrency,
         -- Jobs given back because this server could not be reached, waiting for its circuit to close.
         'waiting', (select count(*) from hosting_automator.jobs j where j.state = 'queued' and j.server = sv.name
-          and hosting_automator.waits_for_server(j.last_error_code)),
+          and j.waiting_for = 'server'),
         'failed_last_day', (
           select count(*) from hosting_automator.jobs j
           where j.server = sv.name and j.state = 'failed' and j.finished_at > now() - interval '1 day'),
@@ -185,17 +185,17 @@ as $$
       where j.state = 'queued'
     ),
     'waiting_for_capacity', (
-      select count(*) from hosting_automator.jobs j where j.state = 'queued' and j.last_error_code = 'no_server_capacity'),
-    -- Sites whose job waits for their DNS to point at the server.
+      select count(*) from hosting_automator.jobs j where j.state = 'queued' and j.waiting_for = 'capacity'),
+    -- Sites whose job waits on the DNS schedule: how many checks, since the waiting step was first journaled.
     'waiting_for_dns', coalesce((
       select jsonb_agg(x.o order by x.run_at)
       from (
         select j.run_at, jsonb_build_object('site_id', j.site_id, 'domain', s.domain, 'checks', j.error_streak,
           'since', (select st.created_at from hosting_automator.steps st
-            where st.site_id = j.site_id and st.step = 'dns_check'),
+            where st.site_id = j.site_id and st.step = j.current_step),
           'next_check_at', j.run_at, 'error', j.public_error) as o
         from hosting_automator.jobs j join public.sites s on s.id = j.site_id
-        where j.state = 'queued' and j.last_error_code = 'dns_not_ready'
+        where j.state = 'queued' and j.waiting_for = 'dns'
         order by j.run_at
         limit p_limit
       ) x
@@ -268,10 +268,12 @@ as $$
       from (
         select jsonb_build_object(
           'site_id', s.id, 'domain', s.domain,
+          -- An active site has done its required steps; the warning is the last one of a step it has not done.
           'warning', (
             select jsonb_build_object('code', e.code, 'message', e.message, 'at', e.created_at)
             from hosting_automator.events e
-            where e.site_id = s.id and e.step = 'matomo_site' and e.level in ('warn', 'error')
+            join hosting_automator.steps st on st.site_id = e.site_id and st.step::text = e.step and st.state <> 'done'
+            where e.site_id = s.id and e.level in ('warn', 'error')
             order by e.id desc limit 1
           ),
           -- The automatic backfill: its state, attempts and next run (null once it gave up: retry by hand).

@@ -8,7 +8,7 @@ import { DEFAULT_STEP_MS } from "./defaults.ts";
 import { HostingError } from "./errors.ts";
 import { endsJson, type StepEnd } from "./journal.ts";
 import { Redactor } from "./log.ts";
-import { type Outcome, type OutcomeJson, outcomeJson } from "./outcome.ts";
+import { type Outcome, outcomeJson } from "./outcome.ts";
 
 export const STEP_NAMES = [
   "cloudpanel_site",
@@ -512,65 +512,14 @@ export class Store {
    * carries, in one statement. Every text passes the redactor.
    */
   async exit(lease: Lease, outcome: Outcome): Promise<ExitAnswer> {
-    return exitAnswer.parse(await this.#exitBridge(lease, outcomeJson(outcome, this.#redact)));
+    return exitAnswer.parse(
+      await this.#write("hosting_exit", {
+        p_job_id: lease.jobId,
+        p_lease_token: lease.leaseToken,
+        p_outcome: outcomeJson(outcome, this.#redact),
+      }, "value"),
+    );
   }
-
-  // ---------------------------------------------------------------------------------------------------------
-  // BRIDGE, until `public.hosting_exit(p_job_id bigint, p_lease_token uuid, p_outcome jsonb) returns jsonb`
-  // exists: each outcome goes to the SQL function that writes it today, and the answer is made the exit's.
-  // Replace the whole method by:
-  //   return this.#write("hosting_exit", { p_job_id: lease.jobId, p_lease_token: lease.leaseToken,
-  //     p_outcome: json }, "value");
-  async #exitBridge(lease: Lease, json: OutcomeJson): Promise<unknown> {
-    const lost = { ok: false, reason: "lease_lost" };
-    const call = (fn: string, args: Record<string, unknown>) =>
-      this.#write(
-        fn,
-        { p_job_id: lease.jobId, p_lease_token: lease.leaseToken, p_done: json.done, ...args },
-        "value",
-      );
-    // The old functions answer true (taken) or false, or hosting_fail_job's {state, run_at, attempts} or null.
-    const flag = async (fn: string, args: Record<string, unknown>, state: string) =>
-      await call(fn, args) === true ? { ok: true, state } : lost;
-    const next = async (fn: string, args: Record<string, unknown>) => {
-      const answer = await call(fn, args);
-      return answer === null ? lost : { ok: true, ...answer as object };
-    };
-    switch (json.type) {
-      case "active":
-        if (json.backfill_kind !== null && json.backfill_kind !== "analytics") break;
-        return await flag("hosting_complete_job", {
-          p_doc_root: json.doc_root,
-          p_matomo_site_id: json.matomo_site_id,
-          p_message: json.message,
-          p_backfill_analytics: json.backfill_kind === "analytics",
-          p_certificate_expires_at: json.certificate_expires_at,
-        }, "succeeded");
-      case "removed":
-        return await flag("hosting_complete_removal", { p_message: json.message }, "succeeded");
-      case "fail":
-        return await next("hosting_fail_job", {
-          p_code: json.code,
-          p_public_message: json.public_message,
-          p_internal_message: json.internal_message,
-          p_permanent: json.permanent,
-          p_attempt_limit: json.attempt_limit,
-        });
-      case "snooze":
-        if (json.schedule !== "dns") break;
-        return await next("hosting_wait_for_dns", {
-          p_public_message: json.public_message,
-          p_internal_message: json.internal_message,
-        });
-      case "release":
-        return await flag("hosting_release_job", { p_reason: json.reason }, "queued");
-      case "server_trouble":
-        return await flag("hosting_server_trouble", { p_code: json.code, p_message: json.message }, "queued");
-    }
-    throw new HostingError("internal", `the database has no exit for ${json.type} outcomes like this one`);
-  }
-  // END OF BRIDGE
-  // ---------------------------------------------------------------------------------------------------------
 
   /** A server with failures answered again: its circuit closes. */
   async serverOk(name: string): Promise<void> {

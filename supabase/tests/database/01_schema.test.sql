@@ -13,7 +13,7 @@ select ok((select relrowsecurity from pg_class where oid = 'public.sites'::regcl
 
 -- the private schema
 select has_schema('hosting_automator', 'the private schema exists');
-select tables_are('hosting_automator', array['settings', 'jobs', 'steps', 'events', 'rings', 'domain_owners', 'kick_log', 'credentials', 'servers', 'placements'], 'the private schema holds jobs, steps, events, settings, kicks on their way and sent, domain owners, where credentials are kept, the servers and where each site is placed');
+select tables_are('hosting_automator', array['settings', 'jobs', 'steps', 'events', 'rings', 'domain_owners', 'kick_log', 'credentials', 'servers', 'placements', 'site_facts'], 'the private schema holds jobs, steps, events, settings, kicks on their way and sent, domain owners, where credentials are kept, the servers, where each site is placed and what its steps kept');
 select has_index('hosting_automator', 'jobs', 'jobs_one_open_per_site', 'a partial unique index enforces one open job per site');
 select ok(
   (select indisunique and pg_get_expr(indpred, indrelid) like '%queued%running%'

@@ -39,11 +39,12 @@ select is((select state from hosting_automator.credentials where site_id = :'s_i
 select is((public.hosting_advance(:s_job, :'s_token', 60, null, 'cloudpanel_site', 'live.example', 'pw-second-0123456789abcdef')
   -> 'credentials' ->> 'password'), 'pw-first-0123456789abcdef', 'a repeated start keeps the stored password');
 select is(public.hosting_advance(:s_job, :'s_token', 60,
-  '{"step": "cloudpanel_site", "state": "done", "result": {"site_user": "live-example-abc", "doc_root": "/home/live-example-abc/htdocs/live.example", "credentials": "known"}}',
+  '{"step": "cloudpanel_site", "state": "done", "result": {"site_user": "live-example-abc", "doc_root": "/home/live-example-abc/htdocs/live.example", "credentials": "known"}, "settles_password": true, "keeps": {"site_user": "live-example-abc", "doc_root": "/home/live-example-abc/htdocs/live.example"}}',
   'ssl_certificate') ->> 'ok', 'true', 'the site step ends');
 select is((select state from hosting_automator.credentials where site_id = :'s_id'), 'confirmed',
   'a site created with the stored password confirms it');
-select ok(public.hosting_complete_job(:s_job, :'s_token', '/home/live-example-abc/htdocs/live.example', 7), 'the job completes');
+select ok((public.hosting_exit(:s_job, :'s_token', '{"type": "active", "done": null, "message": null, "doc_root": "/home/live-example-abc/htdocs/live.example", "matomo_site_id": 7, "certificate_expires_at": null, "backfill_kind": null}')
+  ->> 'ok')::boolean, 'the job completes');
 
 -- The credentials: service_role only.
 select is(public.hosting_site_credentials(:'s_id') ->> 'password', 'pw-first-0123456789abcdef', 'the credentials give the password');
@@ -80,8 +81,8 @@ select is((select kind from t_rm), 'remove', 'now the removal is claimed');
 select is((select target ->> 'site_user' from t_rm), 'live-example-abc', 'with the site user it removes');
 select is((select status_hosting from public.sites where id = :'s_id'), 'removing', 'the row stays removing while it runs');
 select job_id as m_job, lease_token as m_token from t_rm \gset
-select ok(public.hosting_complete_removal(:m_job, :'m_token', 'Site removed.',
-  '{"step": "cloudpanel_site_delete", "state": "done", "result": {"deleted": true}}'), 'the removal completes');
+select ok((public.hosting_exit(:m_job, :'m_token', '{"type": "removed", "message": "Site removed.",
+  "done": {"step": "cloudpanel_site_delete", "state": "done", "result": {"deleted": true}}}') ->> 'ok')::boolean, 'the removal completes');
 select is((select status_hosting || ' ' || coalesce(hosting_doc_root, '-') || ' ' || coalesce(matomo_site_id::text, '-')
   from public.sites where id = :'s_id'), 'removed - -', 'the kept row reads removed, without doc root or Matomo id');
 select is((select count(*)::int from hosting_automator.steps where site_id = :'s_id'), 0, 'its journal is gone');

@@ -7,6 +7,12 @@ select plan(29);
 delete from net.http_request_queue;
 update hosting_automator.settings set backoff_base_seconds = 60, backoff_max_seconds = 600, server_concurrency = 3;
 
+-- The exit's `fail` outcome, as the worker sends it.
+create function pg_temp.fail(p_code text, p_public text, p_permanent boolean) returns jsonb language sql as $$
+  select jsonb_build_object('type', 'fail', 'done', null, 'code', p_code, 'public_message', p_public,
+    'internal_message', null, 'permanent', p_permanent, 'attempt_limit', null)
+$$;
+
 create function pg_temp.claim(p_site uuid default null, p_limit integer default 1)
 returns setof record language sql as $$
   select job_id, site_id, kind, server from public.hosting_claim_jobs('w', 'x', 60, p_limit, p_site,
@@ -53,7 +59,7 @@ select is((select server ->> 'name' from pg_temp.claim(:'late_id') as (job_id bi
 -- Sticky: a retried job returns to its server even when another has more room.
 select job_id as fj, site_id as fs from t_fill where server ->> 'name' = 'cp-a' limit 1 \gset
 select lease_token as ft from hosting_automator.jobs where id = :fj \gset
-select is(public.hosting_fail_job(:fj, :'ft', 'cloudpanel_busy', 'busy', null, false) ->> 'state', 'queued', 'a job fails for now');
+select is(public.hosting_exit(:fj, :'ft', pg_temp.fail('cloudpanel_busy', 'busy', false)) ->> 'state', 'queued', 'a job fails for now');
 update hosting_automator.servers set capacity = 100 where name = 'cp-b';
 update hosting_automator.jobs set run_at = now() where id = :fj;
 select is((select server ->> 'name' from pg_temp.claim(:'fs') as (job_id bigint, site_id uuid, kind text, server jsonb)),
@@ -71,7 +77,7 @@ select is((select count(*)::int from hosting_automator.placements where site_id 
 -- A disabled server runs nothing: a job of a site placed there waits.
 select id as bj, site_id as bs, lease_token as bt from hosting_automator.jobs
 where server = 'cp-b' and state = 'running' order by id limit 1 \gset
-select is(public.hosting_fail_job(:bj, :'bt', 'cloudpanel_busy', 'busy', null, false) ->> 'state', 'queued', 'a cp-b job fails for now');
+select is(public.hosting_exit(:bj, :'bt', pg_temp.fail('cloudpanel_busy', 'busy', false)) ->> 'state', 'queued', 'a cp-b job fails for now');
 update hosting_automator.jobs set run_at = now() where id = :bj;
 select is((select count(*)::int from pg_temp.claim(:'bs') as (job_id bigint, site_id uuid, kind text, server jsonb)), 0,
   'its retry waits while cp-b is disabled');
@@ -80,8 +86,8 @@ select is((select count(*)::int from pg_temp.claim(:'bs') as (job_id bigint, sit
 update hosting_automator.servers set state = 'active', capacity = 100 where name = 'cp-b';
 create temporary table t_b as select * from pg_temp.claim(:'bs') as (job_id bigint, site_id uuid, kind text, server jsonb);
 select lease_token as bt2, attempts as ba from hosting_automator.jobs where id = :bj \gset
-select ok(public.hosting_server_trouble(:bj, :'bt2', 'ssh_unreachable', 'The server could not be reached.'),
-  'the worker reports the server unreachable');
+select ok((public.hosting_exit(:bj, :'bt2', '{"type": "server_trouble", "done": null, "code": "ssh_unreachable", "message": "The server could not be reached."}')
+  ->> 'ok')::boolean, 'the worker reports the server unreachable');
 select is((select attempts from hosting_automator.jobs where id = :bj), :ba - 1, 'the attempt is given back');
 select ok((select open_until > now() and failures = 1 from hosting_automator.servers where name = 'cp-b'), 'the circuit opens');
 select is((select e -> 'circuit' ->> 'state' from jsonb_array_elements(public.hosting_status() -> 'servers') e
@@ -97,7 +103,7 @@ insert into public.sites (domain, status_dns) values ('refused.example', 'active
 create temporary table t_r as select * from pg_temp.claim(:'r_id') as (job_id bigint, site_id uuid, kind text, server jsonb);
 select job_id as rj from t_r \gset
 select lease_token as rt from hosting_automator.jobs where id = :rj \gset
-select is(public.hosting_fail_job(:rj, :'rt', 'invalid_domain', 'The domain is invalid.', null, true) ->> 'state', 'failed',
+select is(public.hosting_exit(:rj, :'rt', pg_temp.fail('invalid_domain', 'The domain is invalid.', true)) ->> 'state', 'failed',
   'a job fails before any step');
 select is((select count(*)::int from hosting_automator.placements where site_id = :'r_id'), 0, 'its placement is given back');
 select is((select hosting_server from public.sites where id = :'r_id'), null, 'and the row no longer names a server');

@@ -24,14 +24,20 @@ select is((select count(*)::int from hosting_automator.lock_leased_job(:j, :'t')
 select ok(not public.hosting_heartbeat(:j, :'t', 60, 'cloudpanel_site'), 'hosting_heartbeat refuses it');
 select is(public.hosting_advance(:j, :'t', 60, null, 'cloudpanel_site', 'lease.example') ->> 'reason', 'lease_lost',
   'hosting_advance refuses it');
-select ok(not public.hosting_record_step(:j, :'t', 'cloudpanel_site', 'started'), 'hosting_record_step refuses it');
-select ok(not public.hosting_complete_job(:j, :'t', '/home/lease-example-abc/htdocs/lease.example', 3),
-  'hosting_complete_job refuses it');
-select ok(not public.hosting_complete_removal(:j, :'t'), 'hosting_complete_removal refuses it');
-select is(public.hosting_fail_job(:j, :'t', 'cloudpanel_busy', 'Busy.'), null, 'hosting_fail_job refuses it');
-select ok(not public.hosting_release_job(:j, :'t'), 'hosting_release_job refuses it');
-select is(public.hosting_wait_for_dns(:j, :'t', 'Not yet.'), null, 'hosting_wait_for_dns refuses it');
-select ok(not public.hosting_server_trouble(:j, :'t', 'ssh_unreachable', 'Down.'), 'hosting_server_trouble refuses it');
+select is(public.hosting_exit(:j, :'t', '{"type": "release", "done": {"step": "cloudpanel_site", "state": "done"}}')
+  ->> 'reason', 'lease_lost', 'a step end sent with an exit is refused with it');
+select is(public.hosting_exit(:j, :'t', '{"type": "active", "doc_root": "/home/lease-example-abc/htdocs/lease.example",
+  "matomo_site_id": 3}') ->> 'reason', 'lease_lost', 'hosting_exit refuses an active outcome');
+select is(public.hosting_exit(:j, :'t', '{"type": "removed"}') ->> 'reason', 'lease_lost',
+  'hosting_exit refuses a removed outcome');
+select is(public.hosting_exit(:j, :'t', '{"type": "fail", "code": "cloudpanel_busy", "public_message": "Busy.",
+  "permanent": false}') ->> 'reason', 'lease_lost', 'hosting_exit refuses a fail outcome');
+select is(public.hosting_exit(:j, :'t', '{"type": "release"}') ->> 'reason', 'lease_lost',
+  'hosting_exit refuses a release outcome');
+select is(public.hosting_exit(:j, :'t', '{"type": "snooze", "code": "dns_not_ready", "public_message": "Not yet.",
+  "schedule": "dns"}') ->> 'reason', 'lease_lost', 'hosting_exit refuses a snooze outcome');
+select is(public.hosting_exit(:j, :'t', '{"type": "server_trouble", "code": "ssh_unreachable", "message": "Down."}')
+  ->> 'reason', 'lease_lost', 'hosting_exit refuses a server_trouble outcome');
 select results_eq(
   format($$select state, attempts, run_at, lease_token, lease_expires_at, current_step, last_error_code, error_streak
     from hosting_automator.jobs where id = %s$$, :j),

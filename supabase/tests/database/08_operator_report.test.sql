@@ -24,8 +24,9 @@ select is((public.hosting_status() -> 'setup' ->> 'sweep_scheduled')::boolean,
 insert into hosting_automator.servers (name, host, host_key) values ('cp', 'cp.example', 'SHA256:' || repeat('A', 43));
 insert into public.sites (domain, status_dns) values ('refused.example', 'active') returning id \gset r_
 create temporary table t1 as select * from public.hosting_claim_jobs('w', 'x', 60, 1, :'r_id');
-select ok(public.hosting_server_trouble((select job_id from t1), (select lease_token from t1), 'ssh_auth_failed',
-  'The CloudPanel server refused the SSH key.'), 'the server refused the key');
+select is(public.hosting_exit((select job_id from t1), (select lease_token from t1), jsonb_build_object(
+  'type', 'server_trouble', 'code', 'ssh_auth_failed', 'message', 'The CloudPanel server refused the SSH key.'))
+  ->> 'state', 'queued', 'the server refused the key');
 -- No room for a new site on it: that one waits for capacity.
 update hosting_automator.servers set capacity = 1 where name = 'cp';
 insert into public.sites (domain, status_dns) values ('no-room.example', 'active') returning id \gset n_
