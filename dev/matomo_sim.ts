@@ -148,7 +148,7 @@ export interface MatomoSim {
   /** Stops listening (connections are refused) and releases pending requests; the state is kept. */
   down(): Promise<void>;
   /** Listens again on the same port. */
-  up(): void;
+  up(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -428,9 +428,18 @@ class Sim implements MatomoSim {
     await server.shutdown();
   }
 
-  up(): void {
+  async up(): Promise<void> {
     if (this.#closed) throw new Error("the simulator is closed");
-    if (!this.#server) this.listen(this.#port);
+    // The port was free a moment ago; another process's socket may hold it for a moment (an outgoing
+    // connection's local port, a test server given the freed port): try again for a while before giving up.
+    for (let tries = 0; !this.#server; tries++) {
+      try {
+        this.listen(this.#port);
+      } catch (error) {
+        if (!(error instanceof Deno.errors.AddrInUse) || tries >= 50) throw error;
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+    }
   }
 
   async close(): Promise<void> {

@@ -194,7 +194,7 @@ Deno.test("a refused connection is matomo_unreachable", async () => {
       2,
       "the lookup is retried twice",
     );
-    sim.up();
+    await sim.up();
     assert.deepEqual(await client.ensureSite(d("a.example")), { idSite: 1, reused: false });
   });
 });
@@ -482,7 +482,7 @@ Deno.test("a deletion that keeps failing ends transient: 5xx, refused connection
     await sim.down();
     const down = await failsWith(client.deleteSite(d("a.example"), { idSite: 1 }), "matomo_unreachable");
     assert.equal(down.transient, true);
-    sim.up();
+    await sim.up();
     assert.deepEqual(ids(sim), [1, 2], "nothing was deleted");
     assert.deepEqual(await client.deleteSite(d("a.example"), { idSite: 1 }), { deleted: [1] });
   }, { config: { timeoutMs: 300 } });

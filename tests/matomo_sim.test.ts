@@ -384,7 +384,7 @@ Deno.test("down refuses connections and up listens again on the same port with t
     const port = sim.port;
     await sim.down();
     await assert.rejects(fetch(`${sim.url}/index.php`), TypeError);
-    sim.up();
+    await sim.up();
     assert.equal(sim.port, port);
     assert.deepEqual((await api(sim, "SitesManager.getSitesIdFromSiteUrl", { url: "kept.example" })).json, [{
       idsite: 1,

@@ -181,7 +181,7 @@ for (const fault of ["down", "html", "error"] as const) {
       assert.ok(missing, "the site is listed as missing analytics");
       assert.match(missing.warning.code, /^matomo_/);
 
-      if (fault === "down") matomo.up();
+      if (fault === "down") await matomo.up();
       else matomo.clearFaults();
       const sitesBefore = matomo.sites.length;
       const retried = await (await stack.request("/retry", { body: { site_id: id }, query: "wait=true" }))

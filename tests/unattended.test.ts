@@ -52,7 +52,7 @@ Deno.test("a site that went active without analytics gets its Matomo site from t
     const events = await stack.events(id);
     assert.ok(events.some((e) => e.code === "analytics_backfill_queued"), "the event log says so");
 
-    stack.matomo!.up();
+    await stack.matomo!.up();
     await makeDue(stack);
     await stack.sql`select hosting_automator.sweep()`;
     await stack.deliverKicks();
